@@ -1,0 +1,469 @@
+//! The typed view of an evaluated dkms.conf for one kernel/arch: DKMS's defaults applied
+//! (module names, locations, STRIP, MAKE/MAKE_MATCH, PATCH_MATCH) and its validation rules.
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::conf::{Directives, EvalPath};
+use crate::error::{Error, Result};
+use crate::version::ver_key;
+
+/// What the model needs to know about the target besides the directives.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub kernel: String,
+    pub arch: String,
+    /// `$kernel_source_dir`: the kernel build tree.
+    pub kernel_source_dir: PathBuf,
+    /// The kernel config used for BUILD_EXCLUSIVE_CONFIG (absent file = not checked).
+    pub kernel_config: PathBuf,
+    /// `$dkms_tree/$module/$module_version/build`, the default `M=` of MAKE.
+    pub build_dir: PathBuf,
+    /// The distribution's install-location override (`/updates/dkms` on Debian and Ubuntu);
+    /// `None` keeps DEST_MODULE_LOCATION verbatim.
+    pub location_override: Option<String>,
+}
+
+/// One kernel module of a package (one index of the BUILT_/DEST_ arrays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleEntry {
+    /// Name of the `.ko` make produces (without suffix).
+    pub built_name: String,
+    /// Directory of that `.ko` relative to the build dir, `""` or ending in `/`.
+    pub built_location: String,
+    /// Name it is installed as.
+    pub dest_name: String,
+    /// DEST_MODULE_LOCATION as written.
+    pub dest_location: String,
+    /// Where it is really installed below `/lib/modules/KVER` (after the distro override).
+    pub install_location: String,
+    /// Whether debug symbols are stripped (`strip -g`).
+    pub strip: bool,
+}
+
+/// BUILD_EXCLUSIVE_* restrictions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Exclusive {
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub config: Option<String>,
+    pub kernel_min: Option<String>,
+    pub kernel_max: Option<String>,
+}
+
+/// A dkms.conf evaluated for one kernel and arch.
+#[derive(Debug, Clone, Serialize)]
+pub struct DkmsConf {
+    pub file: PathBuf,
+    pub package_name: String,
+    pub package_version: String,
+    pub modules: Vec<ModuleEntry>,
+    /// The MAKE command chosen for this kernel (MAKE_MATCH applied, default filled in).
+    pub make: String,
+    /// CLEAN as written, or DKMS's default.
+    pub clean: String,
+    /// PATCH entries that apply to this kernel, in order.
+    pub patches: Vec<String>,
+    pub pre_build: Option<String>,
+    pub post_build: Option<String>,
+    pub post_add: Option<String>,
+    pub pre_install: Option<String>,
+    pub post_install: Option<String>,
+    pub post_remove: Option<String>,
+    pub autoinstall: bool,
+    pub remake_initrd: bool,
+    pub build_depends: Vec<String>,
+    pub build_exclusive: Exclusive,
+    pub obsolete_by: Option<String>,
+    pub no_weak_modules: bool,
+    /// Why BUILD_EXCLUSIVE forbids this kernel/arch/config, if it does.
+    pub excluded: Option<String>,
+    /// Which evaluator read the file.
+    pub eval_path: EvalPath,
+}
+
+fn bad(file: &Path, directive: &str, problem: impl Into<String>, fix: impl Into<String>) -> Error {
+    Error::BadConf {
+        file: file.to_path_buf(),
+        directive: directive.to_string(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+fn opt(d: &Directives, name: &str) -> Option<String> {
+    let v = d.scalar(name);
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn regex(file: &Path, directive: &str, pattern: &str) -> Result<Regex> {
+    Regex::new(pattern).map_err(|e| {
+        bad(
+            file,
+            directive,
+            format!("'{pattern}' is not a valid regular expression ({e})"),
+            "write an extended regular expression as used by bash's =~",
+        )
+    })
+}
+
+impl DkmsConf {
+    /// Applies DKMS's defaults and validation to evaluated directives.
+    pub fn from_directives(
+        d: &Directives,
+        file: &Path,
+        target: &Target,
+        eval_path: EvalPath,
+    ) -> Result<DkmsConf> {
+        let package_name = opt(d, "PACKAGE_NAME")
+            .ok_or_else(|| bad(file, "PACKAGE_NAME", "missing", "add PACKAGE_NAME=\"name\""))?;
+        let package_version = opt(d, "PACKAGE_VERSION").ok_or_else(|| {
+            bad(
+                file,
+                "PACKAGE_VERSION",
+                "missing",
+                "add PACKAGE_VERSION=\"1.0\"",
+            )
+        })?;
+        let modules = modules(d, file, &package_name, target)?;
+        check_duplicates(file, &modules)?;
+
+        let make = select_make(d, file, &target.kernel)?.unwrap_or_else(|| {
+            format!(
+                "make -C {} M={}",
+                target.kernel_source_dir.display(),
+                target.build_dir.display()
+            )
+        });
+        let clean = opt(d, "CLEAN").unwrap_or_else(|| {
+            format!(
+                "make -C {} M={} clean",
+                target.kernel_source_dir.display(),
+                target.build_dir.display()
+            )
+        });
+        let patches = select_patches(d, file, &target.kernel)?;
+        let autoinstall = yes_no(d, file, "AUTOINSTALL")?;
+        let build_exclusive = Exclusive {
+            kernel: opt(d, "BUILD_EXCLUSIVE_KERNEL"),
+            arch: opt(d, "BUILD_EXCLUSIVE_ARCH"),
+            config: opt(d, "BUILD_EXCLUSIVE_CONFIG"),
+            kernel_min: opt(d, "BUILD_EXCLUSIVE_KERNEL_MIN"),
+            kernel_max: opt(d, "BUILD_EXCLUSIVE_KERNEL_MAX"),
+        };
+        let obsolete_by = opt(d, "OBSOLETE_BY");
+        let excluded = exclusion(&build_exclusive, obsolete_by.as_deref(), file, target)?;
+        Ok(DkmsConf {
+            file: file.to_path_buf(),
+            package_name,
+            package_version,
+            modules,
+            make,
+            clean,
+            patches,
+            pre_build: opt(d, "PRE_BUILD"),
+            post_build: opt(d, "POST_BUILD"),
+            post_add: opt(d, "POST_ADD"),
+            pre_install: opt(d, "PRE_INSTALL"),
+            post_install: opt(d, "POST_INSTALL"),
+            post_remove: opt(d, "POST_REMOVE"),
+            autoinstall,
+            remake_initrd: yes_no(d, file, "REMAKE_INITRD")?,
+            build_depends: d
+                .indices("BUILD_DEPENDS")
+                .into_iter()
+                .filter_map(|i| d.get("BUILD_DEPENDS", i))
+                .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .collect(),
+            build_exclusive,
+            obsolete_by,
+            no_weak_modules: yes_no(d, file, "NO_WEAK_MODULES")?,
+            excluded,
+            eval_path,
+        })
+    }
+}
+
+/// `yes`/`no`/empty, case-insensitive, as upstream DKMS validates AUTOINSTALL and friends.
+fn yes_no(d: &Directives, file: &Path, name: &str) -> Result<bool> {
+    let v = d.scalar(name);
+    match v.to_ascii_lowercase().as_str() {
+        "" | "no" => Ok(false),
+        "yes" => Ok(true),
+        _ => Err(bad(
+            file,
+            name,
+            format!("unsupported value '{v}'"),
+            format!("set {name}=\"yes\" or {name}=\"no\""),
+        )),
+    }
+}
+
+/// The module records: one per index up to the highest index used in the name/location
+/// arrays; gaps (sparse arrays) are refused as upstream DKMS does.
+fn modules(
+    d: &Directives,
+    file: &Path,
+    package_name: &str,
+    target: &Target,
+) -> Result<Vec<ModuleEntry>> {
+    const FAMILY: [&str; 4] = [
+        "BUILT_MODULE_NAME",
+        "BUILT_MODULE_LOCATION",
+        "DEST_MODULE_NAME",
+        "DEST_MODULE_LOCATION",
+    ];
+    let count = FAMILY
+        .iter()
+        .filter_map(|n| d.indices(n).last().map(|i| i + 1))
+        .max()
+        .unwrap_or(0);
+    let single = count == 1;
+    let mut out = Vec::with_capacity(count);
+    let mut strip_default = true;
+    for i in 0..count {
+        let get = |n: &str| d.get(n, i).unwrap_or("").to_string();
+        let mut built_name = get("BUILT_MODULE_NAME");
+        if built_name.is_empty() && single {
+            built_name = package_name.to_string();
+        }
+        if built_name.is_empty() {
+            return Err(bad(
+                file,
+                &format!("BUILT_MODULE_NAME[{i}]"),
+                "missing (sparse or short array)",
+                format!("set BUILT_MODULE_NAME[{i}] or renumber the module arrays without gaps"),
+            ));
+        }
+        let dest_location = get("DEST_MODULE_LOCATION");
+        if dest_location.is_empty() {
+            return Err(bad(
+                file,
+                &format!("DEST_MODULE_LOCATION[{i}]"),
+                "missing",
+                format!("set DEST_MODULE_LOCATION[{i}]=\"/updates/dkms\""),
+            ));
+        }
+        if !["/kernel", "/updates", "/extra"]
+            .iter()
+            .any(|p| dest_location.starts_with(p))
+        {
+            return Err(bad(
+                file,
+                &format!("DEST_MODULE_LOCATION[{i}]"),
+                format!("'{dest_location}' does not begin with /kernel, /updates or /extra"),
+                "use a location such as /updates/dkms or /kernel/drivers/misc",
+            ));
+        }
+        let mut dest_name = get("DEST_MODULE_NAME");
+        if dest_name.is_empty() {
+            dest_name = built_name.clone();
+        }
+        for (what, name) in [
+            ("BUILT_MODULE_NAME", &built_name),
+            ("DEST_MODULE_NAME", &dest_name),
+        ] {
+            if name.ends_with(".ko") || name.ends_with(".o") {
+                return Err(bad(
+                    file,
+                    &format!("{what}[{i}]"),
+                    format!("'{name}' ends in .o or .ko"),
+                    "give the module name without a suffix",
+                ));
+            }
+            check_component(file, &format!("{what}[{i}]"), name)?;
+        }
+        let mut built_location = get("BUILT_MODULE_LOCATION");
+        check_relative(
+            file,
+            &format!("BUILT_MODULE_LOCATION[{i}]"),
+            &built_location,
+        )?;
+        if !built_location.is_empty() && !built_location.ends_with('/') {
+            built_location.push('/');
+        }
+        check_relative(
+            file,
+            &format!("DEST_MODULE_LOCATION[{i}]"),
+            dest_location.trim_start_matches('/'),
+        )?;
+        let strip = match d.get("STRIP", i).unwrap_or("").chars().next() {
+            Some('n' | 'N') => false,
+            Some('y' | 'Y') => true,
+            _ => strip_default,
+        };
+        if i == 0 {
+            strip_default = strip;
+        }
+        let install_location = target
+            .location_override
+            .clone()
+            .unwrap_or_else(|| dest_location.clone());
+        out.push(ModuleEntry {
+            built_name,
+            built_location,
+            dest_name,
+            dest_location,
+            install_location,
+            strip,
+        });
+    }
+    Ok(out)
+}
+
+/// A module name must be one path component.
+fn check_component(file: &Path, directive: &str, value: &str) -> Result<()> {
+    if value.contains('/') || value == "." || value == ".." {
+        return Err(Error::PathEscape {
+            file: file.to_path_buf(),
+            what: directive.to_string(),
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A relative location must stay inside its tree: not absolute, no `..` component.
+fn check_relative(file: &Path, directive: &str, value: &str) -> Result<()> {
+    if value.starts_with('/') || value.split('/').any(|c| c == "..") {
+        return Err(Error::PathEscape {
+            file: file.to_path_buf(),
+            what: directive.to_string(),
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn check_duplicates(file: &Path, modules: &[ModuleEntry]) -> Result<()> {
+    for (i, a) in modules.iter().enumerate() {
+        for b in &modules[..i] {
+            if a.dest_name == b.dest_name {
+                return Err(bad(
+                    file,
+                    &format!("DEST_MODULE_NAME[{i}]"),
+                    format!("duplicate module name '{}'", a.dest_name),
+                    "give every module a distinct DEST_MODULE_NAME",
+                ));
+            }
+            if a.built_name == b.built_name && a.built_location == b.built_location {
+                return Err(bad(
+                    file,
+                    &format!("BUILT_MODULE_NAME[{i}]"),
+                    format!(
+                        "duplicate built module '{}{}'",
+                        a.built_location, a.built_name
+                    ),
+                    "list each built module once",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// MAKE[0] unless MAKE_MATCH[0] is set; then the last index whose MAKE_MATCH matches wins.
+fn select_make(d: &Directives, file: &Path, kernel: &str) -> Result<Option<String>> {
+    let mut chosen = if d.scalar("MAKE_MATCH").is_empty() {
+        opt(d, "MAKE")
+    } else {
+        None
+    };
+    for i in d.indices("MAKE") {
+        let make = d.get("MAKE", i).unwrap_or("");
+        let pattern = d.get("MAKE_MATCH", i).unwrap_or("");
+        if !make.is_empty()
+            && !pattern.is_empty()
+            && regex(file, &format!("MAKE_MATCH[{i}]"), pattern)?.is_match(kernel)
+        {
+            chosen = Some(make.to_string());
+        }
+    }
+    Ok(chosen)
+}
+
+/// PATCH entries whose PATCH_MATCH is empty or matches the kernel; `..` is refused.
+fn select_patches(d: &Directives, file: &Path, kernel: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for i in d.indices("PATCH") {
+        let patch = d.get("PATCH", i).unwrap_or("");
+        if patch.is_empty() {
+            continue;
+        }
+        check_relative(file, &format!("PATCH[{i}]"), patch)?;
+        let pattern = d.get("PATCH_MATCH", i).unwrap_or("");
+        if pattern.is_empty()
+            || regex(file, &format!("PATCH_MATCH[{i}]"), pattern)?.is_match(kernel)
+        {
+            out.push(patch.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Why BUILD_EXCLUSIVE_* (or OBSOLETE_BY as a maximum) rules this target out, if it does.
+fn exclusion(
+    ex: &Exclusive,
+    obsolete_by: Option<&str>,
+    file: &Path,
+    target: &Target,
+) -> Result<Option<String>> {
+    if let Some(k) = &ex.kernel {
+        if !regex(file, "BUILD_EXCLUSIVE_KERNEL", k)?.is_match(&target.kernel) {
+            return Ok(Some(format!(
+                "kernel {} does not match BUILD_EXCLUSIVE_KERNEL '{k}'",
+                target.kernel
+            )));
+        }
+    }
+    if let Some(a) = &ex.arch {
+        if !regex(file, "BUILD_EXCLUSIVE_ARCH", a)?.is_match(&target.arch) {
+            return Ok(Some(format!(
+                "arch {} does not match BUILD_EXCLUSIVE_ARCH '{a}'",
+                target.arch
+            )));
+        }
+    }
+    let kv = ver_key(&target.kernel);
+    if let Some(min) = &ex.kernel_min {
+        if kv < ver_key(min) {
+            return Ok(Some(format!(
+                "kernel {} is older than BUILD_EXCLUSIVE_KERNEL_MIN {min}",
+                target.kernel
+            )));
+        }
+    }
+    if let Some(max) = ex.kernel_max.as_deref().or(obsolete_by) {
+        if kv > ver_key(max) {
+            return Ok(Some(format!(
+                "kernel {} is newer than BUILD_EXCLUSIVE_KERNEL_MAX {max}",
+                target.kernel
+            )));
+        }
+    }
+    if let Some(cfg) = &ex.config {
+        if let Ok(text) = std::fs::read_to_string(&target.kernel_config) {
+            for want in cfg.split_whitespace() {
+                let (negate, name) = match want.strip_prefix('!') {
+                    Some(n) => (true, n),
+                    None => (false, want),
+                };
+                let set = text.lines().any(|l| {
+                    l.strip_prefix(name)
+                        .and_then(|r| r.strip_prefix('='))
+                        .is_some_and(|v| v.starts_with('y') || v.starts_with('m'))
+                });
+                if set == negate {
+                    return Ok(Some(format!(
+                        "kernel config {} {} {name}",
+                        target.kernel_config.display(),
+                        if negate { "sets" } else { "does not set" }
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,166 @@
+//! One error type for the whole tool: every variant knows its DKMS-compatible exit code and
+//! renders as one actionable line (what went wrong, which file, what to do).
+
+use std::path::PathBuf;
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure rdkms reports. Exit codes follow DKMS (see `exit_code`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line (unknown option, conflicting options).
+    #[error("{0}")]
+    Usage(String),
+
+    /// An action that needs NAME/VERSION was given none.
+    #[error("Arguments <module> and <module-version> are not specified. Usage: rdkms {action} NAME/VERSION (or -m NAME -v VERSION)")]
+    MissingModule { action: String },
+
+    /// No dkms.conf where one is required.
+    #[error("Could not locate dkms.conf file: {path} does not exist. Point at a source directory holding dkms.conf (or use -c FILE).", path = .path.display())]
+    ConfNotFound { path: PathBuf },
+
+    /// A dkms.conf (or override file) is invalid.
+    #[error("{file}: {directive}: {problem}. Fix: {fix}", file = .file.display())]
+    BadConf {
+        file: PathBuf,
+        directive: String,
+        problem: String,
+        fix: String,
+    },
+
+    /// Evaluating a dkms.conf with bash failed (syntax error, timeout, crash).
+    #[error("{file}: cannot be evaluated: {problem}. Fix: {fix}", file = .file.display())]
+    ConfEval {
+        file: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
+    /// The module is not registered in the dkms tree.
+    #[error("The module/version combo {module}/{version} is not located in the DKMS tree. Add it first: rdkms add {module}/{version}")]
+    NotAdded { module: String, version: String },
+
+    /// The module is already registered.
+    #[error("DKMS tree already contains: {module}/{version}. Use --force to replace it, or remove it first.")]
+    AlreadyAdded { module: String, version: String },
+
+    /// The source directory for `add` is missing.
+    #[error("Source directory {path} does not exist. Install the module's source (e.g. its -dkms package) or give the path to it.", path = .path.display())]
+    SourceMissing { path: PathBuf },
+
+    /// Kernel headers for the target kernel are not installed.
+    #[error("Your kernel headers for kernel {kernel} cannot be found at {dir}. Install linux-headers-{kernel} or use --kernelsourcedir DIR.", dir = .dir.display())]
+    MissingHeaders { kernel: String, dir: PathBuf },
+
+    /// BUILD_EXCLUSIVE_* says this kernel/arch/config must not get this module.
+    #[error("The {conf} for module {module} includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config. This indicates that it should not be built.", conf = .conf.display())]
+    BuildExclusive { module: String, conf: PathBuf },
+
+    /// A patch name escapes the patches dir or is missing.
+    #[error("Patch {patch} for {module}: {problem}. Fix: ship it under the source's patches/ directory and name it relative to it.")]
+    BadPatch {
+        module: String,
+        patch: String,
+        problem: String,
+    },
+
+    /// `patch` returned non-zero.
+    #[error("Applying patch {patch} failed; see {log}.", log = .log.display())]
+    PatchFailed { patch: String, log: PathBuf },
+
+    /// make (or PRE_BUILD/POST_BUILD) returned non-zero.
+    #[error("Bad return status ({code}) for module build on kernel {kernel} ({arch}); see {log}.", log = .log.display())]
+    BuildFailed {
+        kernel: String,
+        arch: String,
+        code: i32,
+        log: PathBuf,
+    },
+
+    /// make succeeded but an expected .ko is absent.
+    #[error("Build of {module}.ko failed for {kernel} ({arch}): {path} was not produced; see {log}.", path = .path.display(), log = .log.display())]
+    BuiltModuleMissing {
+        module: String,
+        kernel: String,
+        arch: String,
+        path: PathBuf,
+        log: PathBuf,
+    },
+
+    /// Installing into a kernel whose module directory is absent, or a built file is missing.
+    #[error("{0}")]
+    InstallFailed(String),
+
+    /// PRE_INSTALL returned non-zero.
+    #[error("Pre-install script {script} failed (exit {code}); installation aborted. Use --force to install anyway.")]
+    PreInstallFailed { script: String, code: i32 },
+
+    /// A path from dkms.conf or an archive would leave its tree.
+    #[error("{file}: {what} '{value}' escapes its directory. Fix: use a relative path without '..' or outside symlinks.", file = .file.display())]
+    PathEscape {
+        file: PathBuf,
+        what: String,
+        value: String,
+    },
+
+    /// The architecture could not be determined.
+    #[error("Could not determine the architecture; pass -a ARCH.")]
+    UnknownArch,
+
+    /// An I/O operation failed; the path tells where.
+    #[error("{op} {path}: {source}", path = .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The DKMS-compatible process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::MissingModule { .. } => 1,
+            Error::ConfNotFound { .. } => 4,
+            Error::BadConf { .. } | Error::ConfEval { .. } => 8,
+            Error::NotAdded { .. } => 3,
+            Error::AlreadyAdded { .. } => 3,
+            Error::SourceMissing { .. } => 2,
+            Error::MissingHeaders { .. } => 21,
+            Error::BuildExclusive { .. } => 77,
+            Error::BadPatch { .. } => 5,
+            Error::PatchFailed { .. } => 6,
+            Error::BuildFailed { .. } => 10,
+            Error::BuiltModuleMissing { .. } => 7,
+            Error::InstallFailed(_) => 6,
+            Error::PreInstallFailed { .. } => 101,
+            Error::PathEscape { .. } => 8,
+            Error::UnknownArch => 12,
+            Error::Io { .. } => 1,
+        }
+    }
+
+    /// Wraps an `io::Error` with the operation and path it concerns.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Adds path context to `std::io::Result`s: `fs::read(p).ctx("read", p)?`.
+pub trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}

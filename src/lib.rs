@@ -1,0 +1,34 @@
+//! rdkms: a DKMS-compatible manager for out-of-tree kernel modules. The binary is a thin shell
+//! around this library so integration tests and every command share one implementation.
+
+pub mod cli;
+pub mod conf;
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod version;
+
+pub use error::{Error, Result};
+
+use cli::{Action, Invocation};
+
+/// Runs one parsed command line and returns the process exit status.
+pub fn run(inv: Invocation) -> Result<i32> {
+    if inv.cli.print_version {
+        println!("rdkms-{}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    let Some(action) = inv.action else {
+        return Err(Error::Usage(
+            "No action specified; try rdkms status, rdkms build NAME/VERSION or rdkms --help."
+                .to_string(),
+        ));
+    };
+    match action {
+        Action::ConfShow => conf::show::run(&inv),
+        other => Err(Error::Usage(format!(
+            "'{}' is not implemented yet",
+            other.word()
+        ))),
+    }
+}

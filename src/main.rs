@@ -1,0 +1,25 @@
+//! Entry point: parse argv, run the library, turn errors into one line and an exit code.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match <rdkms::cli::Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("Error! {}", rdkms::cli::usage_line(&e));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = rdkms::cli::Invocation::from_cli(cli).and_then(rdkms::run);
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("Error! {e}");
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+    }
+}
