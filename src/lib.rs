@@ -6,6 +6,7 @@ pub mod conf;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod tree;
 pub mod version;
 
 pub use error::{Error, Result};
