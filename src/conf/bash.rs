@@ -17,8 +17,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// subshell with stdout discarded, echo the whitelist back the way DKMS does (unquoted, so
 /// word splitting collapses whitespace), and evaluate that text in this shell. At the end,
 /// print every element as NAME NUL INDEX NUL VALUE NUL on the original stdout (fd 3), which
-/// nothing the conf runs can write to.
+/// nothing the conf runs can write to. It is one function so that a syntax error in the
+/// echoed text (a value ending in a backslash) cannot derail parsing of the driver itself.
 const DRIVER: &str = r#"
+__rdkms_main() {
 exec 3>&1 >/dev/null
 __rdkms_n=$1; shift
 __rdkms_files=("${@:1:$__rdkms_n}"); shift "$__rdkms_n"
@@ -42,6 +44,8 @@ for __rdkms_v in "${__rdkms_names[@]}"; do
         printf '%s\0%s\0%s\0' "$__rdkms_v" "$__rdkms_i" "$__rdkms_val" >&3
     done
 done
+}
+__rdkms_main "$@"
 "#;
 
 /// Environment variable overriding [`DEFAULT_TIMEOUT`], in seconds (tests use 1).

@@ -496,6 +496,8 @@ impl Lexer {
             | Some(' ' | '\t' | '\n' | '/' | '.' | ':' | ',' | '=' | '+' | '%' | '^' | ']' | '}') => {
                 Ok(literal())
             }
+            // Inside double quotes these end the quoting or escape: the `$` stays literal.
+            Some('"' | '\'' | '\\') if quoted => Ok(literal()),
             Some('(') => Err(self.no("command substitution or arithmetic '$('")),
             Some(c) => Err(self.no(format!("special expansion '${c}'"))),
         }
@@ -578,6 +580,7 @@ mod tests {
             ]
         );
         assert_eq!(scalar("A=$/x"), vec![Part::Bare("$/x".into())]);
+        assert_eq!(scalar(r#"A="^6$" "#), vec![Part::Quoted("^6$".into())]);
     }
 
     #[test]
