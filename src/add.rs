@@ -288,6 +288,7 @@ fn run_post_add(source: &Path, script: &str, quiet: bool) -> Result<i32> {
     let status = Command::new(program)
         .args(words)
         .current_dir(source)
+        .env("PWD", source)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
