@@ -1,0 +1,145 @@
+# shellcheck shell=bash
+# The machinery of tests/e2e/run.sh: timed steps with one log each, PASS/FAIL checks that are
+# counted at the end, commands inside the chroot with a clean environment, and bind mounts that
+# are always undone. Sourced by run.sh; needs WORK, R (the chroot), LOGS and CACHE set.
+
+# fd 3 is the console: step output goes to the step's log, verdicts and progress to fd 3.
+exec 3>&2
+RESULTS=$LOGS/results.tsv   # PASS|FAIL <tab> step <tab> what
+TIMES=$LOGS/timings.tsv     # step <tab> seconds <tab> exit status
+STATE=$WORK/state           # NAME=value lines handed from one step (a subshell) to the next
+: >"$RESULTS"
+: >"$TIMES"
+: >"$STATE"
+STEP=setup
+STEP_NO=0
+
+log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*" >&3; }
+
+# verdict PASS|FAIL WHAT: one counted line.
+verdict() {
+    printf '%s\t%s\t%s\n' "$1" "$STEP" "$2" >>"$RESULTS"
+    printf '[e2e %s] %s %s: %s\n' "$(date +%T)" "$1" "$STEP" "$2" >&3
+}
+
+# check WHAT CMD...: a counted verdict on CMD's exit status; the step goes on either way.
+check() {
+    local what=$1
+    shift
+    echo "--- check: $what"
+    if "$@"; then verdict PASS "$what"; else verdict FAIL "$what"; fi
+    return 0
+}
+
+# require WHAT CMD...: like check, but a failure ends the step (the steps run under set -e).
+require() {
+    local what=$1
+    shift
+    echo "--- require: $what"
+    if "$@"; then
+        verdict PASS "$what"
+    else
+        verdict FAIL "$what"
+        return 1
+    fi
+}
+
+state_set() { printf '%s=%q\n' "$1" "$2" >>"$STATE"; }
+
+# step NAME FUNCTION: runs FUNCTION in a subshell with errexit, its output in its own log, and
+# records the wall time. A step that ends early counts as one more failure. Always returns 0
+# and sets OK[NAME] to 1 or 0: bash ignores errexit inside anything called from an if, && or
+# || context, so step must only ever be called as a plain command.
+declare -A OK=()
+step() {
+    local name=$1 fn=$2 s e rc
+    STEP_NO=$((STEP_NO + 1))
+    STEP=$name
+    STEP_LOG=$LOGS/$(printf %02d "$STEP_NO")-$name.log
+    log "== step $name"
+    s=$(date +%s.%N)
+    set +e
+    (
+        set -e
+        # shellcheck disable=SC1090
+        . "$STATE"
+        "$fn"
+    ) >"$STEP_LOG" 2>&1
+    rc=$?
+    set -e
+    e=$(date +%s.%N)
+    printf '%s\t%.1f\t%s\n' "$name" "$(echo "$e - $s" | bc)" "$rc" >>"$TIMES"
+    OK[$name]=1
+    if [ "$rc" -ne 0 ]; then
+        OK[$name]=0
+        verdict FAIL "step ended early (exit $rc); last lines of $STEP_LOG:"
+        tail -n 25 "$STEP_LOG" | sed 's/^/    | /' >&3
+    fi
+    # shellcheck disable=SC1090
+    . "$STATE"
+}
+
+# ok NAME...: every named step ran to its end.
+ok() {
+    local n
+    for n in "$@"; do [ "${OK[$n]:-0}" = 1 ] || return 1; done
+}
+
+# skip NAME WHY: a step that cannot run because an earlier one failed counts as a failure.
+skip() {
+    STEP=$1
+    verdict FAIL "skipped: $2"
+}
+
+# cin CMD...: run CMD in the chroot with a clean environment (no host PATH, no CI variables).
+cin() {
+    chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+        DEBIAN_FRONTEND=noninteractive "$@" </dev/null
+}
+
+# apt_in ARGS...: apt-get in the chroot, never interactive (a dpkg conffile prompt fails it).
+apt_in() {
+    cin apt-get -o DPkg::Lock::Timeout=120 -o APT::Color=0 -y -q --no-install-recommends "$@"
+}
+
+# The bind mounts of the chroot, in mount order; the apt archive cache keeps downloads between
+# local runs.
+MOUNTS=(proc sys dev dev/pts var/cache/apt/archives)
+
+mount_all() {
+    local m src
+    mkdir -p "$CACHE/debs/partial"
+    for m in "${MOUNTS[@]}"; do
+        src=/$m
+        [ "$m" = var/cache/apt/archives ] && src=$CACHE/debs
+        mkdir -p "$R/$m"
+        mountpoint -q "$R/$m" || mount --bind "$src" "$R/$m"
+    done
+}
+
+umount_all() {
+    local i m
+    [ -n "${R:-}" ] && [ -d "$R" ] || return 0
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        m=$R/${MOUNTS[i]}
+        if mountpoint -q "$m" 2>/dev/null; then umount "$m" 2>/dev/null || umount -l "$m"; fi
+    done
+}
+
+# Anything still mounted below the chroot (then it must not be deleted).
+mounted_below() { findmnt -rn -o TARGET | grep -F "$R/" || true; }
+
+# summary: timings per step, then the plain count line test runners look for.
+summary() {
+    local pass fail
+    log "timings (seconds):"
+    column -t -s $'\t' -N step,seconds,exit "$TIMES" | sed 's/^/    /' >&3
+    pass=$(grep -c '^PASS' "$RESULTS" || true)
+    fail=$(grep -c '^FAIL' "$RESULTS" || true)
+    if [ "$fail" -gt 0 ]; then
+        log "failed checks:"
+        grep '^FAIL' "$RESULTS" | cut -f2- | sed 's/^/    /' >&3
+    fi
+    echo "$pass passed, $fail failed" >&3
+    [ "$fail" -eq 0 ]
+}
