@@ -1,11 +1,19 @@
 //! rdkms: a DKMS-compatible manager for out-of-tree kernel modules. The binary is a thin shell
 //! around this library so integration tests and every command share one implementation.
 
+pub mod atomic;
+pub mod build;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod console;
+pub mod depmod;
 pub mod error;
 pub mod host;
+pub mod install;
+pub mod kernel;
+pub mod lifecycle;
+pub mod script;
 pub mod tree;
 pub mod version;
 
@@ -27,6 +35,9 @@ pub fn run(inv: Invocation) -> Result<i32> {
     };
     match action {
         Action::ConfShow => conf::show::run(&inv),
+        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
+            lifecycle::run(action, &inv)
+        }
         other => Err(Error::Usage(format!(
             "'{}' is not implemented yet",
             other.word()
