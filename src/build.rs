@@ -114,8 +114,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         log_path: version_dir.join("make.log"),
         root,
     };
-    let conf = (input.load_conf)(private.root.path(), &private.build_dir)
-        .map_err(|e| patch_error(e, input.module))?;
+    let conf = (input.load_conf)(private.root.path(), &private.build_dir)?;
     if conf.excluded.is_some() {
         return Err(Error::BuildExclusive {
             module: input.module.to_string(),
@@ -169,19 +168,9 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     if let Some(dir) = failed_log.parent() {
         let _ = fs::remove_dir(dir);
     }
+    drop(private);
+    let _ = fs::remove_dir(&parent);
     Ok(())
-}
-
-/// The model refuses a PATCH with `..` as a path escape; DKMS reports that as a patch error (5).
-fn patch_error(e: Error, module: &str) -> Error {
-    match e {
-        Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
-            module: module.to_string(),
-            patch: value,
-            problem: "the name contains '..'".to_string(),
-        },
-        other => other,
-    }
 }
 
 /// Patches, PRE_BUILD, MAKE and the check that every module was produced, all logged.

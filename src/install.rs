@@ -60,16 +60,21 @@ impl Placement<'_> {
     /// symlinks are resolved.
     fn dest_dir(&self, location: &str) -> Result<PathBuf> {
         let kernel_dir = &self.facts.modules_dir;
-        let dir = kernel_dir.join(location.trim_start_matches('/'));
-        fs::create_dir_all(&dir).ctx("create", &dir)?;
         let real_kernel = fs::canonicalize(kernel_dir).ctx("resolve", kernel_dir)?;
-        let real = fs::canonicalize(&dir).ctx("resolve", &dir)?;
-        if !real.starts_with(&real_kernel) {
-            return Err(Error::PathEscape {
-                file: self.conf.file.clone(),
-                what: "DEST_MODULE_LOCATION".to_string(),
-                value: format!("{location} (resolves to {})", real.display()),
-            });
+        let mut dir = kernel_dir.clone();
+        for part in Path::new(location.trim_start_matches('/')).components() {
+            dir.push(part);
+            if fs::symlink_metadata(&dir).is_err() {
+                fs::create_dir(&dir).ctx("create", &dir)?;
+            }
+            let real = fs::canonicalize(&dir).ctx("resolve", &dir)?;
+            if !real.starts_with(&real_kernel) {
+                return Err(Error::PathEscape {
+                    file: self.conf.file.clone(),
+                    what: "DEST_MODULE_LOCATION".to_string(),
+                    value: format!("{location} (resolves to {})", real.display()),
+                });
+            }
         }
         Ok(dir)
     }

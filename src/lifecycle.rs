@@ -114,6 +114,16 @@ impl Job<'_> {
             directive_overrides: self.ctx.directives.clone(),
             mode: EvalMode::Auto,
         })
+        .map_err(|e| match e {
+            // The model refuses a PATCH with `..` as a path escape; DKMS reports it as a
+            // patch error (exit 5).
+            Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
+                module: self.module.clone(),
+                patch: value,
+                problem: "the name contains '..'".to_string(),
+            },
+            other => other,
+        })
     }
 
     /// The dkms.conf as the shared tree sees it.
@@ -329,6 +339,7 @@ fn clean_leftovers(tree: &Tree) {
         for e in entries.flatten() {
             let _ = fs::remove_dir_all(e.path());
         }
+        let _ = fs::remove_dir(&private);
     }
     for m in subdirs(&tree.root) {
         let mdir = tree.module_dir(&m);
