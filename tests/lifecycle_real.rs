@@ -219,25 +219,10 @@ fn real_packages_build_install_depmod_and_remove() {
 /// Debian's dkms on the same sources in a second root (no depmod: it would run on the real
 /// /lib/modules; signing keys kept in the temporary root). Returns the wall time.
 fn debian_dkms(sb: &Sandbox, kernel: &str, actions: &[&str]) -> Duration {
-    let root = sb.root();
-    fs::create_dir_all(sb.tree()).unwrap();
     let t0 = Instant::now();
     for (name, version, _, _) in packages() {
         for action in actions {
-            let out = Command::new("/usr/sbin/dkms")
-                .arg(action)
-                .arg(format!("{name}/{version}"))
-                .args(["-k", kernel, "--no-depmod"])
-                .arg(format!("--dkmstree={}", sb.tree().display()))
-                .arg(format!("--sourcetree={}", root.join("usr/src").display()))
-                .arg(format!(
-                    "--installtree={}",
-                    root.join("lib/modules").display()
-                ))
-                .env("mok_signing_key", root.join("mok.key"))
-                .env("mok_certificate", root.join("mok.pub"))
-                .output()
-                .unwrap();
+            let out = dkms_cmd(sb, &[action, &format!("{name}/{version}"), "-k", kernel]);
             assert!(
                 out.status.success(),
                 "dkms {action} {name}: {}{}",
@@ -355,4 +340,69 @@ fn status_lines_equal_debian_dkms() {
         assert!(a.lines().count() >= packages().len(), "{a}");
     }
     assert!(status(&ours, false).contains(&format!("hello/1.0, {kernel}, {}: built", arch())));
+}
+
+/// Debian's dkms command line for a sandbox root (depmod off: it would touch the real tree).
+fn dkms_cmd(sb: &Sandbox, args: &[&str]) -> std::process::Output {
+    let root = sb.root();
+    fs::create_dir_all(sb.tree()).unwrap();
+    Command::new("/usr/sbin/dkms")
+        .args(args)
+        .arg("--no-depmod")
+        .arg(format!("--dkmstree={}", sb.tree().display()))
+        .arg(format!("--sourcetree={}", root.join("usr/src").display()))
+        .arg(format!(
+            "--installtree={}",
+            root.join("lib/modules").display()
+        ))
+        .env("mok_signing_key", root.join("mok.key"))
+        .env("mok_certificate", root.join("mok.pub"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn each_tool_takes_over_what_the_other_installed() {
+    let Some(kernel) = prerequisites(true) else {
+        return;
+    };
+    let sb = real_root(&kernel);
+    let installed = sb.modules_dir(&kernel).join("updates/dkms/hello.ko");
+
+    // rdkms installs, Debian's dkms sees it installed and removes it completely.
+    sb.rdkms(["install", "hello/1.0", "-k", &kernel, "-q"])
+        .assert()
+        .success();
+    let out = dkms_cmd(&sb, &["status"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello/1.0, {kernel}, {}: installed\n", arch())
+    );
+    let out = dkms_cmd(&sb, &["remove", "hello/1.0", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!installed.exists());
+    assert!(!sb.tree().join("hello").exists());
+
+    // Debian's dkms installs, rdkms skips the reinstall, then removes everything.
+    let out = dkms_cmd(&sb, &["install", "hello/1.0", "-k", &kernel]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(installed.is_file());
+    sb.rdkms(["install", "hello/1.0", "-k", &kernel])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("already installed"));
+    sb.rdkms(["remove", "hello/1.0", "--all", "-q"])
+        .assert()
+        .success();
+    assert!(!installed.exists());
+    assert!(!sb.tree().join("hello").exists());
+    assert!(sb.root().join("usr/src/hello-1.0/dkms.conf").is_file());
 }
