@@ -14,6 +14,7 @@ use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::{module_file_name, Compression, KernelFacts};
 use crate::script::{Output, Script};
+use crate::signing::{Signer, SigningConfig};
 use crate::tree::Tree;
 
 /// Environment variables DKMS unsets before building (they would override kbuild's choices).
@@ -87,6 +88,9 @@ pub struct BuildInput<'a> {
     pub facts: &'a KernelFacts,
     pub jobs: Jobs,
     pub console: &'a Console,
+    /// The system root (where the kernel's `sign-file` is looked up).
+    pub root: &'a Path,
+    pub signing: &'a SigningConfig,
     /// Reads dkms.conf with `$dkms_tree` = the given private root and `M=` = the given build dir.
     pub load_conf: &'a dyn Fn(&Path, &Path) -> Result<DkmsConf>,
 }
@@ -125,6 +129,13 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         });
     }
     f.require_headers()?;
+    let signer = Signer::prepare(
+        input.signing,
+        input.root,
+        &input.tree.root,
+        f,
+        input.console,
+    )?;
     fs::create_dir_all(&version_dir).ctx("create", &version_dir)?;
     std::os::unix::fs::symlink(input.source_dir, version_dir.join("source"))
         .ctx("create symlink", version_dir.join("source"))?;
@@ -140,7 +151,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         keep_failed_log(&private.log_path, &failed_log);
     }
     result?;
-    store(input, &conf, &private)?;
+    store(input, &conf, &private, signer.as_ref())?;
     let stored_log = input
         .tree
         .make_log(input.module, input.version, &f.kernel, &f.arch);
@@ -348,9 +359,14 @@ fn keep_failed_log(log: &Path, dest: &Path) {
     }
 }
 
-/// Copies the built modules (stripped, compressed like the kernel's) and the log into a
+/// Copies the built modules (stripped, signed, compressed like the kernel's) and the log into a
 /// staging directory next to the final place, then renames it to `<tree>/M/V/K/A`.
-fn store(input: &BuildInput<'_>, conf: &DkmsConf, private: &PrivateBuild) -> Result<()> {
+fn store(
+    input: &BuildInput<'_>,
+    conf: &DkmsConf,
+    private: &PrivateBuild,
+    signer: Option<&Signer>,
+) -> Result<()> {
     let f = input.facts;
     let kernel_dir = input
         .tree
@@ -375,6 +391,9 @@ fn store(input: &BuildInput<'_>, conf: &DkmsConf, private: &PrivateBuild) -> Res
         fs::copy(&built, &staged).ctx("copy", &built)?;
         if m.strip {
             run_quiet(Command::new("strip").arg("-g").arg(&staged), input.console);
+        }
+        if let Some(signer) = signer {
+            signer.sign(&staged, input.console);
         }
         let staged = compress(&staged, f.compression, input.console);
         File::open(&staged)

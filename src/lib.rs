@@ -14,6 +14,7 @@ pub mod install;
 pub mod kernel;
 pub mod lifecycle;
 pub mod script;
+pub mod signing;
 pub mod tree;
 pub mod version;
 

@@ -17,6 +17,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::host;
 use crate::install::{find_module_file, InstallOptions, Placement};
 use crate::kernel::{KernelFacts, KernelOverrides};
+use crate::signing::SigningConfig;
 use crate::tree::Tree;
 use crate::version::ver_cmp;
 
@@ -40,6 +41,7 @@ pub struct Ctx {
     pub conf_override: Option<PathBuf>,
     /// `--directive NAME=VALUE`.
     pub directives: Vec<String>,
+    pub signing: SigningConfig,
 }
 
 impl Ctx {
@@ -61,6 +63,7 @@ impl Ctx {
             },
             conf_override: inv.cli.conf.clone(),
             directives: inv.cli.directives.clone(),
+            signing: SigningConfig::from_env(),
             paths,
         }
     }
@@ -380,6 +383,8 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         facts,
         jobs: job.ctx.jobs,
         console: &job.ctx.console,
+        root: &job.ctx.paths.root,
+        signing: &job.ctx.signing,
         load_conf: &load,
     })
 }

@@ -609,3 +609,34 @@ fn which(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+#[test]
+fn modules_are_signed_with_a_generated_mok_when_the_kernel_has_sign_file() {
+    let sb = sandbox();
+    if common::skip_unless(which("openssl"), "openssl is not installed") {
+        return;
+    }
+    common::fake_kernel::add_sign_file(&sb.modules_dir(K).join("build"));
+    sb.source("signed", "1.0").create();
+    sb.rdkms(["install", "signed/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "generating self signed certificate for MOK",
+        ));
+    let key = sb.tree().join("mok.key");
+    let cert = sb.tree().join("mok.pub");
+    let sig = read_ko(&installed_ko(&sb, K, "signed")).signature;
+    assert_eq!(sig, format!("sha256 {} {}", key.display(), cert.display()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let first = fs::read(&cert).unwrap();
+    sb.rdkms(["build", "signed/1.0", "-k", K, "--force"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("generating").not());
+    assert_eq!(fs::read(&cert).unwrap(), first, "the key pair is reused");
+}

@@ -39,9 +39,19 @@ pub fn headers_at(dir: &Path, kernel: &str) {
     fs::write(dir.join("Makefile"), MAKEFILE.replace("@KVER@", kernel)).unwrap();
     fs::write(
         dir.join(".config"),
-        "CONFIG_MODULES=y\nCONFIG_ACPI=y\nCONFIG_VIDEO_DEV=m\n",
+        "CONFIG_MODULES=y\nCONFIG_ACPI=y\nCONFIG_VIDEO_DEV=m\nCONFIG_MODULE_SIG_HASH=\"sha256\"\n",
     )
     .unwrap();
+}
+
+/// Gives the fake kernel at `build` a `scripts/sign-file` that appends
+/// `signature=HASH KEY CERT` to the module, like the real tool appends a signature.
+pub fn add_sign_file(build: &Path) {
+    let tool = build.join("scripts/sign-file");
+    fs::create_dir_all(tool.parent().unwrap()).unwrap();
+    fs::write(&tool, "#!/bin/sh\necho \"signature=$1 $2 $3\" >> \"$4\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// The marker block of a fake module file.
@@ -51,6 +61,7 @@ pub struct FakeKo {
     pub vermagic: String,
     pub stamp: String,
     pub jobs: String,
+    pub signature: String,
 }
 
 /// Reads a fake .ko (panics if it is not one).
@@ -72,5 +83,6 @@ pub fn read_ko(path: &Path) -> FakeKo {
         vermagic: field("vermagic"),
         stamp: field("stamp"),
         jobs: field("jobs"),
+        signature: field("signature"),
     }
 }
