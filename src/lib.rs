@@ -1,6 +1,7 @@
 //! rdkms: a DKMS-compatible manager for out-of-tree kernel modules. The binary is a thin shell
 //! around this library so integration tests and every command share one implementation.
 
+pub mod add;
 pub mod atomic;
 pub mod build;
 pub mod cli;
@@ -13,8 +14,10 @@ pub mod host;
 pub mod install;
 pub mod kernel;
 pub mod lifecycle;
+pub mod lock;
 pub mod script;
 pub mod signing;
+pub mod status;
 pub mod tree;
 pub mod version;
 
@@ -36,12 +39,10 @@ pub fn run(inv: Invocation) -> Result<i32> {
     };
     match action {
         Action::ConfShow => conf::show::run(&inv),
+        Action::Status => status::run(&inv),
+        Action::Add => add::run(&inv),
         Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
             lifecycle::run(action, &inv)
         }
-        other => Err(Error::Usage(format!(
-            "'{}' is not implemented yet",
-            other.word()
-        ))),
     }
 }

@@ -4,8 +4,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use crate::add::{self, AddOptions};
 use crate::atomic;
 use crate::build::{self, BuildInput, Jobs};
 use crate::cli::{Action, Invocation};
@@ -17,12 +17,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::host;
 use crate::install::{find_module_file, InstallOptions, Placement};
 use crate::kernel::{KernelFacts, KernelOverrides};
+use crate::lock::{self, TreeLock};
 use crate::signing::SigningConfig;
-use crate::tree::Tree;
+use crate::tree::{Pattern, Tree};
 use crate::version::ver_cmp;
-
-/// How long a command waits for another rdkms command on the same tree to finish.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Entries of `<tree>/M/V` that are not kernels (DKMS's list).
 const NOT_KERNELS: [&str; 6] = ["build", "tarball", "driver_disk", "rpm", "deb", "source"];
@@ -117,16 +115,7 @@ impl Job<'_> {
             directive_overrides: self.ctx.directives.clone(),
             mode: EvalMode::Auto,
         })
-        .map_err(|e| match e {
-            // The model refuses a PATCH with `..` as a path escape; DKMS reports it as a
-            // patch error (exit 5).
-            Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
-                module: self.module.clone(),
-                patch: value,
-                problem: "the name contains '..'".to_string(),
-            },
-            other => other,
-        })
+        .map_err(|e| patch_escape_is_a_patch_error(e, &self.module))
     }
 
     /// The dkms.conf as the shared tree sees it.
@@ -141,9 +130,7 @@ impl Job<'_> {
 
     /// DKMS's "added": `<tree>/M/V` with a `source` link (or directory).
     pub fn is_added(&self) -> bool {
-        let s = self.source_dir();
-        s.symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink() || m.is_dir())
+        self.ctx.tree.is_added(&self.module, &self.version)
     }
 
     /// DKMS's "built": `<tree>/M/V/K/A/module` holds every module the dkms.conf names.
@@ -163,11 +150,13 @@ impl Job<'_> {
 
     /// DKMS's "installed": built, and `<tree>/M/kernel-K-A` resolves to this version's build.
     pub fn is_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
-        let t = &self.ctx.tree;
-        let link = t.installed_link(&self.module, &facts.kernel, &facts.arch);
-        let here = t.build_dir(&self.module, &self.version, &facts.kernel, &facts.arch);
         self.is_built(facts, conf)
-            && matches!((fs::canonicalize(link), fs::canonicalize(here)), (Ok(a), Ok(b)) if a == b)
+            && self.ctx.tree.is_installed_build(
+                &self.module,
+                &self.version,
+                &facts.kernel,
+                &facts.arch,
+            )
     }
 
     fn placement<'b>(
@@ -185,6 +174,19 @@ impl Job<'_> {
             source_dir: source,
             console: &self.ctx.console,
         }
+    }
+}
+
+/// The model refuses a PATCH with `..` as a path escape (exit 8); DKMS reports it as a patch
+/// error (exit 5).
+fn patch_escape_is_a_patch_error(e: Error, module: &str) -> Error {
+    match e {
+        Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
+            module: module.to_string(),
+            patch: value,
+            problem: "the name contains '..'".to_string(),
+        },
+        other => other,
     }
 }
 
@@ -220,7 +222,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
-    let _lock = pending_merge::lock_tree(&ctx.paths, LOCK_TIMEOUT)?;
+    let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
     clean_leftovers(&ctx.tree);
 
     let job = Job {
@@ -230,7 +232,13 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     };
     match action {
         Action::Build | Action::Install => {
-            pending_merge::ensure_added(&ctx.paths, &ctx.console, &job.module, &job.version)?
+            // Our --force means "rebuild/reinstall", not "add again".
+            let opts = AddOptions {
+                force: false,
+                ..AddOptions::from_invocation(inv)
+            };
+            add::ensure_added(&ctx.paths, &lock, &job.module, &job.version, &opts)
+                .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
         }
         _ if !job.is_added() => {
             return Err(Error::NotAdded {
@@ -302,21 +310,10 @@ fn targets(job: &Job<'_>, inv: &Invocation) -> Vec<(String, String)> {
 /// `<tree>/M/V/K/A` pairs having a `module` directory, for kernels named like versions
 /// (DKMS's `+([0-9]).*` glob).
 fn built_kernels(tree: &Tree, module: &str, version: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for k in subdirs(&tree.version_dir(module, version)) {
-        let versioned = k
-            .split_once('.')
-            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if !versioned {
-            continue;
-        }
-        for a in subdirs(&tree.version_dir(module, version).join(&k)) {
-            if tree.built_modules_dir(module, version, &k, &a).is_dir() {
-                out.push((k.clone(), a));
-            }
-        }
-    }
-    out
+    tree.kernel_arches(module, version, &Pattern::KernelLike, &Pattern::Any)
+        .into_iter()
+        .filter(|(k, a)| tree.built_module_files(module, version, k, a).is_some())
+        .collect()
 }
 
 /// Names of the real (not symlinked, not hidden) subdirectories of `dir`.
@@ -519,75 +516,4 @@ fn finish_depmod(job: &Job<'_>, changes: &Changes) -> Result<()> {
         }
     }
     failure.map_or(Ok(()), Err)
-}
-
-/// INTEGRATION POINT until branch `status` (src/add.rs, src/lock.rs) is merged into main:
-/// then `ensure_added` becomes `crate::add::ensure_added` and `lock_tree` becomes
-/// `crate::lock::TreeLock::acquire`. Both are minimal real implementations meanwhile.
-mod pending_merge {
-    use std::fs::File;
-    use std::time::{Duration, Instant};
-
-    use crate::atomic;
-    use crate::config::Paths;
-    use crate::console::Console;
-    use crate::error::{Error, IoContext, Result};
-    use crate::tree::Tree;
-
-    /// Registers `<sourcetree>/M-V` as `<tree>/M/V/source` unless already added.
-    pub fn ensure_added(
-        paths: &Paths,
-        console: &Console,
-        module: &str,
-        version: &str,
-    ) -> Result<()> {
-        let tree = Tree::new(paths.dkms_tree.clone());
-        let link = tree.source_link(module, version);
-        if link.symlink_metadata().is_ok() {
-            return Ok(());
-        }
-        let src = paths.source_tree.join(format!("{module}-{version}"));
-        if !src.is_dir() {
-            return Err(Error::SourceMissing { path: src });
-        }
-        let vdir = tree.version_dir(module, version);
-        std::fs::create_dir_all(&vdir).ctx("create", &vdir)?;
-        console.say(format!(
-            "Creating symlink {} -> {}",
-            link.display(),
-            src.display()
-        ));
-        atomic::symlink(&src, &link)
-    }
-
-    /// An exclusive lock on the dkms tree, waiting up to `timeout` for another command.
-    pub fn lock_tree(paths: &Paths, timeout: Duration) -> Result<File> {
-        let path = paths.dkms_tree.join(".rdkms.lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx("open lock file", &path)?;
-        let start = Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(file),
-                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(Error::io(
-                        "lock",
-                        &path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "another rdkms command holds the tree lock",
-                        ),
-                    ))
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-            }
-        }
-    }
 }

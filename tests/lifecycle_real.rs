@@ -298,7 +298,6 @@ fn same_tree_as_debian_dkms_side_by_side() {
 }
 
 #[test]
-#[ignore = "needs status from branch status"]
 fn status_lines_equal_debian_dkms() {
     let Some(kernel) = prerequisites(true) else {
         return;
