@@ -271,12 +271,15 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             }
         }
     }
-    if action == Action::Remove {
-        remove_if_unused(&job)?;
-    }
-    if let Err(e) = finish_depmod(&job, &changes) {
-        if let Some(prev) = last_error.replace(e) {
-            ctx.console.error(prev.to_string());
+    let removed = match action {
+        Action::Remove => remove_if_unused(&job),
+        _ => Ok(()),
+    };
+    for result in [removed, finish_depmod(&job, &changes)] {
+        if let Err(e) = result {
+            if let Some(prev) = last_error.replace(e) {
+                ctx.console.error(prev.to_string());
+            }
         }
     }
     match last_error {
@@ -294,7 +297,11 @@ fn targets(job: &Job<'_>, inv: &Invocation) -> Vec<(String, String)> {
         return out;
     }
     if inv.kernels.is_empty() {
-        return vec![(host::running_kernel(), host::machine_arch())];
+        let arch = inv.cli.archs.first().cloned();
+        return vec![(
+            host::running_kernel(),
+            arch.unwrap_or_else(host::machine_arch),
+        )];
     }
     inv.kernels
         .iter()
