@@ -2,12 +2,21 @@
 //! around this library so integration tests and every command share one implementation.
 
 pub mod add;
+pub mod atomic;
+pub mod build;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod console;
+pub mod depmod;
 pub mod error;
 pub mod host;
+pub mod install;
+pub mod kernel;
+pub mod lifecycle;
 pub mod lock;
+pub mod script;
+pub mod signing;
 pub mod status;
 pub mod tree;
 pub mod version;
@@ -32,9 +41,8 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::ConfShow => conf::show::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
-        other => Err(Error::Usage(format!(
-            "'{}' is not implemented yet",
-            other.word()
-        ))),
+        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
+            lifecycle::run(action, &inv)
+        }
     }
 }
