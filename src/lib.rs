@@ -1,11 +1,18 @@
 //! rdkms: a DKMS-compatible manager for out-of-tree kernel modules. The binary is a thin shell
 //! around this library so integration tests and every command share one implementation.
 
+pub mod archive;
+pub mod bmdeb;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod deb;
 pub mod error;
 pub mod host;
+pub mod mkdeb;
+pub mod registered;
+pub mod tarball;
+pub mod tool;
 pub mod tree;
 pub mod version;
 
@@ -27,6 +34,10 @@ pub fn run(inv: Invocation) -> Result<i32> {
     };
     match action {
         Action::ConfShow => conf::show::run(&inv),
+        Action::Mkbmdeb => bmdeb::run(&inv),
+        Action::Mkdeb => mkdeb::run(&inv),
+        Action::Mktarball => tarball::make(&inv),
+        Action::Ldtarball => tarball::load(&inv),
         other => Err(Error::Usage(format!(
             "'{}' is not implemented yet",
             other.word()
