@@ -277,9 +277,28 @@ pub fn changelog_text(
     epoch: u64,
 ) -> String {
     format!(
-        "{package} ({version}) unstable; urgency=medium\n\n  * {change}\n\n -- {maintainer}  {}\n",
+        "{package} ({version}) unstable; urgency=medium\n\n{}\n -- {maintainer}  {}\n",
+        wrap_item(change),
         rfc2822(epoch)
     )
+}
+
+/// A changelog item (`  * text`) wrapped at 80 columns, continuation lines indented by four.
+fn wrap_item(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from("  *");
+    for word in text.split_whitespace() {
+        if line.len() + 1 + word.len() > 80 && line.len() > 4 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("   ");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// Compresses documentation the way dh_compress does: `gzip -9n`, no name or time in the header.
@@ -511,6 +530,16 @@ mod tests {
         ];
         // files 2 + 1, symlink 1, dirs: top, a, a/b, d.
         assert_eq!(installed_size(&entries), 2 + 1 + 1 + 4);
+    }
+
+    #[test]
+    fn changelog_items_wrap_at_80_columns() {
+        let text = changelog_text("p", "1", &"word ".repeat(40), DEFAULT_MAINTAINER, 0);
+        assert!(text.lines().all(|l| l.len() <= 80), "{text}");
+        assert!(text.contains("\n  * word word"));
+        assert!(text.contains("\n    word"));
+        assert!(text
+            .ends_with(" -- rdkms <rdkms@localhost.invalid>  Thu, 01 Jan 1970 00:00:00 +0000\n"));
     }
 
     #[test]

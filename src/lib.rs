@@ -6,6 +6,7 @@ pub mod bmdeb;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod copyright;
 pub mod deb;
 pub mod error;
 pub mod host;
