@@ -101,9 +101,15 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
         ("Priority", "optional".to_string()),
         (
             "Description",
-            format!(
-                "{name} binary drivers for linux-image-{k}\n This package contains {name} drivers for the {k} Linux kernel,\n built from {name}-dkms for the {debarch} architecture.",
-                k = i.kernel
+            deb::description(
+                &format!("{name} binary drivers for linux-image-{}", i.kernel),
+                &[
+                    &format!(
+                        "This package contains {name} drivers for the {} Linux kernel,",
+                        i.kernel
+                    ),
+                    &format!("built from {name}-dkms for the {debarch} architecture."),
+                ],
             ),
         ),
     ];

@@ -283,21 +283,39 @@ pub fn changelog_text(
     )
 }
 
-/// A changelog item (`  * text`) wrapped at 80 columns, continuation lines indented by four.
-fn wrap_item(text: &str) -> String {
-    let mut out = String::new();
-    let mut line = String::from("  *");
+/// `text` as lines of at most 80 columns: the first starts with `first`, the others with `rest`
+/// (each followed by a space), breaking between words.
+fn wrap(text: &str, first: &str, rest: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = first.to_string();
+    let mut empty = true;
     for word in text.split_whitespace() {
-        if line.len() + 1 + word.len() > 80 && line.len() > 4 {
-            out.push_str(&line);
-            out.push('\n');
-            line = String::from("   ");
+        if !empty && line.len() + 1 + word.len() > 80 {
+            lines.push(std::mem::replace(&mut line, rest.to_string()));
         }
         line.push(' ');
         line.push_str(word);
+        empty = false;
     }
-    out.push_str(&line);
-    out.push('\n');
+    lines.push(line);
+    lines
+}
+
+/// A changelog item (`  * text`) wrapped at 80 columns, continuation lines indented by four.
+fn wrap_item(text: &str) -> String {
+    wrap(text, "  *", "   ").join("\n") + "\n"
+}
+
+/// A control-field description: the synopsis, then each given line of the extended text
+/// wrapped at 80 columns (lintian's limit), as `Description` continuation lines.
+pub fn description(synopsis: &str, lines: &[&str]) -> String {
+    let mut out = synopsis.to_string();
+    for l in lines {
+        for w in wrap(l, "", "") {
+            out.push_str("\n");
+            out.push_str(&w);
+        }
+    }
     out
 }
 
@@ -540,6 +558,18 @@ mod tests {
         assert!(text.contains("\n    word"));
         assert!(text
             .ends_with(" -- rdkms <rdkms@localhost.invalid>  Thu, 01 Jan 1970 00:00:00 +0000\n"));
+    }
+
+    #[test]
+    fn descriptions_keep_given_breaks_and_wrap_long_lines() {
+        let d = description("syn", &["short line,", &"long ".repeat(30)]);
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(lines[0], "syn");
+        assert_eq!(lines[1], " short line,");
+        assert!(lines[2..]
+            .iter()
+            .all(|l| l.starts_with(" long") && l.len() <= 80));
+        assert_eq!(lines.len(), 4);
     }
 
     #[test]

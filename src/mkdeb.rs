@@ -105,10 +105,14 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
         ("Priority", "optional".to_string()),
         (
             "Description",
-            format!(
-                "{m} kernel module sources for DKMS\n This package provides the sources of {m} {v} in /usr/src/{m}-{v};\n dkms builds and installs the module for the installed kernels.",
-                m = i.module,
-                v = i.version
+            deb::description(
+                &format!("{} kernel module sources for DKMS", i.module),
+                &[&format!(
+                    "This package provides the sources of {m} {v} in /usr/src/{m}-{v}; \
+                     dkms builds and installs the module for the installed kernels.",
+                    m = i.module,
+                    v = i.version
+                )],
             ),
         ),
     ];
