@@ -230,7 +230,7 @@ pub fn check_members(archive: &Path, members: &[Member]) -> Result<()> {
             if !matches!(seen.get(t.as_path()), Some(Kind::File { .. })) {
                 return Err(Error::PathEscape {
                     file: archive.to_path_buf(),
-                    what: format!("hard link '{}'", m.path.display()),
+                    what: format!("hard link '{}' to", m.path.display()),
                     value: t.display().to_string(),
                 });
             }
@@ -249,7 +249,7 @@ pub fn check_members(archive: &Path, members: &[Member]) -> Result<()> {
         if !resolves_inside(link, target, &at) {
             return Err(Error::PathEscape {
                 file: archive.to_path_buf(),
-                what: format!("symlink '{}'", link.display()),
+                what: format!("symlink '{}' pointing to", link.display()),
                 value: target.display().to_string(),
             });
         }
@@ -312,20 +312,20 @@ fn read_members(archive: &Path, tar_file: &Path) -> Result<Vec<Member>> {
                     if target.is_absolute() {
                         return Err(Error::PathEscape {
                             file: archive.to_path_buf(),
-                            what: format!("symlink '{}'", raw.display()),
+                            what: format!("symlink '{}' pointing to", raw.display()),
                             value: target.display().to_string(),
                         });
                     }
                     Kind::Symlink(target)
                 } else {
-                    match member_path(archive, &target)? {
+                    let escape = || Error::PathEscape {
+                        file: archive.to_path_buf(),
+                        what: format!("hard link '{}' to", raw.display()),
+                        value: target.display().to_string(),
+                    };
+                    match member_path(archive, &target).map_err(|_| escape())? {
                         Some(t) => Kind::Hardlink(t),
-                        None => {
-                            return Err(bad(
-                                archive,
-                                "a hard link points at the archive root".into(),
-                            ))
-                        }
+                        None => return Err(escape()),
                     }
                 }
             }
