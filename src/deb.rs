@@ -312,7 +312,7 @@ pub fn description(synopsis: &str, lines: &[&str]) -> String {
     let mut out = synopsis.to_string();
     for l in lines {
         for w in wrap(l, "", "") {
-            out.push_str("\n");
+            out.push('\n');
             out.push_str(&w);
         }
     }
