@@ -15,6 +15,7 @@ use crate::config::Paths;
 use crate::copyright::{self, Notices};
 use crate::deb::{self, Content, Entry, Package};
 use crate::error::{Error, IoContext, Result};
+use crate::lock::{self, TreeLock};
 use crate::registered::{Build, Registered};
 
 /// Where the package puts the modules, below `/lib/modules/KVER` (DKMS's Debian location).
@@ -231,6 +232,9 @@ fn inputs(
 /// build, written to DIR (default `<dkmstree>/NAME/VERSION/bmdeb/`); prints each path on stdout.
 pub fn run(inv: &Invocation) -> Result<i32> {
     let reg = Registered::from_invocation(inv, "mkbmdeb")?;
+    // Held while reading builds and writing below `<dkmstree>/M/V`, so no `remove` or rebuild
+    // runs in between.
+    let _lock = TreeLock::acquire(&reg.paths, lock::timeout(inv.cli.lock_timeout))?;
     let builds = reg.requested_builds(inv)?;
     let out_dir = inv
         .cli

@@ -1,6 +1,7 @@
 //! rdkms: a DKMS-compatible manager for out-of-tree kernel modules. The binary is a thin shell
 //! around this library so integration tests and every command share one implementation.
 
+pub mod add;
 pub mod archive;
 pub mod bmdeb;
 pub mod cli;
@@ -10,8 +11,10 @@ pub mod copyright;
 pub mod deb;
 pub mod error;
 pub mod host;
+pub mod lock;
 pub mod mkdeb;
 pub mod registered;
+pub mod status;
 pub mod tarball;
 pub mod tool;
 pub mod tree;
@@ -39,6 +42,8 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Mkdeb => mkdeb::run(&inv),
         Action::Mktarball => tarball::make(&inv),
         Action::Ldtarball => tarball::load(&inv),
+        Action::Status => status::run(&inv),
+        Action::Add => add::run(&inv),
         other => Err(Error::Usage(format!(
             "'{}' is not implemented yet",
             other.word()

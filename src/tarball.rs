@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat2, RenameFlags};
 
+use crate::add::{self, AddOptions};
 use crate::archive::{self, Builder, Compression};
 use crate::cli::Invocation;
 use crate::config::Paths;
 use crate::deb;
 use crate::error::{Error, IoContext, Result};
+use crate::lock::{self, TreeLock};
 use crate::registered::{self, Registered};
 use crate::tree::Tree;
 
@@ -47,6 +49,7 @@ pub fn make(inv: &Invocation) -> Result<i32> {
         return Err(Error::TarballKinds);
     }
     let reg = Registered::from_invocation(inv, "mktarball")?;
+    let _lock = TreeLock::acquire(&reg.paths, lock::timeout(inv.cli.lock_timeout))?;
     let builds = if inv.cli.source_only {
         Vec::new()
     } else {
@@ -162,17 +165,11 @@ fn place(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Registers M/V the way `add` leaves the tree: `<dkmstree>/M/V/source -> <sourcetree>/M-V`.
-fn register(paths: &Paths, module: &str, version: &str) -> Result<()> {
-    let tree = Tree::new(&paths.dkms_tree);
-    let link = tree.source_link(module, version);
-    if link.symlink_metadata().is_ok() {
-        return Ok(());
-    }
-    let dir = tree.version_dir(module, version);
-    fs::create_dir_all(&dir).ctx("create", &dir)?;
-    let target = paths.source_tree.join(format!("{module}-{version}"));
-    std::os::unix::fs::symlink(&target, &link).ctx("create the symlink", &link)
+/// Registers M/V with `add` (the `source` link to `<sourcetree>/M-V`, POST_ADD), as DKMS's
+/// ldtarball ends with add_module.
+fn register(paths: &Paths, lock: &TreeLock, inv: &Invocation, m: &str, v: &str) -> Result<()> {
+    add::ensure_added(paths, lock, m, v, &AddOptions::from_invocation(inv))?;
+    Ok(())
 }
 
 /// The shallowest dkms.conf in an extracted tree (ties broken by name), for plain archives.
@@ -207,6 +204,7 @@ pub fn load(inv: &Invocation) -> Result<i32> {
     let root = work.path().join("x");
     fs::create_dir(&root).ctx("create", &root)?;
     archive::extract(&archive, &root)?;
+    let lock = TreeLock::acquire(&paths, lock::timeout(inv.cli.lock_timeout))?;
     let say = |s: String| {
         if !inv.cli.quiet {
             eprintln!("{s}");
@@ -223,7 +221,7 @@ pub fn load(inv: &Invocation) -> Result<i32> {
         let (m, v) = registered::identity(&paths, src, inv)?;
         say(format!("Loading source tree of {m}-{v}"));
         place(src, &paths.source_tree.join(format!("{m}-{v}")))?;
-        register(&paths, &m, &v)?;
+        register(&paths, &lock, inv, &m, &v)?;
         return Ok(0);
     }
 
@@ -237,7 +235,7 @@ pub fn load(inv: &Invocation) -> Result<i32> {
         })?;
     let (m, v) = registered::identity(&paths, &conf_dir, inv)?;
     let tree = Tree::new(&paths.dkms_tree);
-    if tree.source_link(&m, &v).symlink_metadata().is_ok() && !inv.cli.force {
+    if tree.is_added(&m, &v) && !inv.cli.force {
         return Err(Error::ArchiveAlreadyAdded {
             module: m,
             version: v,
@@ -247,9 +245,9 @@ pub fn load(inv: &Invocation) -> Result<i32> {
     let source = paths.source_tree.join(format!("{m}-{v}"));
     if kind == "dkms_source_tree" {
         place(&conf_dir, &source)?;
-        register(&paths, &m, &v)?;
+        register(&paths, &lock, inv, &m, &v)?;
     } else if source.is_dir() {
-        register(&paths, &m, &v)?;
+        register(&paths, &lock, inv, &m, &v)?;
     } else {
         // Binaries only and no sources here: DKMS keeps the dkms.conf in a real `source` dir.
         let stub = work.path().join("stub");
