@@ -171,7 +171,7 @@ fn same_input_gives_the_same_bytes() {
     let sums = stdout(Command::new("sha256sum").arg(&a[0]).arg(&b[0]));
     eprintln!("{sums}");
 
-    // The same tree in another place, built under another umask, gives the same bytes too.
+    // The same tree in another place gives the same bytes too.
     let other = Sandbox::new();
     copy_dir(&sb.root().join("usr"), &other.root().join("usr"));
     copy_dir(&sb.root().join("var"), &other.root().join("var"));
