@@ -10,11 +10,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::add::{self, AddOptions};
+use crate::build::{self, BuildInput};
 use crate::cli::Invocation;
 use crate::config::Paths;
 use crate::copyright::{self, Notices};
 use crate::deb::{self, Content, Entry, Package};
 use crate::error::{Error, IoContext, Result};
+use crate::kernel::KernelFacts;
+use crate::lifecycle;
 use crate::lock::{self, TreeLock};
 use crate::registered::{Build, Registered};
 
@@ -228,13 +232,65 @@ fn inputs(
     })
 }
 
-/// `rdkms mkbmdeb NAME/VERSION [-k KVER[/ARCH]]... [--all] [--output DIR]`: one package per
-/// build, written to DIR (default `<dkmstree>/NAME/VERSION/bmdeb/`); prints each path on stdout.
+/// Builds each requested kernel that is not built yet, exactly as `rdkms build` would (adding
+/// `/usr/src/NAME-VERSION` first if needed), under the lock the caller holds.
+fn ensure_built(inv: &Invocation, lock: &TreeLock, module: &str, version: &str) -> Result<()> {
+    let ctx = lifecycle::Ctx::from_invocation(inv);
+    let opts = AddOptions {
+        force: false,
+        ..AddOptions::from_invocation(inv)
+    };
+    add::ensure_added(&ctx.paths, lock, module, version, &opts)?;
+    if inv.cli.all {
+        return Ok(());
+    }
+    let reg = Registered::open(&ctx.paths, module, version)?;
+    let job = lifecycle::Job {
+        ctx: &ctx,
+        module: module.to_string(),
+        version: version.to_string(),
+    };
+    for b in reg.requested_builds(inv)? {
+        let facts = KernelFacts::probe(&ctx.paths, &b.kernel, &b.arch, &ctx.kernel_overrides);
+        let conf = job.conf(&facts)?;
+        if job.is_built(&facts, &conf) {
+            continue;
+        }
+        let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
+            path: job.conf_file(),
+        })?;
+        let load = |tree: &Path, build_dir: &Path| job.conf_with(&facts, tree, build_dir);
+        build::build(&BuildInput {
+            module,
+            version,
+            tree: &ctx.tree,
+            source_dir: &source,
+            facts: &facts,
+            jobs: ctx.jobs,
+            console: &ctx.console,
+            root: &ctx.paths.root,
+            signing: &ctx.signing,
+            load_conf: &load,
+        })?;
+    }
+    Ok(())
+}
+
+/// `rdkms mkbmdeb NAME/VERSION [-k KVER[/ARCH]]... [--all] [--output DIR]`: builds what is not
+/// built yet, then writes one package per build to DIR (default
+/// `<dkmstree>/NAME/VERSION/bmdeb/`) and prints each path on stdout.
 pub fn run(inv: &Invocation) -> Result<i32> {
-    let reg = Registered::from_invocation(inv, "mkbmdeb")?;
-    // Held while reading builds and writing below `<dkmstree>/M/V`, so no `remove` or rebuild
-    // runs in between.
-    let _lock = TreeLock::acquire(&reg.paths, lock::timeout(inv.cli.lock_timeout))?;
+    let (Some(module), Some(version)) = (&inv.module, &inv.version) else {
+        return Err(Error::MissingModule {
+            action: "mkbmdeb".into(),
+        });
+    };
+    let paths = Paths::from_cli(&inv.cli);
+    fs::create_dir_all(&paths.dkms_tree).ctx("create", &paths.dkms_tree)?;
+    // Held from the build to the last package, so no `remove` or rebuild runs in between.
+    let lock = TreeLock::acquire(&paths, lock::timeout(inv.cli.lock_timeout))?;
+    ensure_built(inv, &lock, module, version)?;
+    let reg = Registered::open(&paths, module, version)?;
     let builds = reg.requested_builds(inv)?;
     let out_dir = inv
         .cli

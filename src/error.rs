@@ -105,6 +105,12 @@ pub enum Error {
         value: String,
     },
 
+    /// `--all` given to an action that needs explicit kernels.
+    #[error(
+        "The action {action} does not support the --all parameter; name the kernels with -k KVER."
+    )]
+    AllNotSupported { action: String },
+
     /// The architecture could not be determined.
     #[error("Could not determine the architecture; pass -a ARCH.")]
     UnknownArch,
@@ -188,6 +194,7 @@ impl Error {
             Error::InstallFailed(_) => 6,
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
+            Error::AllNotSupported { .. } => 5,
             Error::UnknownArch => 12,
             Error::NotBuilt { .. } => 6,
             Error::TarballKinds => 8,

@@ -3,17 +3,26 @@
 
 pub mod add;
 pub mod archive;
+pub mod atomic;
 pub mod bmdeb;
+pub mod build;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod console;
 pub mod copyright;
 pub mod deb;
+pub mod depmod;
 pub mod error;
 pub mod host;
+pub mod install;
+pub mod kernel;
+pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
 pub mod registered;
+pub mod script;
+pub mod signing;
 pub mod status;
 pub mod tarball;
 pub mod tool;
@@ -44,9 +53,8 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Ldtarball => tarball::load(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
-        other => Err(Error::Usage(format!(
-            "'{}' is not implemented yet",
-            other.word()
-        ))),
+        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
+            lifecycle::run(action, &inv)
+        }
     }
 }

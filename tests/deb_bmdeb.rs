@@ -14,18 +14,6 @@ use rdkms::config::Paths;
 
 const FAKE_K: &str = "6.1.0-99-amd64";
 
-/// A sandbox with `examples/hello-dkms` registered and built for real against the headers.
-fn real_hello(kernel: &str) -> (Sandbox, Vec<PathBuf>) {
-    let sb = Sandbox::new();
-    let work = sb.root().join("work");
-    fs::create_dir_all(&work).unwrap();
-    let src = repo().join("examples/hello-dkms");
-    let kos = compile(&src, kernel, &work);
-    sb.add("hello", "1.0", &src);
-    sb.built("hello", "1.0", kernel, ARCH, &kos);
-    (sb, kos)
-}
-
 /// `rdkms mkbmdeb ARGS`; returns the package paths printed on stdout.
 fn mkbmdeb(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Vec<PathBuf> {
     let mut c = sb.rdkms();
@@ -47,8 +35,21 @@ fn real_module_package_fields_contents_and_lintian() {
     if !have("dpkg-deb") || !have("lintian") {
         return;
     }
-    let (sb, kos) = real_hello(&k);
-    let debs = mkbmdeb(&sb, &["hello/1.0", "-k", &k], &[]);
+    // Only added: mkbmdeb builds it first, as `rdkms build` does.
+    let sb = Sandbox::new();
+    sb.rdkms()
+        .arg("add")
+        .arg(repo().join("examples/hello-dkms"))
+        .assert()
+        .success();
+    let headers = format!("/lib/modules/{k}/build");
+    let debs = mkbmdeb(
+        &sb,
+        &["hello/1.0", "-k", &k, "--kernelsourcedir", &headers],
+        &[],
+    );
+    let kos = sb.built_modules("hello", "1.0", &k);
+    assert_eq!(kos.len(), 1, "mkbmdeb built the module");
     let deb = &debs[0];
     assert_eq!(
         deb,
@@ -396,11 +397,12 @@ fn all_kernels_and_other_architectures() {
 #[test]
 fn errors_name_the_fix() {
     let sb = Sandbox::new();
+    // Not added and no sources to add: build's error.
     sb.rdkms()
         .args(["mkbmdeb", "nope/1", "-k", FAKE_K])
         .assert()
-        .code(3)
-        .stderr(predicate::str::contains("rdkms add nope/1"));
+        .code(2)
+        .stderr(predicate::str::contains("usr/src/nope-1 does not exist"));
     sb.rdkms()
         .args(["mkbmdeb", "-k", FAKE_K])
         .assert()
@@ -408,13 +410,20 @@ fn errors_name_the_fix() {
         .stderr(predicate::str::contains("mkbmdeb NAME/VERSION"));
     let src = fake_source(sb.root(), "unbuilt", "1.0", "");
     sb.add("unbuilt", "1.0", &src);
+    // Not built and no headers to build it: build's error, naming the package to install.
     sb.rdkms()
         .args(["mkbmdeb", "unbuilt/1.0", "-k", FAKE_K])
         .assert()
-        .code(6)
+        .code(21)
         .stderr(predicate::str::contains(format!(
-            "not built for {FAKE_K} (x86_64): run rdkms build unbuilt/1.0 -k {FAKE_K}"
+            "Install linux-headers-{FAKE_K}"
         )));
+    // --all with nothing built.
+    sb.rdkms()
+        .args(["mkbmdeb", "unbuilt/1.0", "--all"])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("run rdkms build unbuilt/1.0"));
     let src = fake_source(sb.root(), "badver", "v1", "");
     sb.add("badver", "v1", &src);
     sb.built(

@@ -123,24 +123,22 @@ fn build_once_publish_install_everywhere() {
         return;
     };
 
-    // Build host: compile, register the builds, package them into the repository's pool.
+    // Build host: rdkms builds hello explicitly; mkbmdeb builds acpi-call itself. Both are
+    // packaged into the repository's pool.
     let build = Sandbox::new();
     let work = build.root().join("work");
     fs::create_dir_all(&work).unwrap();
-    let hello_src = repo().join("examples/hello-dkms");
-    let hello_kos = compile(&hello_src, &k, &work);
-    let acpi_kos = compile(&acpi_src, &k, &work);
-    build.add("hello", "1.0", &hello_src);
-    build.built("hello", "1.0", &k, ARCH, &hello_kos);
-    build.add("acpi-call", &acpi_ver, &acpi_src);
-    build.built("acpi-call", &acpi_ver, &k, ARCH, &acpi_kos);
+    let headers = format!("/lib/modules/{k}/build");
+    let hello_kos = build.add_and_build("hello", "1.0", &repo().join("examples/hello-dkms"), &k);
+    build.rdkms().arg("add").arg(&acpi_src).assert().success();
 
     let repo_dir = tempfile::tempdir().unwrap();
     let pool = repo_dir.path().join("pool");
     for mv in ["hello/1.0".to_string(), format!("acpi-call/{acpi_ver}")] {
         build
             .rdkms()
-            .args(["mkbmdeb", &mv, "-k", &k, "--output", pool.to_str().unwrap()])
+            .args(["mkbmdeb", &mv, "-k", &k, "--kernelsourcedir", &headers])
+            .args(["--output", pool.to_str().unwrap()])
             .assert()
             .success();
     }

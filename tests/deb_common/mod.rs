@@ -1,6 +1,6 @@
-//! Shared helpers of the packaging tests: sandbox roots with a dkms tree, real module builds
-//! against the installed headers (plain `make -C headers M=dir`, no lifecycle needed), dpkg and
-//! apt sandboxes that never touch the host's package database.
+//! Shared helpers of the packaging tests: sandbox roots with a dkms tree (hand-made for fast
+//! tests, or made by `rdkms add`/`build` against the installed headers), dpkg sandboxes that
+//! never touch the host's package database.
 #![allow(dead_code)]
 
 use std::fs;
@@ -86,34 +86,6 @@ pub fn copy_dir(from: &Path, to: &Path) {
     run(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
-/// Compiles the module sources in `src` for `kernel` in a private copy and returns the `.ko`
-/// files, sorted.
-pub fn compile(src: &Path, kernel: &str, work: &Path) -> Vec<PathBuf> {
-    let copy = work.join(format!(
-        "build-{}",
-        src.file_name().unwrap().to_string_lossy()
-    ));
-    copy_dir(src, &copy);
-    run(Command::new("make")
-        .arg("-C")
-        .arg(format!("/lib/modules/{kernel}/build"))
-        .arg(format!("M={}", copy.display()))
-        .arg("modules")
-        .env("KERNELRELEASE", kernel));
-    let mut kos: Vec<PathBuf> = fs::read_dir(&copy)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
-        .collect();
-    kos.sort();
-    assert!(
-        !kos.is_empty(),
-        "make produced no .ko in {}",
-        copy.display()
-    );
-    kos
-}
-
 /// A sandbox root holding a dkms tree, used with `--root`.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -138,14 +110,43 @@ impl Sandbox {
         self.dkms_tree().join(m).join(v)
     }
 
-    /// Registers sources as `add` does: `<root>/usr/src/M-V` plus the `source` symlink.
+    /// Registers sources as `add` leaves them, quickly (no dkms.conf evaluation, no POST_ADD):
+    /// `<root>/usr/src/M-V` plus the `source` symlink to it.
     pub fn add(&self, m: &str, v: &str, src: &Path) {
         let dest = self.root().join("usr/src").join(format!("{m}-{v}"));
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         copy_dir(src, &dest);
         let vd = self.version_dir(m, v);
         fs::create_dir_all(&vd).unwrap();
-        std::os::unix::fs::symlink(format!("/usr/src/{m}-{v}"), vd.join("source")).unwrap();
+        std::os::unix::fs::symlink(&dest, vd.join("source")).unwrap();
+    }
+
+    /// `rdkms add SRC` then `rdkms build M/V -k K` against the real headers: the lifecycle's
+    /// own build, as on a build host.
+    pub fn add_and_build(&self, m: &str, v: &str, src: &Path, kernel: &str) -> Vec<PathBuf> {
+        self.rdkms().arg("add").arg(src).assert().success();
+        self.rdkms()
+            .args(["build", &format!("{m}/{v}"), "-k", kernel])
+            .arg("--kernelsourcedir")
+            .arg(format!("/lib/modules/{kernel}/build"))
+            .assert()
+            .success();
+        self.built_modules(m, v, kernel)
+    }
+
+    /// The `.ko` files the tree holds for a build, sorted.
+    pub fn built_modules(&self, m: &str, v: &str, kernel: &str) -> Vec<PathBuf> {
+        let dir = self
+            .version_dir(m, v)
+            .join(kernel)
+            .join(ARCH)
+            .join("module");
+        let mut kos: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        kos.sort();
+        kos
     }
 
     /// Records a build as `build` leaves it: `<tree>/M/V/K/A/module/*.ko` and a make.log.
