@@ -94,6 +94,10 @@ pub struct Cli {
     #[arg(long = "no-depmod")]
     pub no_depmod: bool,
 
+    /// Directory for packages written by mkbmdeb/mkdeb (default: under the module's dkms tree).
+    #[arg(long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
     /// Tarballs: binaries only.
     #[arg(long = "binaries-only")]
     pub binaries_only: bool,
@@ -168,6 +172,10 @@ pub enum Action {
     Remove,
     Status,
     ConfShow,
+    Mkbmdeb,
+    Mkdeb,
+    Mktarball,
+    Ldtarball,
 }
 
 impl Action {
@@ -176,14 +184,10 @@ impl Action {
     const FUTURE: &'static [&'static str] = &[
         "autoinstall",
         "match",
-        "mktarball",
-        "ldtarball",
         "generate_mok",
         "kernel_preinst",
         "kernel_postinst",
         "kernel_prerm",
-        "mkbmdeb",
-        "mkdeb",
         "reconcile",
         "plan",
     ];
@@ -198,6 +202,10 @@ impl Action {
             "remove" => Action::Remove,
             "status" => Action::Status,
             "conf" => Action::ConfShow,
+            "mkbmdeb" => Action::Mkbmdeb,
+            "mkdeb" => Action::Mkdeb,
+            "mktarball" => Action::Mktarball,
+            "ldtarball" => Action::Ldtarball,
             _ => return None,
         })
     }
@@ -213,6 +221,10 @@ impl Action {
             Action::Remove => "remove",
             Action::Status => "status",
             Action::ConfShow => "conf show",
+            Action::Mkbmdeb => "mkbmdeb",
+            Action::Mkdeb => "mkdeb",
+            Action::Mktarball => "mktarball",
+            Action::Ldtarball => "ldtarball",
         }
     }
 }
@@ -278,6 +290,9 @@ impl Invocation {
             let is_src = path.is_dir() && path.join("dkms.conf").is_file();
             if (is_conf || is_src) && source_path.is_none() {
                 source_path = Some(path);
+            } else if path.is_file() && cli.archive.is_none() {
+                // Any other existing file is an archive (ldtarball), as in DKMS.
+                cli.archive = Some(path);
             } else if module.is_none() {
                 let (m, v) = split_module(&word);
                 module = m;

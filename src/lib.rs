@@ -2,13 +2,30 @@
 //! around this library so integration tests and every command share one implementation.
 
 pub mod add;
+pub mod archive;
+pub mod atomic;
+pub mod bmdeb;
+pub mod build;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod console;
+pub mod copyright;
+pub mod deb;
+pub mod depmod;
 pub mod error;
 pub mod host;
+pub mod install;
+pub mod kernel;
+pub mod lifecycle;
 pub mod lock;
+pub mod mkdeb;
+pub mod registered;
+pub mod script;
+pub mod signing;
 pub mod status;
+pub mod tarball;
+pub mod tool;
 pub mod tree;
 pub mod version;
 
@@ -30,11 +47,14 @@ pub fn run(inv: Invocation) -> Result<i32> {
     };
     match action {
         Action::ConfShow => conf::show::run(&inv),
+        Action::Mkbmdeb => bmdeb::run(&inv),
+        Action::Mkdeb => mkdeb::run(&inv),
+        Action::Mktarball => tarball::make(&inv),
+        Action::Ldtarball => tarball::load(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
-        other => Err(Error::Usage(format!(
-            "'{}' is not implemented yet",
-            other.word()
-        ))),
+        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
+            lifecycle::run(action, &inv)
+        }
     }
 }
