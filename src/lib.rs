@@ -6,6 +6,8 @@ pub mod conf;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod inventory;
+pub mod plan;
 pub mod tree;
 pub mod version;
 
