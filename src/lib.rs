@@ -5,6 +5,7 @@ pub mod cli;
 pub mod conf;
 pub mod config;
 pub mod error;
+pub mod fingerprint;
 pub mod host;
 pub mod inventory;
 pub mod plan;
