@@ -284,7 +284,8 @@ mod tests {
 
     #[test]
     fn every_relevant_change_changes_the_fingerprint() {
-        let cases: Vec<(&str, Box<dyn Fn(&Paths)>)> = vec![
+        type Change = Box<dyn Fn(&Paths)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "new kernel dir",
                 Box::new(|p| fs::create_dir(p.install_tree.join("6.1.0-2-amd64")).unwrap()),
