@@ -105,6 +105,14 @@ pub enum Error {
         value: String,
     },
 
+    /// update-initramfs or dracut failed for a kernel.
+    #[error("Regenerating the initramfs of kernel {kernel} with '{command}' failed: {problem}. It stays pending and is retried by the next rdkms reconcile; run the command by hand to see why.")]
+    Initramfs {
+        kernel: String,
+        command: String,
+        problem: String,
+    },
+
     /// The architecture could not be determined.
     #[error("Could not determine the architecture; pass -a ARCH.")]
     UnknownArch,
@@ -139,6 +147,7 @@ impl Error {
             Error::InstallFailed(_) => 6,
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
+            Error::Initramfs { .. } => 7,
             Error::UnknownArch => 12,
             Error::Io { .. } => 1,
         }

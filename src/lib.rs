@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod fingerprint;
 pub mod host;
+pub mod initramfs;
 pub mod inventory;
 pub mod plan;
 pub mod tree;
