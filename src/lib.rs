@@ -10,6 +10,7 @@ pub mod host;
 pub mod initramfs;
 pub mod inventory;
 pub mod plan;
+pub mod report;
 pub mod tree;
 pub mod version;
 
