@@ -65,7 +65,7 @@ pub fn compute(paths: &Paths) -> Fingerprint {
     let mut h = Hasher::new();
     h.bytes(env!("CARGO_PKG_VERSION").as_bytes());
     let mut newest = UNIX_EPOCH;
-    let mut stat = |h: &mut Hasher, p: &Path| {
+    let mut stat = |h: &mut Hasher, p: &Path, watch_age: bool| {
         h.bytes(p.as_os_str().as_encoded_bytes());
         match std::fs::metadata(p) {
             Ok(m) => {
@@ -82,7 +82,7 @@ pub fn compute(paths: &Paths) -> Fingerprint {
                     h.u64(v);
                 }
                 let t = timestamp(m.mtime(), m.mtime_nsec());
-                if t > newest {
+                if watch_age && t > newest {
                     newest = t;
                 }
             }
@@ -96,13 +96,16 @@ pub fn compute(paths: &Paths) -> Fingerprint {
         &paths.dkms_tree,
         &paths.etc_dkms,
     ] {
-        stat(&mut h, p);
+        stat(&mut h, p, true);
     }
     for f in ["framework.conf", "framework.conf.d"] {
-        stat(&mut h, &paths.etc_dkms.join(f));
+        stat(&mut h, &paths.etc_dkms.join(f), true);
     }
+    // The lock file is always fresh right after a run released it; its age is not checked. A
+    // command that took and released the lock since still changes its size and times, unless
+    // it ran entirely within the tick of that release.
     for f in TREE_FILES {
-        stat(&mut h, &paths.dkms_tree.join(f));
+        stat(&mut h, &paths.dkms_tree.join(f), false);
     }
     let mut kernels: Vec<_> = std::fs::read_dir(&paths.install_tree)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
@@ -110,8 +113,8 @@ pub fn compute(paths: &Paths) -> Fingerprint {
     kernels.sort();
     for k in kernels {
         let dir = paths.install_tree.join(&k);
-        stat(&mut h, &dir);
-        stat(&mut h, &dir.join("build"));
+        stat(&mut h, &dir, true);
+        stat(&mut h, &dir.join("build"), true);
     }
     Fingerprint {
         hash: h.finish(),
@@ -143,7 +146,8 @@ pub fn invalidate(paths: &Paths) -> Result<()> {
     write_record(paths, |_| Some("invalid\n".to_string())).map(|_| ())
 }
 
-/// Stores the current fingerprint after a complete reconcile. Returns false (and leaves the
+/// Stores the current fingerprint after a complete reconcile, once the tree lock is released
+/// (releasing rewrites the lock file, which is watched). Returns false (and leaves the
 /// stored one invalid) when the observed timestamps are too recent to be trusted; the next
 /// run then reconciles once more and stores it.
 pub fn store(paths: &Paths) -> Result<bool> {
@@ -405,6 +409,17 @@ mod tests {
         assert!(!apt_noop(args(&["status", "--from-apt", "--root", r])));
         fs::create_dir(p.source_tree.join("new-1.0")).unwrap();
         assert!(!apt_noop(args(&["reconcile", "--from-apt", "--root", r])));
+    }
+
+    #[test]
+    fn a_just_released_lock_does_not_make_the_fingerprint_racy() {
+        let (_d, p) = root();
+        invalidate(&p).unwrap();
+        fs::write(p.dkms_tree.join(TREE_FILES[0]), "pid 1: rdkms reconcile").unwrap();
+        age(&p);
+        fs::write(p.dkms_tree.join(TREE_FILES[0]), "").unwrap();
+        assert!(store(&p).unwrap());
+        assert!(matches(&p));
     }
 
     #[test]
