@@ -154,6 +154,14 @@ pub struct Cli {
     #[arg(long = "from-apt", hide = true)]
     pub from_apt: bool,
 
+    /// Seconds a mutating command waits for another one holding the tree's lock (default 900).
+    #[arg(
+        long = "lock-timeout",
+        env = "RDKMS_LOCK_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub lock_timeout: Option<u64>,
+
     /// Take every system path (/usr/src, /var/lib/dkms, /lib/modules, /etc/dkms, /boot, /run) under DIR.
     #[arg(long, env = "RDKMS_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,

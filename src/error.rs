@@ -117,6 +117,18 @@ pub enum Error {
     #[error("Could not determine the architecture; pass -a ARCH.")]
     UnknownArch,
 
+    /// A source directory given to `add` has no dkms.conf.
+    #[error("{path} must contain a dkms.conf file. Point at the module's source directory (the one holding dkms.conf).", path = .path.display())]
+    NoConfInSource { path: PathBuf },
+
+    /// Another rdkms command held the tree's lock for longer than the timeout.
+    #[error("Timed out after {waited_secs} s waiting for {path} (held by {holder}). Wait for that command to finish, or raise --lock-timeout.", path = .path.display())]
+    LockTimeout {
+        path: PathBuf,
+        holder: String,
+        waited_secs: u64,
+    },
+
     /// An I/O operation failed; the path tells where.
     #[error("{op} {path}: {source}", path = .path.display())]
     Io {
@@ -149,6 +161,8 @@ impl Error {
             Error::PathEscape { .. } => 8,
             Error::Initramfs { .. } => 7,
             Error::UnknownArch => 12,
+            Error::NoConfInSource { .. } => 9,
+            Error::LockTimeout { .. } => 75,
             Error::Io { .. } => 1,
         }
     }

@@ -1,6 +1,7 @@
 //! rdkms: a DKMS-compatible manager for out-of-tree kernel modules. The binary is a thin shell
 //! around this library so integration tests and every command share one implementation.
 
+pub mod add;
 pub mod cli;
 pub mod conf;
 pub mod config;
@@ -9,8 +10,10 @@ pub mod fingerprint;
 pub mod host;
 pub mod initramfs;
 pub mod inventory;
+pub mod lock;
 pub mod plan;
 pub mod report;
+pub mod status;
 pub mod tree;
 pub mod version;
 
@@ -32,6 +35,8 @@ pub fn run(inv: Invocation) -> Result<i32> {
     };
     match action {
         Action::ConfShow => conf::show::run(&inv),
+        Action::Status => status::run(&inv),
+        Action::Add => add::run(&inv),
         other => Err(Error::Usage(format!(
             "'{}' is not implemented yet",
             other.word()

@@ -2,7 +2,11 @@
 //! DKMS read and write the same places:
 //! `<tree>/M/V/source -> <sourcetree>/M-V`, `<tree>/M/V/K/A/{module,log}`,
 //! `<tree>/M/kernel-K-A -> V/K/A` (the "installed" marker).
+//! The read half (`Pattern`, `Selection`, `Snapshot`) enumerates the tree exactly as DKMS's
+//! status globs do, so status, autoinstall and the planner agree with DKMS on what exists.
+//! Writers stage under names starting with `.` (hidden from every glob here) and rename.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Paths inside one dkms tree.
@@ -63,6 +67,362 @@ impl Tree {
     /// The relative target DKMS writes into the `kernel-K-A` symlink.
     pub fn installed_link_target(version: &str, kernel: &str, arch: &str) -> PathBuf {
         Path::new(version).join(kernel).join(arch)
+    }
+}
+
+impl Tree {
+    /// `<tree>/M/original_module/K/A`, where DKMS keeps modules it displaced (never on Debian).
+    pub fn original_module_dir(&self, module: &str, kernel: &str, arch: &str) -> PathBuf {
+        self.module_dir(module)
+            .join("original_module")
+            .join(kernel)
+            .join(arch)
+    }
+
+    /// How `<tree>/M/V/source` looks.
+    pub fn source(&self, module: &str, version: &str) -> Source {
+        let link = self.source_link(module, version);
+        match fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => Source::Link {
+                target: fs::read_link(&link).unwrap_or_default(),
+                resolves: link.is_dir(),
+            },
+            Ok(m) if m.is_dir() => Source::Dir,
+            _ => Source::Missing,
+        }
+    }
+
+    /// DKMS 3.0.10's "added": `<tree>/M/V` is a directory and `source` is a symlink (even a
+    /// dangling one) or a directory.
+    pub fn is_added(&self, module: &str, version: &str) -> bool {
+        self.version_dir(module, version).is_dir() && self.source(module, version).is_present()
+    }
+
+    /// Whether `kernel-K-A` resolves to `<tree>/M/V/K/A`. DKMS compares `readlink -f` of the
+    /// link with the unresolved path; both sides are resolved here, so a `--dkmstree` given
+    /// through a symlink or with `..` still finds installed modules (DKMS would say "built").
+    pub fn is_installed_build(
+        &self,
+        module: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+    ) -> bool {
+        let link = self.installed_link(module, kernel, arch);
+        let is_link = fs::symlink_metadata(&link)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        if !is_link {
+            return false;
+        }
+        match (
+            fs::canonicalize(&link),
+            fs::canonicalize(self.build_dir(module, version, kernel, arch)),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The file names in `<tree>/M/V/K/A/module/`, sorted; `None` when that directory is absent
+    /// (DKMS: not built).
+    pub fn built_module_files(
+        &self,
+        module: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+    ) -> Option<Vec<String>> {
+        let dir = self.built_modules_dir(module, version, kernel, arch);
+        if !dir.is_dir() {
+            return None;
+        }
+        let mut names = entry_names(&dir);
+        names.sort();
+        Some(names)
+    }
+
+    /// `<tree>/M/V` pairs matching the selection, in DKMS's glob order (`<tree>/*/*`).
+    pub fn module_versions(&self, module: &Pattern, version: &Pattern) -> Vec<(String, String)> {
+        two_level(&self.root, module, version)
+    }
+
+    /// `K/A` pairs under `<tree>/M/V` matching the selection, in DKMS's glob order.
+    pub fn kernel_arches(
+        &self,
+        module: &str,
+        version: &str,
+        kernel: &Pattern,
+        arch: &Pattern,
+    ) -> Vec<(String, String)> {
+        two_level(&self.version_dir(module, version), kernel, arch)
+    }
+}
+
+/// The `source` entry of a module version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A symlink (what `add` creates); `resolves` is false when it dangles (upstream's "broken").
+    Link { target: PathBuf, resolves: bool },
+    /// A real directory (binaries-only tarballs).
+    Dir,
+    /// No `source` entry: not added.
+    Missing,
+}
+
+impl Source {
+    /// Present in the sense of DKMS 3.0.10's "added" test.
+    pub fn is_present(&self) -> bool {
+        !matches!(self, Source::Missing)
+    }
+
+    /// Present but pointing nowhere: the sources were deleted while registered.
+    pub fn is_broken(&self) -> bool {
+        matches!(
+            self,
+            Source::Link {
+                resolves: false,
+                ..
+            }
+        )
+    }
+}
+
+/// One path component of the globs DKMS's status uses (`<tree>/${1:-*}/${2:-*}` and
+/// `<tree>/M/V/${3:-+([0-9]).*}/${4:-*}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `*`: every entry whose name does not start with `.`.
+    Any,
+    /// `+([0-9]).*`: digits then a dot, how DKMS finds kernel dirs when no `-k` is given.
+    KernelLike,
+    /// A word from the command line: a shell glob (`*`, `?`, `[...]`) if it has glob
+    /// characters, else the literal name (which may start with `.`).
+    Word(String),
+}
+
+impl Pattern {
+    /// `Word` for a non-empty word, `default` otherwise (DKMS's `${1:-*}`).
+    pub fn or(word: Option<&str>, default: Pattern) -> Pattern {
+        match word {
+            Some(w) if !w.is_empty() => Pattern::Word(w.to_string()),
+            _ => default,
+        }
+    }
+
+    /// Whether `name` (one directory entry) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Pattern::Any => !name.is_empty() && !name.starts_with('.'),
+            Pattern::KernelLike => {
+                let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+                digits > 0 && name.as_bytes().get(digits) == Some(&b'.')
+            }
+            Pattern::Word(w) if !has_glob_chars(w) => w == name,
+            Pattern::Word(w) => {
+                if name.starts_with('.') && !w.starts_with('.') && !w.starts_with("\\.") {
+                    return false;
+                }
+                let p: Vec<char> = w.chars().collect();
+                let s: Vec<char> = name.chars().collect();
+                glob_match(&p, &s)
+            }
+        }
+    }
+
+    /// The literal name when no directory listing is needed.
+    fn literal(&self) -> Option<&str> {
+        match self {
+            Pattern::Word(w) if !has_glob_chars(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+fn has_glob_chars(w: &str) -> bool {
+    w.contains(['*', '?', '['])
+}
+
+/// Bash-style glob match of one component: `*`, `?`, `[...]` (with `!`/`^` and ranges), `\x`.
+fn glob_match(p: &[char], s: &[char]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some('*') => (0..=s.len()).any(|i| glob_match(&p[1..], &s[i..])),
+        Some('?') => !s.is_empty() && glob_match(&p[1..], &s[1..]),
+        Some('[') => match (s.first(), bracket(&p[1..])) {
+            (Some(&c), Some((set, rest))) => set.matches(c) && glob_match(rest, &s[1..]),
+            (Some(&c), None) => c == '[' && glob_match(&p[1..], &s[1..]),
+            (None, _) => false,
+        },
+        Some('\\') if p.len() > 1 => s.first() == Some(&p[1]) && glob_match(&p[2..], &s[1..]),
+        Some(&c) => s.first() == Some(&c) && glob_match(&p[1..], &s[1..]),
+    }
+}
+
+/// A parsed `[...]` expression.
+struct Bracket {
+    negated: bool,
+    ranges: Vec<(char, char)>,
+}
+
+impl Bracket {
+    fn matches(&self, c: char) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != self.negated
+    }
+}
+
+/// Parses the inside of `[...]` (after the `[`); `None` if it is not closed.
+fn bracket(p: &[char]) -> Option<(Bracket, &[char])> {
+    let negated = matches!(p.first(), Some('!') | Some('^'));
+    let mut i = usize::from(negated);
+    let mut ranges = Vec::new();
+    let mut first = true;
+    while i < p.len() {
+        let c = p[i];
+        if c == ']' && !first {
+            return Some((Bracket { negated, ranges }, &p[i + 1..]));
+        }
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            ranges.push((c, p[i + 2]));
+            i += 3;
+        } else {
+            ranges.push((c, c));
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Names in `dir` (non-UTF-8 names are skipped); an unreadable directory gives none, as a
+/// glob would.
+fn entry_names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect()
+}
+
+/// Names in `dir` matching `pat`; a literal is returned when it exists, without listing.
+fn matching(dir: &Path, pat: &Pattern) -> Vec<String> {
+    match pat.literal() {
+        Some(lit) => {
+            if fs::symlink_metadata(dir.join(lit)).is_ok() {
+                vec![lit.to_string()]
+            } else {
+                Vec::new()
+            }
+        }
+        None => entry_names(dir)
+            .into_iter()
+            .filter(|n| pat.matches(n))
+            .collect(),
+    }
+}
+
+/// Expands `dir/P1/P2` and sorts the results as bash sorts a glob in the C locale: by the
+/// bytes of the whole `a/b` string (so `a-b/1` comes before `a/1`). DKMS runs with the
+/// caller's locale; rdkms always uses this byte order (C and C.UTF-8 agree on it).
+fn two_level(dir: &Path, first: &Pattern, second: &Pattern) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for a in matching(dir, first) {
+        let sub = dir.join(&a);
+        if !sub.is_dir() {
+            continue;
+        }
+        for b in matching(&sub, second) {
+            out.push((a.clone(), b));
+        }
+    }
+    out.sort_by_cached_key(|(a, b)| format!("{a}/{b}").into_bytes());
+    out
+}
+
+/// Which part of the tree to read; `Selection::all()` is what DKMS sees without arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub module: Pattern,
+    pub version: Pattern,
+    pub kernel: Pattern,
+    pub arch: Pattern,
+}
+
+impl Selection {
+    /// Every module version and every kernel dir DKMS recognises (`+([0-9]).*`).
+    pub fn all() -> Selection {
+        Selection {
+            module: Pattern::Any,
+            version: Pattern::Any,
+            kernel: Pattern::KernelLike,
+            arch: Pattern::Any,
+        }
+    }
+}
+
+/// The state of the selected part of a dkms tree at one moment, for status and planners.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Added module versions, in DKMS's order.
+    pub modules: Vec<ModuleVersion>,
+}
+
+/// One added `M/V`.
+#[derive(Debug, Clone)]
+pub struct ModuleVersion {
+    pub name: String,
+    pub version: String,
+    pub source: Source,
+    /// Every selected `K/A` directory, in DKMS's order, built or not.
+    pub builds: Vec<Build>,
+}
+
+/// One `<tree>/M/V/K/A` directory.
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub kernel: String,
+    pub arch: String,
+    /// The files of `module/`, `None` when it does not exist (an unfinished or foreign dir).
+    pub module_files: Option<Vec<String>>,
+    /// `kernel-K-A` points here.
+    pub installed: bool,
+}
+
+impl Build {
+    /// `module/` exists.
+    pub fn is_built(&self) -> bool {
+        self.module_files.is_some()
+    }
+}
+
+impl Snapshot {
+    /// Reads the selected module versions and their kernel dirs. Pure reading: entries that
+    /// vanish meanwhile are skipped, hidden (`.`) staging entries are never seen.
+    pub fn read(tree: &Tree, sel: &Selection) -> Snapshot {
+        let modules = tree
+            .module_versions(&sel.module, &sel.version)
+            .into_iter()
+            .filter(|(m, v)| tree.is_added(m, v))
+            .map(|(name, version)| {
+                let builds = tree
+                    .kernel_arches(&name, &version, &sel.kernel, &sel.arch)
+                    .into_iter()
+                    .map(|(kernel, arch)| Build {
+                        module_files: tree.built_module_files(&name, &version, &kernel, &arch),
+                        installed: tree.is_installed_build(&name, &version, &kernel, &arch),
+                        kernel,
+                        arch,
+                    })
+                    .collect();
+                ModuleVersion {
+                    source: tree.source(&name, &version),
+                    name,
+                    version,
+                    builds,
+                }
+            })
+            .collect();
+        Snapshot { modules }
     }
 }
 

@@ -17,8 +17,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// subshell with stdout discarded, echo the whitelist back the way DKMS does (unquoted, so
 /// word splitting collapses whitespace), and evaluate that text in this shell. At the end,
 /// print every element as NAME NUL INDEX NUL VALUE NUL on the original stdout (fd 3), which
-/// nothing the conf runs can write to.
+/// nothing the conf runs can write to. It is one function so that a syntax error in the
+/// echoed text (a value ending in a backslash) cannot derail parsing of the driver itself.
 const DRIVER: &str = r#"
+__rdkms_main() {
 exec 3>&1 >/dev/null
 __rdkms_n=$1; shift
 __rdkms_files=("${@:1:$__rdkms_n}"); shift "$__rdkms_n"
@@ -42,14 +44,39 @@ for __rdkms_v in "${__rdkms_names[@]}"; do
         printf '%s\0%s\0%s\0' "$__rdkms_v" "$__rdkms_i" "$__rdkms_val" >&3
     done
 done
+}
+__rdkms_main "$@"
 "#;
 
+/// Environment variable overriding [`DEFAULT_TIMEOUT`], in seconds (tests use 1).
+pub const TIMEOUT_ENV: &str = "RDKMS_CONF_TIMEOUT";
+
 /// Evaluates `files` in order with bash, keeping `names`; values get a trailing CR stripped.
+/// The time limit is [`DEFAULT_TIMEOUT`] unless `RDKMS_CONF_TIMEOUT` gives one in seconds.
 pub fn evaluate(files: &[PathBuf], names: &[&str], ctx: &EvalContext) -> Result<Directives> {
-    evaluate_with_timeout(files, names, ctx, DEFAULT_TIMEOUT)
+    evaluate_with_timeout(files, names, ctx, timeout_from_env()?)
 }
 
-/// [`evaluate`] with an explicit time limit.
+/// The time limit from `RDKMS_CONF_TIMEOUT` (seconds, fractions allowed), else the default.
+pub fn timeout_from_env() -> Result<Duration> {
+    let Some(raw) = std::env::var_os(TIMEOUT_ENV) else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let raw = raw.to_string_lossy();
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{TIMEOUT_ENV}='{raw}' is not a number of seconds; set it to e.g. 10 or unset it"
+            ))
+        })
+}
+
+/// [`evaluate`] with an explicit time limit. The conf's stderr is passed on (as DKMS does)
+/// when evaluation succeeds and summarised in the error when it fails.
 pub fn evaluate_with_timeout(
     files: &[PathBuf],
     names: &[&str],
@@ -90,7 +117,7 @@ pub fn evaluate_with_timeout(
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     if ctx.cwd.as_os_str().is_empty() {
         cmd.current_dir("/");
     } else {
@@ -102,12 +129,8 @@ pub fn evaluate_with_timeout(
         problem: format!("cannot run bash: {e}"),
         fix: "install bash".into(),
     })?;
-    let mut reader = child.stdout.take().expect("stdout is piped");
-    let reader_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = reader.read_to_end(&mut buf);
-        buf
-    });
+    let reader_thread = drain(child.stdout.take());
+    let stderr_thread = drain(child.stderr.take());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child
@@ -120,9 +143,13 @@ pub fn evaluate_with_timeout(
             kill_group(child.id());
             let _ = child.wait();
             let _ = reader_thread.join();
+            let _ = stderr_thread.join();
             return Err(Error::ConfEval {
                 file: first,
-                problem: format!("evaluation did not finish within {} s", timeout.as_secs()),
+                problem: format!(
+                    "evaluation did not finish within {} s (limit set by {TIMEOUT_ENV})",
+                    timeout.as_secs_f64()
+                ),
                 fix: "remove the endless loop or blocking command from the file".into(),
             });
         }
@@ -131,14 +158,32 @@ pub fn evaluate_with_timeout(
     // Background jobs started by the conf may still hold the pipe: end them.
     kill_group(child.id());
     let out = reader_thread.join().unwrap_or_default();
+    let err = stderr_thread.join().unwrap_or_default();
     if !status.success() {
+        let text = String::from_utf8_lossy(&err);
+        let first_line = text.lines().map(str::trim).find(|l| !l.is_empty());
         return Err(Error::ConfEval {
             file: first,
-            problem: format!("bash exited with {status}"),
+            problem: match first_line {
+                Some(l) => format!("bash exited with {status}: {l}"),
+                None => format!("bash exited with {status}"),
+            },
             fix: "run `bash -n` on the file and fix the reported error".into(),
         });
     }
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), &err);
     parse_output(&out, &first)
+}
+
+/// Reads a child's pipe to the end on a thread (so neither pipe can fill up and block bash).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
 }
 
 /// Refuses a file bash cannot parse, naming the line, before anything in it runs.

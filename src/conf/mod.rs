@@ -4,8 +4,10 @@
 
 pub mod bash;
 pub mod directives;
+pub mod lexer;
 pub mod model;
 pub mod show;
+pub mod static_eval;
 
 pub use directives::Directives;
 pub use model::{DkmsConf, ModuleEntry, Target};
@@ -96,16 +98,29 @@ pub enum EvalMode {
 
 /// Evaluates `files` in order (a dkms.conf followed by its /etc/dkms overrides), keeping only
 /// `names`, with DKMS's semantics: each file in its own subshell, values evaluated twice.
+/// `Auto` tries the static evaluator and falls back to bash when it declines a file.
 pub fn evaluate(
     files: &[PathBuf],
     names: &[&str],
     ctx: &EvalContext,
     mode: EvalMode,
 ) -> crate::Result<(Directives, EvalPath)> {
-    match mode {
-        EvalMode::BashOnly | EvalMode::Auto | EvalMode::StaticOnly => {
+    if mode == EvalMode::BashOnly {
+        return Ok((bash::evaluate(files, names, ctx)?, EvalPath::Bash));
+    }
+    match static_eval::evaluate(files, names, ctx)? {
+        Ok(d) => Ok((d, EvalPath::Static)),
+        Err(_) if mode == EvalMode::Auto => {
             Ok((bash::evaluate(files, names, ctx)?, EvalPath::Bash))
         }
+        Err(declined) => Err(crate::Error::ConfEval {
+            file: declined.file,
+            problem: format!(
+                "the static evaluator does not understand {}",
+                declined.reason
+            ),
+            fix: "unset RDKMS_CONF_EVAL (or set it to bash) so bash reads the file".into(),
+        }),
     }
 }
 
@@ -174,8 +189,9 @@ impl LoadRequest {
     }
 }
 
-/// Reads, evaluates and validates a module's dkms.conf (plus /etc/dkms overrides) for a target.
-pub fn load(req: &LoadRequest) -> crate::Result<DkmsConf> {
+/// Evaluates a module's dkms.conf (plus /etc/dkms overrides) for a target into the directives
+/// DKMS would hold afterwards, `--directive` overrides included.
+pub fn read(req: &LoadRequest) -> crate::Result<(Directives, EvalPath)> {
     if !req.conf_file.is_file() {
         return Err(crate::Error::ConfNotFound {
             path: req.conf_file.clone(),
@@ -196,8 +212,14 @@ pub fn load(req: &LoadRequest) -> crate::Result<DkmsConf> {
         let (name, value) = d
             .split_once('=')
             .ok_or_else(|| crate::Error::Usage(format!("--directive '{d}' is not NAME=VALUE")))?;
-        directives.unset(name);
+        // DKMS exports NAME=VALUE: element 0 changes, other elements stay.
         directives.set(name, 0, value.to_string());
     }
+    Ok((directives, path))
+}
+
+/// Reads, evaluates and validates a module's dkms.conf (plus /etc/dkms overrides) for a target.
+pub fn load(req: &LoadRequest) -> crate::Result<DkmsConf> {
+    let (directives, path) = read(req)?;
     DkmsConf::from_directives(&directives, &req.conf_file, &req.target, path)
 }

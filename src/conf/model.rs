@@ -73,8 +73,10 @@ pub struct DkmsConf {
     pub post_install: Option<String>,
     pub post_remove: Option<String>,
     pub autoinstall: bool,
+    /// Deprecated and ignored by DKMS since 3.0; shown for information only.
     pub remake_initrd: bool,
     pub build_depends: Vec<String>,
+    pub build_depends_rebuild: bool,
     pub build_exclusive: Exclusive,
     pub obsolete_by: Option<String>,
     pub no_weak_modules: bool,
@@ -170,13 +172,14 @@ impl DkmsConf {
             post_install: opt(d, "POST_INSTALL"),
             post_remove: opt(d, "POST_REMOVE"),
             autoinstall,
-            remake_initrd: yes_no(d, file, "REMAKE_INITRD")?,
+            remake_initrd: d.scalar("REMAKE_INITRD").eq_ignore_ascii_case("yes"),
             build_depends: d
                 .indices("BUILD_DEPENDS")
                 .into_iter()
                 .filter_map(|i| d.get("BUILD_DEPENDS", i))
                 .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                 .collect(),
+            build_depends_rebuild: yes_no(d, file, "BUILD_DEPENDS_REBUILD")?,
             build_exclusive,
             obsolete_by,
             no_weak_modules: yes_no(d, file, "NO_WEAK_MODULES")?,
@@ -186,7 +189,8 @@ impl DkmsConf {
     }
 }
 
-/// `yes`/`no`/empty, case-insensitive, as upstream DKMS validates AUTOINSTALL and friends.
+/// `yes`/`no`/empty, case-insensitive, as upstream DKMS validates AUTOINSTALL,
+/// BUILD_DEPENDS_REBUILD and NO_WEAK_MODULES.
 fn yes_no(d: &Directives, file: &Path, name: &str) -> Result<bool> {
     let v = d.scalar(name);
     match v.to_ascii_lowercase().as_str() {
@@ -230,12 +234,24 @@ fn modules(
             built_name = package_name.to_string();
         }
         if built_name.is_empty() {
-            return Err(bad(
-                file,
-                &format!("BUILT_MODULE_NAME[{i}]"),
-                "missing (sparse or short array)",
-                format!("set BUILT_MODULE_NAME[{i}] or renumber the module arrays without gaps"),
-            ));
+            let directive = format!("BUILT_MODULE_NAME[{i}]");
+            return Err(if d.count("BUILT_MODULE_NAME") == 0 {
+                bad(
+                    file,
+                    &directive,
+                    format!(
+                        "missing for {count} modules (it defaults to PACKAGE_NAME only when there is one)"
+                    ),
+                    format!("set BUILT_MODULE_NAME[0] to BUILT_MODULE_NAME[{}]", count - 1),
+                )
+            } else {
+                bad(
+                    file,
+                    &directive,
+                    "missing: the module arrays have a gap at this index",
+                    format!("set {directive} or renumber the module arrays without gaps"),
+                )
+            });
         }
         let dest_location = get("DEST_MODULE_LOCATION");
         if dest_location.is_empty() {
@@ -289,10 +305,11 @@ fn modules(
             &format!("DEST_MODULE_LOCATION[{i}]"),
             dest_location.trim_start_matches('/'),
         )?;
+        // Empty inherits STRIP[0]; any other value but n* leaves DKMS's "strip" unset = yes.
         let strip = match d.get("STRIP", i).unwrap_or("").chars().next() {
             Some('n' | 'N') => false,
-            Some('y' | 'Y') => true,
-            _ => strip_default,
+            Some(_) => true,
+            None => strip_default,
         };
         if i == 0 {
             strip_default = strip;
@@ -365,13 +382,14 @@ fn check_duplicates(file: &Path, modules: &[ModuleEntry]) -> Result<()> {
 }
 
 /// MAKE[0] unless MAKE_MATCH[0] is set; then the last index whose MAKE_MATCH matches wins.
+/// Like DKMS, only indices below the number of set MAKE elements are looked at.
 fn select_make(d: &Directives, file: &Path, kernel: &str) -> Result<Option<String>> {
     let mut chosen = if d.scalar("MAKE_MATCH").is_empty() {
         opt(d, "MAKE")
     } else {
         None
     };
-    for i in d.indices("MAKE") {
+    for i in 0..d.count("MAKE") {
         let make = d.get("MAKE", i).unwrap_or("");
         let pattern = d.get("MAKE_MATCH", i).unwrap_or("");
         if !make.is_empty()
@@ -384,15 +402,22 @@ fn select_make(d: &Directives, file: &Path, kernel: &str) -> Result<Option<Strin
     Ok(chosen)
 }
 
-/// PATCH entries whose PATCH_MATCH is empty or matches the kernel; `..` is refused.
+/// PATCH entries whose PATCH_MATCH is empty or matches the kernel (like DKMS, only indices
+/// below the number of set PATCH elements); an absolute or `..` name is refused in any entry.
 fn select_patches(d: &Directives, file: &Path, kernel: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
     for i in d.indices("PATCH") {
+        check_relative(
+            file,
+            &format!("PATCH[{i}]"),
+            d.get("PATCH", i).unwrap_or(""),
+        )?;
+    }
+    let mut out = Vec::new();
+    for i in 0..d.count("PATCH") {
         let patch = d.get("PATCH", i).unwrap_or("");
         if patch.is_empty() {
             continue;
         }
-        check_relative(file, &format!("PATCH[{i}]"), patch)?;
         let pattern = d.get("PATCH_MATCH", i).unwrap_or("");
         if pattern.is_empty()
             || regex(file, &format!("PATCH_MATCH[{i}]"), pattern)?.is_match(kernel)

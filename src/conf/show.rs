@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::Invocation;
-use crate::conf::{self, model::Target, EvalMode, LoadRequest};
+use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
 use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::host;
@@ -72,21 +72,9 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         directive_overrides: inv.cli.directives.clone(),
         mode: mode_from_env(),
     };
-    let files = {
-        let mut f = vec![req.conf_file.clone()];
-        f.extend(conf::override_files(
-            &paths.etc_dkms,
-            &req.module,
-            &req.module_version,
-            &req.target.kernel,
-            &req.target.arch,
-        ));
-        f
-    };
-    let conf = conf::load(&req)?;
+    let (directives, eval_path) = conf::read(&req)?;
+    let conf = DkmsConf::from_directives(&directives, &req.conf_file, &req.target, eval_path)?;
     if inv.cli.json {
-        let (directives, _) =
-            conf::evaluate(&files, conf::DKMS_CONF_NAMES, &req.context(), req.mode)?;
         let out = serde_json::json!({
             "file": conf.file,
             "kernel": req.target.kernel,

@@ -1,0 +1,604 @@
+//! `rdkms status`: what is added, built and installed, printed byte for byte as Debian's
+//! DKMS 3.0.10 prints it (scripts parse these lines), plus `--json` and the pre-2.8.6 format.
+//!
+//! How each line is decided, following DKMS 3.0.10's `module_status`/`is_module_built`/
+//! `module_status_built_extra`:
+//! - module versions come from `<tree>/M/V` in glob order, kernels from
+//!   `<tree>/M/V/+([0-9]).*/A` (or the `-k`/`-a` words), see `tree::Snapshot`;
+//! - a kernel is "built" when `module/` holds every DEST_MODULE_NAME of the dkms.conf
+//!   (`.ko`, or `.ko` plus the kernel's compression suffix taken from its `modules.dep`),
+//!   "installed" when `kernel-K-A` also resolves to it; a version with no such kernel prints
+//!   `M/V: added`;
+//! - suffixes: ` (original_module exists)` when `<tree>/M/original_module/K/A` exists, then
+//!   per module ` (WARNING! Missing some built modules!)` or, when installed, ` (WARNING! Diff
+//!   between built and installed module!)` if the installed copy is absent or differs.
+//!
+//! Deliberate deviations (each where DKMS is accidental, slow or broken):
+//! - dkms.conf is never sourced: it is read with the static evaluator only. When that cannot
+//!   read it (the file needs a shell, is invalid, or the source link dangles) the module names
+//!   are taken from the files in `module/`, so such a build counts as complete. DKMS would
+//!   instead abort the whole listing with "Could not locate dkms.conf" / "Bad conf file"
+//!   (rdkms prints a warning on stderr and goes on).
+//! - Where DKMS runs `modinfo` to choose between two possible install locations, rdkms takes
+//!   the first location holding the file (same answer unless a module is installed in both
+//!   places with different `version:` fields); files are compared by size, then bytes.
+//! - Order is byte order (DKMS sorts its globs with the caller's LC_COLLATE; identical under
+//!   C/POSIX/C.UTF-8, which is what root shells, dpkg and CI use).
+//! - `modules.dep` is read from the install tree (DKMS reads `/lib/modules` even with
+//!   `--installtree`).
+//!
+//! Kept on purpose: DKMS's built test uses a compression suffix that sticks from earlier
+//! kernels of the same listing (a global variable), its suffix check a fresh one; that is the
+//! one way a tree gets ` (WARNING! Missing some built modules!)` in practice, so rdkms keeps it.
+//! - `-c FILE` and `--directive` are ignored (DKMS echoes directives into status output).
+//!   Names are printed as they are (DKMS's `read` drops backslashes and edge blanks).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::Invocation;
+use crate::conf::{self, EvalMode, LoadRequest, ModuleEntry, Target};
+use crate::config::Paths;
+use crate::error::{Error, Result};
+use crate::host;
+use crate::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Tree};
+
+/// What one status line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Added,
+    Built,
+    Installed,
+}
+
+impl State {
+    fn word(self) -> &'static str {
+        match self {
+            State::Added => "added",
+            State::Built => "built",
+            State::Installed => "installed",
+        }
+    }
+}
+
+/// A condition DKMS appends to a built/installed line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningCode {
+    OriginalModuleExists,
+    MissingBuiltModule,
+    DiffBuiltInstalled,
+}
+
+impl WarningCode {
+    /// DKMS 3.0.10's suffix text.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            WarningCode::OriginalModuleExists => " (original_module exists)",
+            WarningCode::MissingBuiltModule => " (WARNING! Missing some built modules!)",
+            WarningCode::DiffBuiltInstalled => {
+                " (WARNING! Diff between built and installed module!)"
+            }
+        }
+    }
+}
+
+/// One suffix, with the module (DEST_MODULE_NAME) it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    pub code: WarningCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// One status line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub name: String,
+    pub version: String,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub state: State,
+    /// The `source` link dangles (upstream DKMS calls this "broken").
+    pub source_missing: bool,
+    /// The module files in the dkms tree.
+    pub built_files: Vec<PathBuf>,
+    /// The installed copies that were found (installed state only).
+    pub installed_files: Vec<PathBuf>,
+    pub warnings: Vec<Warning>,
+}
+
+/// What to list: DKMS's `status [M[/V]] [-k K[/A]]... [-a A]`.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub module: Option<String>,
+    pub version: Option<String>,
+    /// One listing per `-k` (in order), or one with no kernel.
+    pub targets: Vec<(Option<String>, Option<String>)>,
+    /// `--kernelsourcedir`, for `$kernel_source_dir` in dkms.conf.
+    pub kernel_source_dir: Option<PathBuf>,
+}
+
+impl Query {
+    /// The query a command line asks for.
+    pub fn from_invocation(inv: &Invocation) -> Query {
+        let targets = if inv.kernels.is_empty() {
+            vec![(None, inv.cli.archs.first().cloned())]
+        } else {
+            inv.kernels
+                .iter()
+                .map(|k| (Some(k.kernel.clone()), k.arch.clone()))
+                .collect()
+        };
+        Query {
+            module: inv.module.clone(),
+            version: inv.version.clone(),
+            targets,
+            kernel_source_dir: inv.cli.kernel_source_dir.clone(),
+        }
+    }
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `M/V, K, A: installed` (DKMS ≥ 2.8.6).
+    Dkms,
+    /// `M, V, K, A: installed` (DKMS < 2.8.6).
+    Legacy,
+    Json,
+}
+
+impl Format {
+    fn from_invocation(inv: &Invocation) -> Result<Format> {
+        match (inv.cli.json, inv.cli.format.as_deref()) {
+            (false, None | Some("dkms")) => Ok(Format::Dkms),
+            (false, Some("legacy")) => Ok(Format::Legacy),
+            (true, None | Some("json")) => Ok(Format::Json),
+            (false, Some("json")) => Ok(Format::Json),
+            (_, Some(other)) => Err(Error::Usage(format!(
+                "--format {other}: use --format dkms, --format legacy or --json (not both)"
+            ))),
+        }
+    }
+}
+
+/// Runs `status`. Always exits 0, like DKMS, even when nothing matches. Takes no lock.
+pub fn run(inv: &Invocation) -> Result<i32> {
+    let format = Format::from_invocation(inv)?;
+    let paths = Paths::from_cli(&inv.cli);
+    let entries = collect(&paths, &Query::from_invocation(inv));
+    if inv.cli.quiet {
+        return Ok(0);
+    }
+    let text = render(&entries, format);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::io("write", "standard output", e))
+        }
+        _ => Ok(0),
+    }
+}
+
+/// Renders entries in one format.
+pub fn render(entries: &[Entry], format: Format) -> String {
+    if format == Format::Json {
+        let mut s = serde_json::to_string_pretty(entries).unwrap_or_else(|_| "[]".into());
+        s.push('\n');
+        return s;
+    }
+    let sep = if format == Format::Legacy { ", " } else { "/" };
+    let mut s = String::new();
+    for e in entries {
+        s.push_str(&e.name);
+        s.push_str(sep);
+        s.push_str(&e.version);
+        if let (Some(k), Some(a)) = (&e.kernel, &e.arch) {
+            s.push_str(&format!(", {k}, {a}"));
+        }
+        s.push_str(": ");
+        s.push_str(e.state.word());
+        for w in &e.warnings {
+            s.push_str(w.code.suffix());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Reads the tree and decides every line, in DKMS's order. Pure reading, no subprocess.
+pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
+    let mut reader = Reader {
+        paths,
+        tree: Tree::new(&paths.dkms_tree),
+        location_override: host::location_override(paths),
+        kernel_source_dir: query.kernel_source_dir.clone(),
+        compression: HashMap::new(),
+        seen_kernels: Vec::new(),
+        warned: HashSet::new(),
+    };
+    let targets = if query.targets.is_empty() {
+        vec![(None, None)]
+    } else {
+        query.targets.clone()
+    };
+    let mut out = Vec::new();
+    for (kernel, arch) in &targets {
+        let sel = Selection {
+            module: Pattern::or(query.module.as_deref(), Pattern::Any),
+            version: Pattern::or(query.version.as_deref(), Pattern::Any),
+            kernel: Pattern::or(kernel.as_deref(), Pattern::KernelLike),
+            arch: Pattern::or(arch.as_deref(), Pattern::Any),
+        };
+        reader.seen_kernels.clear();
+        for mv in Snapshot::read(&reader.tree, &sel).modules {
+            let before = out.len();
+            for build in mv.builds.iter().filter(|b| b.is_built()) {
+                reader.seen_kernels.push(build.kernel.clone());
+                if let Some(e) = reader.build_entry(&mv, build) {
+                    out.push(e);
+                }
+            }
+            if out.len() == before {
+                out.push(Entry {
+                    source_missing: mv.source.is_broken(),
+                    name: mv.name,
+                    version: mv.version,
+                    kernel: None,
+                    arch: None,
+                    state: State::Added,
+                    built_files: Vec::new(),
+                    installed_files: Vec::new(),
+                    warnings: Vec::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The modules a build should hold: from dkms.conf when it can be read statically, else the
+/// module files that are there (name, file; `NAME.ko` preferred over a compressed copy).
+enum Expected {
+    Conf(Vec<ModuleEntry>),
+    Found(Vec<(String, PathBuf)>),
+}
+
+/// State shared across one status run (caches and the once-only warnings).
+struct Reader<'a> {
+    paths: &'a Paths,
+    tree: Tree,
+    location_override: Option<String>,
+    kernel_source_dir: Option<PathBuf>,
+    /// Kernel → its module compression suffix (`.gz`, `.xz`, `.zst` or none).
+    compression: HashMap<String, Option<&'static str>>,
+    /// Kernels whose built test ran so far in this listing (DKMS's sticky suffix, see above).
+    seen_kernels: Vec<String>,
+    /// Module versions already warned about on stderr.
+    warned: HashSet<(String, String)>,
+}
+
+impl Reader<'_> {
+    /// The line for one `K/A` whose `module/` exists, or `None` when DKMS would not call it
+    /// built (a module of dkms.conf is missing from `module/`).
+    fn build_entry(&mut self, mv: &ModuleVersion, b: &Build) -> Option<Entry> {
+        let (m, v, k, a) = (&mv.name, &mv.version, &b.kernel, &b.arch);
+        let moddir = self.tree.built_modules_dir(m, v, k, a);
+        let expected = self.expected(mv, b);
+        let files: Vec<(String, Option<PathBuf>)> = match &expected {
+            Expected::Conf(entries) => {
+                let plain = |e: &ModuleEntry| moddir.join(format!("{}.ko", e.dest_name)).exists();
+                if !entries.iter().all(plain) {
+                    let sticky = self.sticky_compression();
+                    if entries
+                        .iter()
+                        .any(|e| lookup(&moddir, &e.dest_name, || sticky).is_none())
+                    {
+                        return None;
+                    }
+                }
+                entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.dest_name.clone(),
+                            self.module_file(&moddir, k, &e.dest_name),
+                        )
+                    })
+                    .collect()
+            }
+            Expected::Found(found) => found
+                .iter()
+                .map(|(n, f)| (n.clone(), Some(f.clone())))
+                .collect(),
+        };
+        let state = if b.installed {
+            State::Installed
+        } else {
+            State::Built
+        };
+        let mut warnings = Vec::new();
+        if self.tree.original_module_dir(m, k, a).is_dir() {
+            warnings.push(Warning {
+                code: WarningCode::OriginalModuleExists,
+                module: None,
+            });
+        }
+        let mut built_files = Vec::new();
+        let mut installed_files = Vec::new();
+        for (i, (name, tree_mod)) in files.into_iter().enumerate() {
+            let Some(tree_mod) = tree_mod else {
+                warnings.push(Warning {
+                    code: WarningCode::MissingBuiltModule,
+                    module: Some(name.clone()),
+                });
+                continue;
+            };
+            if state == State::Installed {
+                let candidates = match &expected {
+                    Expected::Conf(entries) => {
+                        let e = &entries[i];
+                        let mut c = vec![e.install_location.clone()];
+                        if e.dest_location != e.install_location {
+                            c.push(e.dest_location.clone());
+                        }
+                        Some(c)
+                    }
+                    Expected::Found(_) => self.location_override.clone().map(|l| vec![l]),
+                };
+                if let Some(candidates) = candidates {
+                    let installed = self.installed_copy(k, &name, &candidates);
+                    let same = installed
+                        .as_deref()
+                        .is_some_and(|f| same_contents(&tree_mod, f));
+                    if !same {
+                        warnings.push(Warning {
+                            code: WarningCode::DiffBuiltInstalled,
+                            module: Some(name.clone()),
+                        });
+                    }
+                    installed_files.extend(installed);
+                }
+            }
+            built_files.push(tree_mod);
+        }
+        Some(Entry {
+            name: m.clone(),
+            version: v.clone(),
+            kernel: Some(k.clone()),
+            arch: Some(a.clone()),
+            state,
+            source_missing: mv.source.is_broken(),
+            built_files,
+            installed_files,
+            warnings,
+        })
+    }
+
+    /// The expected modules of a build. Reads dkms.conf with the static evaluator only.
+    fn expected(&mut self, mv: &ModuleVersion, b: &Build) -> Expected {
+        let conf_file = self
+            .tree
+            .source_link(&mv.name, &mv.version)
+            .join("dkms.conf");
+        let moddir = self
+            .tree
+            .built_modules_dir(&mv.name, &mv.version, &b.kernel, &b.arch);
+        let found = || {
+            let mut seen = HashSet::new();
+            let files = b
+                .module_files
+                .iter()
+                .flatten()
+                .filter_map(|f| Some((module_name(f)?, moddir.join(f))))
+                .filter(|(n, _)| seen.insert(n.clone()))
+                .collect();
+            Expected::Found(files)
+        };
+        if !conf_file.is_file() {
+            if self.warned.insert((mv.name.clone(), mv.version.clone())) {
+                eprintln!(
+                    "Warning: {}/{}: {} does not exist (source removed?); reporting the built modules found in the tree.",
+                    mv.name,
+                    mv.version,
+                    conf_file.display()
+                );
+            }
+            return found();
+        }
+        let kernel_source_dir = self
+            .kernel_source_dir
+            .clone()
+            .unwrap_or_else(|| self.paths.kernel_build_dir(&b.kernel));
+        let req = LoadRequest {
+            conf_file,
+            module: mv.name.clone(),
+            module_version: mv.version.clone(),
+            target: Target {
+                kernel: b.kernel.clone(),
+                arch: b.arch.clone(),
+                kernel_config: kernel_source_dir.join(".config"),
+                kernel_source_dir,
+                build_dir: self.tree.version_dir(&mv.name, &mv.version).join("build"),
+                location_override: self.location_override.clone(),
+            },
+            etc_dkms: Some(self.paths.etc_dkms.clone()),
+            dkms_tree: self.paths.dkms_tree.clone(),
+            source_tree: self.paths.source_tree.clone(),
+            install_tree: self.paths.install_tree.clone(),
+            directive_overrides: Vec::new(),
+            mode: EvalMode::StaticOnly,
+        };
+        match conf::load(&req) {
+            Ok(c) => Expected::Conf(c.modules),
+            Err(_) => found(),
+        }
+    }
+
+    /// DKMS's `compressed_or_uncompressed`: `dir/NAME.ko`, else `dir/NAME.ko<suffix>` for the
+    /// kernel's compression (only looked up when the plain file is absent).
+    fn module_file(&mut self, dir: &Path, kernel: &str, name: &str) -> Option<PathBuf> {
+        lookup(dir, name, || self.compression(kernel))
+    }
+
+    /// The suffix DKMS's built test sees: the last compression found among the kernels
+    /// tested so far in this listing.
+    fn sticky_compression(&mut self) -> Option<&'static str> {
+        let kernels = self.seen_kernels.clone();
+        kernels.iter().rev().find_map(|k| self.compression(k))
+    }
+
+    /// The compression suffix DKMS infers from `<installtree>/K/modules.dep` (the last of
+    /// `.gz`, `.xz`, `.zst` that appears wins, as in DKMS's three greps).
+    fn compression(&mut self, kernel: &str) -> Option<&'static str> {
+        if let Some(c) = self.compression.get(kernel) {
+            return *c;
+        }
+        let dep = self.paths.install_tree.join(kernel).join("modules.dep");
+        let text = std::fs::read(dep).unwrap_or_default();
+        let has = |pat: &[u8]| text.windows(pat.len()).any(|w| w == pat);
+        let c = [
+            (".zst", b".zst:" as &[u8]),
+            (".xz", b".xz:"),
+            (".gz", b".gz:"),
+        ]
+        .into_iter()
+        .find(|(_, pat)| has(pat))
+        .map(|(s, _)| s);
+        self.compression.insert(kernel.to_string(), c);
+        c
+    }
+
+    /// DKMS's `find_actual_dest_module_location`: the first candidate location under
+    /// `<installtree>/K` holding the module, else `<installtree>/K` itself.
+    fn installed_copy(
+        &mut self,
+        kernel: &str,
+        name: &str,
+        candidates: &[String],
+    ) -> Option<PathBuf> {
+        let base = self.paths.install_tree.join(kernel);
+        for l in candidates {
+            let dir = base.join(l.trim_start_matches('/'));
+            if let Some(f) = self.module_file(&dir, kernel, name) {
+                return Some(f);
+            }
+        }
+        self.module_file(&base, kernel, name)
+    }
+}
+
+/// `dir/NAME.ko` if it exists, else `dir/NAME.ko<suffix>` (suffix asked only then).
+fn lookup(
+    dir: &Path,
+    name: &str,
+    suffix: impl FnOnce() -> Option<&'static str>,
+) -> Option<PathBuf> {
+    let plain = dir.join(format!("{name}.ko"));
+    if plain.exists() {
+        return Some(plain);
+    }
+    let packed = dir.join(format!("{name}.ko{}", suffix()?));
+    packed.exists().then_some(packed)
+}
+
+/// `foo` for `foo.ko`, `foo.ko.xz`, `foo.ko.gz`, `foo.ko.zst`.
+fn module_name(file: &str) -> Option<String> {
+    let stem = [".ko", ".ko.gz", ".ko.xz", ".ko.zst"]
+        .iter()
+        .find_map(|s| file.strip_suffix(s))?;
+    (!stem.is_empty()).then(|| stem.to_string())
+}
+
+/// Whether two files have the same bytes (size first, then content); unreadable = different.
+fn same_contents(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    if ma.len() != mb.len() {
+        return false;
+    }
+    let (Ok(mut fa), Ok(mut fb)) = (File::open(a), File::open(b)) else {
+        return false;
+    };
+    let mut ba = vec![0u8; 64 * 1024];
+    let mut bb = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(n) = fa.read(&mut ba) else {
+            return false;
+        };
+        if n == 0 {
+            return fb.read(&mut bb[..1]).is_ok_and(|m| m == 0);
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_from_files() {
+        assert_eq!(module_name("foo.ko").as_deref(), Some("foo"));
+        assert_eq!(module_name("foo.ko.zst").as_deref(), Some("foo"));
+        assert_eq!(module_name("foo.o"), None);
+        assert_eq!(module_name(".ko"), None);
+    }
+
+    #[test]
+    fn contents_compare_by_size_then_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        std::fs::write(&a, vec![7u8; 200_000]).unwrap();
+        std::fs::write(&b, vec![7u8; 200_000]).unwrap();
+        let mut other = vec![7u8; 200_000];
+        other[150_000] = 8;
+        std::fs::write(&c, other).unwrap();
+        assert!(same_contents(&a, &b));
+        assert!(!same_contents(&a, &c));
+        assert!(!same_contents(&a, &d.path().join("missing")));
+    }
+
+    #[test]
+    fn renders_both_text_formats() {
+        let e = Entry {
+            name: "foo".into(),
+            version: "1.0".into(),
+            kernel: Some("6.1.0-1-amd64".into()),
+            arch: Some("x86_64".into()),
+            state: State::Installed,
+            source_missing: false,
+            built_files: vec![],
+            installed_files: vec![],
+            warnings: vec![Warning {
+                code: WarningCode::DiffBuiltInstalled,
+                module: Some("foo".into()),
+            }],
+        };
+        let added = Entry {
+            kernel: None,
+            arch: None,
+            state: State::Added,
+            warnings: vec![],
+            ..e.clone()
+        };
+        let both = [e, added];
+        assert_eq!(
+            render(&both, Format::Dkms),
+            "foo/1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo/1.0: added\n"
+        );
+        assert_eq!(
+            render(&both, Format::Legacy),
+            "foo, 1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo, 1.0: added\n"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Helpers shared by the dkms.conf test crates: the evaluation context production code builds
+//! for a kernel, the corpus locations, and the rule for missing prerequisites.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rdkms::conf::model::Target;
+use rdkms::conf::{EvalContext, EvalMode, LoadRequest};
+
+/// The kernel every conf is read for first: the headers installed on the test machine.
+pub const REAL_KERNEL: &str = "6.1.0-56-amd64";
+
+/// Panics under CI (the prerequisite must be there), otherwise reports the skip.
+pub fn skip(why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("prerequisite missing under CI: {why}");
+    }
+    println!("skipped: {why}");
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real packages' confs, `tests/corpus/work/src/*/dkms.conf`, sorted.
+pub fn real_confs() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/corpus/work/src"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("dkms.conf"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The request production code builds for `conf` and `kernel` (module and version from the
+/// directory name, as `conf show` does), with DKMS's default trees.
+pub fn request(conf: &Path, kernel: &str, kernel_source_dir: &Path) -> LoadRequest {
+    let (module, module_version) =
+        rdkms::conf::show::name_version_from_dir(conf.parent().unwrap_or(Path::new("")));
+    let dkms_tree = PathBuf::from("/var/lib/dkms");
+    LoadRequest {
+        conf_file: conf.to_path_buf(),
+        target: Target {
+            kernel: kernel.to_string(),
+            arch: "x86_64".into(),
+            kernel_source_dir: kernel_source_dir.to_path_buf(),
+            kernel_config: kernel_source_dir.join(".config"),
+            build_dir: dkms_tree.join(&module).join(&module_version).join("build"),
+            location_override: Some("/updates/dkms".into()),
+        },
+        module,
+        module_version,
+        etc_dkms: None,
+        dkms_tree,
+        source_tree: PathBuf::from("/usr/src"),
+        install_tree: PathBuf::from("/lib/modules"),
+        directive_overrides: Vec::new(),
+        mode: EvalMode::Auto,
+    }
+}
+
+pub fn context(conf: &Path, kernel: &str, kernel_source_dir: &Path) -> EvalContext {
+    request(conf, kernel, kernel_source_dir).context()
+}
+
+/// Writes `text` as `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write test file");
+    p
+}
