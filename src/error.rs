@@ -105,6 +105,10 @@ pub enum Error {
         value: String,
     },
 
+    /// A single-kernel action got no `-k`, several, or used with `--all`.
+    #[error("The action {action} requires exactly one kernel version parameter on the command line: -k KVER.")]
+    OneKernel { action: String },
+
     /// update-initramfs or dracut failed for a kernel.
     #[error("Regenerating the initramfs of kernel {kernel} with '{command}' failed: {problem}. It stays pending and is retried by the next rdkms reconcile; run the command by hand to see why.")]
     Initramfs {
@@ -160,6 +164,7 @@ impl Error {
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
             Error::Initramfs { .. } => 7,
+            Error::OneKernel { .. } => 4,
             Error::UnknownArch => 12,
             Error::NoConfInSource { .. } => 9,
             Error::LockTimeout { .. } => 75,

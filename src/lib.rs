@@ -12,6 +12,7 @@ pub mod initramfs;
 pub mod inventory;
 pub mod lock;
 pub mod plan;
+pub mod reconcile;
 pub mod report;
 pub mod status;
 pub mod tree;
@@ -37,6 +38,12 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::ConfShow => conf::show::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
+        Action::Autoinstall
+        | Action::KernelPostinst
+        | Action::KernelPrerm
+        | Action::Reconcile
+        | Action::Plan
+        | Action::CommonPostinst => reconcile::run(action, &inv),
         other => Err(Error::Usage(format!(
             "'{}' is not implemented yet",
             other.word()
