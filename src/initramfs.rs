@@ -204,6 +204,19 @@ mod tests {
 
     const K: &str = "6.1.0-1-amd64";
 
+    /// Held while writing a stub or running one: a process forked by another test thread while
+    /// a fresh script is still open for writing makes executing it fail with "Text file busy".
+    static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn spawn_guard() -> std::sync::MutexGuard<'static, ()> {
+        SPAWN.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn regen(p: &Paths, kernel: &str, path: &OsStr) -> Result<Outcome> {
+        let _guard = spawn_guard();
+        regenerate(p, kernel, path)
+    }
+
     fn root() -> (tempfile::TempDir, Paths) {
         let dir = tempfile::tempdir().unwrap();
         let p = Paths::under(dir.path());
@@ -220,6 +233,7 @@ mod tests {
             "#!/bin/sh\necho \"{name} $*\" >> \"$RDKMS_ROOT/calls\"\necho noise\nexit {exit}\n"
         );
         let tool = dir.join(name);
+        let _guard = spawn_guard();
         fs::write(&tool, script).unwrap();
         fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
         dir.into_os_string()
@@ -253,7 +267,7 @@ mod tests {
         stub(&p, "dracut", 0);
         let path = stub(&p, "update-initramfs", 0);
         record(&p, K).unwrap();
-        let out = regenerate(&p, K, &path).unwrap();
+        let out = regen(&p, K, &path).unwrap();
         assert_eq!(out, Outcome::Updated(format!("update-initramfs -u -k {K}")));
         assert_eq!(calls(&p), format!("update-initramfs -u -k {K}\n"));
         assert!(pending(&p).is_empty());
@@ -264,7 +278,7 @@ mod tests {
         let (_d, p) = root();
         fs::write(p.boot.join(format!("initramfs-{K}.img")), "").unwrap();
         let path = stub(&p, "dracut", 0);
-        regenerate(&p, K, &path).unwrap();
+        regen(&p, K, &path).unwrap();
         assert_eq!(calls(&p), format!("dracut -f --kver {K}\n"));
     }
 
@@ -274,7 +288,7 @@ mod tests {
         fs::write(p.boot.join(format!("initrd.img-{K}")), "").unwrap();
         let path = stub(&p, "update-initramfs", 3);
         record(&p, K).unwrap();
-        let err = regenerate(&p, K, &path).unwrap_err();
+        let err = regen(&p, K, &path).unwrap_err();
         assert!(err.to_string().contains("exit status 3"), "{err}");
         assert!(err.to_string().contains(K));
         assert!(pending(&p).contains(K));
@@ -285,7 +299,7 @@ mod tests {
         let (_d, p) = root();
         let path = stub(&p, "update-initramfs", 0);
         record(&p, K).unwrap();
-        assert_eq!(regenerate(&p, K, &path).unwrap(), Outcome::NoImage);
+        assert_eq!(regen(&p, K, &path).unwrap(), Outcome::NoImage);
         assert_eq!(calls(&p), "");
         assert!(pending(&p).is_empty());
     }
@@ -295,7 +309,9 @@ mod tests {
         let (_d, p) = root();
         let outside = tempfile::tempdir().unwrap();
         let tool = outside.path().join("update-initramfs");
+        let guard = spawn_guard();
         fs::write(&tool, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(guard);
         fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(find_tool(&p, outside.path().as_os_str()), None);
         let real = Paths::under("/");
@@ -305,7 +321,7 @@ mod tests {
         );
         fs::write(p.boot.join(format!("initrd.img-{K}")), "").unwrap();
         assert_eq!(
-            regenerate(&p, K, outside.path().as_os_str()).unwrap(),
+            regen(&p, K, outside.path().as_os_str()).unwrap(),
             Outcome::NoTool
         );
     }
