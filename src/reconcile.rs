@@ -179,11 +179,10 @@ struct PlanOutput<'a> {
 
 /// `rdkms plan [-k K] [--json]`: what reconcile (or autoinstall -k K) would do. Reads only;
 /// takes no lock.
-fn run_plan(inv: &Invocation, paths: &Paths) -> Result<i32> {
-    let req = request(inv, Action::Plan, paths)?;
+fn run_plan(inv: &Invocation, paths: &Paths, req: &Request) -> Result<i32> {
     let mut snap = snapshot(paths, &arch(inv));
-    read_confs(paths, &mut snap, &req);
-    let plan = plan::plan(&snap, &req);
+    read_confs(paths, &mut snap, req);
+    let plan = plan::plan(&snap, req);
     let failures = report::failures(paths);
     if inv.cli.json {
         let out = PlanOutput {
@@ -208,8 +207,9 @@ fn run_plan(inv: &Invocation, paths: &Paths) -> Result<i32> {
 /// Runs one of the hook commands.
 pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     let paths = Paths::from_cli(&inv.cli);
+    let req = request(inv, action, &paths)?;
     match action {
-        Action::Plan => run_plan(inv, &paths),
+        Action::Plan => run_plan(inv, &paths, &req),
         other => Err(Error::Usage(format!(
             "'{}' is not implemented yet",
             other.word()
