@@ -194,10 +194,10 @@ fn module_args(inv: &Invocation) -> Result<(String, String)> {
 
 /// The directory of a source path given as a directory or as its dkms.conf, resolved.
 fn source_dir_of(p: &Path) -> Result<PathBuf> {
-    let dir = if p.is_dir() {
-        p.to_path_buf()
-    } else {
-        p.parent().unwrap_or(Path::new(".")).to_path_buf()
+    let dir = match p.parent() {
+        _ if p.is_dir() => p.to_path_buf(),
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     };
     let dir = fs::canonicalize(&dir).ctx("resolve", &dir)?;
     if !dir.join("dkms.conf").is_file() {
@@ -288,6 +288,7 @@ fn run_post_add(source: &Path, script: &str, quiet: bool) -> Result<i32> {
     let status = Command::new(program)
         .args(words)
         .current_dir(source)
+        .env("PWD", source)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -326,6 +327,14 @@ impl DupFd for std::io::Stderr {
 fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).ctx("create", parent)?;
+    let real_parent = fs::canonicalize(parent).ctx("resolve", parent)?;
+    if real_parent.starts_with(from) {
+        return Err(Error::Usage(format!(
+            "The source tree {} lies inside {}, which is being copied into it; use a source tree outside it (--sourcetree).",
+            real_parent.display(),
+            from.display()
+        )));
+    }
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let staging = parent.join(format!(".rdkms-add-{name}-{}", std::process::id()));
     if staging.exists() {

@@ -446,4 +446,110 @@ mod tests {
             PathBuf::from("1.0/6.1.0-1-amd64/x86_64")
         );
     }
+
+    #[test]
+    fn patterns_follow_bash_globs() {
+        assert!(Pattern::Any.matches("foo"));
+        assert!(!Pattern::Any.matches(".tmp_x86_64_abc"));
+        for k in ["6.1.0-1-amd64", "10.0", "6."] {
+            assert!(Pattern::KernelLike.matches(k), "{k}");
+        }
+        for k in ["foo-kernel", "61", ".6.1", "6a.1", ""] {
+            assert!(!Pattern::KernelLike.matches(k), "{k}");
+        }
+        let w = |s: &str| Pattern::Word(s.to_string());
+        assert!(w("v4l*").matches("v4l2loopback"));
+        assert!(!w("v4l*").matches("xv4l"));
+        assert!(w("6.1.0-?-amd64").matches("6.1.0-1-amd64"));
+        assert!(w("[a-c]x").matches("bx") && !w("[!a-c]x").matches("bx"));
+        assert!(!w("*").matches(".hidden") && w(".h*").matches(".hidden"));
+        assert!(
+            w(".hidden").matches(".hidden"),
+            "a literal matches dot names"
+        );
+        assert!(w("a\\*").matches("a*") && !w("a\\*").matches("ab"));
+    }
+
+    #[test]
+    fn enumeration_sorts_whole_paths_bytewise_and_skips_hidden() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Tree::new(d.path());
+        for mv in [
+            "a/1",
+            "a-b/1",
+            "B/1",
+            "b/1.9",
+            "b/1.10",
+            ".tmp/1",
+            "c/.staging",
+        ] {
+            std::fs::create_dir_all(d.path().join(mv)).unwrap();
+        }
+        std::fs::write(d.path().join("mok.key"), "").unwrap();
+        let got: Vec<String> = t
+            .module_versions(&Pattern::Any, &Pattern::Any)
+            .into_iter()
+            .map(|(m, v)| format!("{m}/{v}"))
+            .collect();
+        assert_eq!(got, ["B/1", "a-b/1", "a/1", "b/1.10", "b/1.9"]);
+    }
+
+    #[test]
+    fn snapshot_reads_states() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src/foo-1.0");
+        std::fs::create_dir_all(&src).unwrap();
+        let t = Tree::new(d.path().join("tree"));
+        std::fs::create_dir_all(t.version_dir("foo", "1.0")).unwrap();
+        std::os::unix::fs::symlink(&src, t.source_link("foo", "1.0")).unwrap();
+        std::fs::create_dir_all(t.version_dir("gone", "2")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/gone-2", t.source_link("gone", "2")).unwrap();
+        std::fs::create_dir_all(t.version_dir("notadded", "3")).unwrap();
+        for k in ["6.1.0-1-amd64", "6.1.0-2-amd64", "custom"] {
+            let m = t.built_modules_dir("foo", "1.0", k, "x86_64");
+            std::fs::create_dir_all(&m).unwrap();
+            std::fs::write(m.join("foo.ko"), k).unwrap();
+        }
+        std::fs::create_dir_all(
+            t.build_dir("foo", "1.0", "6.1.0-3-amd64", "x86_64")
+                .join("log"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            Tree::installed_link_target("1.0", "6.1.0-2-amd64", "x86_64"),
+            t.installed_link("foo", "6.1.0-2-amd64", "x86_64"),
+        )
+        .unwrap();
+
+        let snap = Snapshot::read(&t, &Selection::all());
+        let names: Vec<_> = snap.modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["foo", "gone"]);
+        let foo = &snap.modules[0];
+        assert!(!foo.source.is_broken() && snap.modules[1].source.is_broken());
+        let ks: Vec<_> = foo
+            .builds
+            .iter()
+            .map(|b| (b.kernel.as_str(), b.is_built(), b.installed))
+            .collect();
+        assert_eq!(
+            ks,
+            [
+                ("6.1.0-1-amd64", true, false),
+                ("6.1.0-2-amd64", true, true),
+                ("6.1.0-3-amd64", false, false)
+            ]
+        );
+        assert_eq!(
+            foo.builds[0].module_files.as_deref(),
+            Some(&["foo.ko".to_string()][..])
+        );
+
+        let custom = Selection {
+            kernel: Pattern::Word("custom".into()),
+            ..Selection::all()
+        };
+        let snap = Snapshot::read(&t, &custom);
+        assert_eq!(snap.modules[0].builds.len(), 1);
+        assert_eq!(snap.modules[0].builds[0].kernel, "custom");
+    }
 }
