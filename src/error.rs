@@ -117,6 +117,12 @@ pub enum Error {
         problem: String,
     },
 
+    /// `--all` given to an action that needs explicit kernels.
+    #[error(
+        "The action {action} does not support the --all parameter; name the kernels with -k KVER."
+    )]
+    AllNotSupported { action: String },
+
     /// The architecture could not be determined.
     #[error("Could not determine the architecture; pass -a ARCH.")]
     UnknownArch,
@@ -165,6 +171,7 @@ impl Error {
             Error::PathEscape { .. } => 8,
             Error::Initramfs { .. } => 7,
             Error::OneKernel { .. } => 4,
+            Error::AllNotSupported { .. } => 5,
             Error::UnknownArch => 12,
             Error::NoConfInSource { .. } => 9,
             Error::LockTimeout { .. } => 75,

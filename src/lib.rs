@@ -2,18 +2,27 @@
 //! around this library so integration tests and every command share one implementation.
 
 pub mod add;
+pub mod atomic;
+pub mod build;
 pub mod cli;
 pub mod conf;
 pub mod config;
+pub mod console;
+pub mod depmod;
 pub mod error;
 pub mod fingerprint;
 pub mod host;
 pub mod initramfs;
+pub mod install;
 pub mod inventory;
+pub mod kernel;
+pub mod lifecycle;
 pub mod lock;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
+pub mod script;
+pub mod signing;
 pub mod status;
 pub mod tree;
 pub mod version;
@@ -44,9 +53,8 @@ pub fn run(inv: Invocation) -> Result<i32> {
         | Action::Reconcile
         | Action::Plan
         | Action::CommonPostinst => reconcile::run(action, &inv),
-        other => Err(Error::Usage(format!(
-            "'{}' is not implemented yet",
-            other.word()
-        ))),
+        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
+            lifecycle::run(action, &inv)
+        }
     }
 }

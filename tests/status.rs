@@ -385,7 +385,6 @@ fn status_works_while_the_tree_lock_is_held() {
 }
 
 #[test]
-#[ignore = "needs EvalMode::StaticOnly (static dkms.conf evaluator) from branch conf"]
 fn status_never_runs_a_shell() {
     let s = Sandbox::new();
     let marker = s.path().join("sourced");

@@ -53,8 +53,11 @@ pub const TIMEOUT_ENV: &str = "RDKMS_CONF_TIMEOUT";
 
 /// Evaluates `files` in order with bash, keeping `names`; values get a trailing CR stripped.
 /// The time limit is [`DEFAULT_TIMEOUT`] unless `RDKMS_CONF_TIMEOUT` gives one in seconds.
+/// What the files write to stderr is passed on, as DKMS does.
 pub fn evaluate(files: &[PathBuf], names: &[&str], ctx: &EvalContext) -> Result<Directives> {
-    evaluate_with_timeout(files, names, ctx, timeout_from_env()?)
+    let (directives, stderr) = evaluate_captured(files, names, ctx, timeout_from_env()?)?;
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), stderr.as_bytes());
+    Ok(directives)
 }
 
 /// The time limit from `RDKMS_CONF_TIMEOUT` (seconds, fractions allowed), else the default.
@@ -75,14 +78,14 @@ pub fn timeout_from_env() -> Result<Duration> {
         })
 }
 
-/// [`evaluate`] with an explicit time limit. The conf's stderr is passed on (as DKMS does)
-/// when evaluation succeeds and summarised in the error when it fails.
-pub fn evaluate_with_timeout(
+/// [`evaluate`] with an explicit time limit, returning what the files wrote to stderr instead
+/// of passing it on (a failure summarises its first line in the one-line error).
+pub fn evaluate_captured(
     files: &[PathBuf],
     names: &[&str],
     ctx: &EvalContext,
     timeout: Duration,
-) -> Result<Directives> {
+) -> Result<(Directives, String)> {
     let files: Vec<PathBuf> = files
         .iter()
         .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
@@ -171,8 +174,10 @@ pub fn evaluate_with_timeout(
             fix: "run `bash -n` on the file and fix the reported error".into(),
         });
     }
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), &err);
-    parse_output(&out, &first)
+    Ok((
+        parse_output(&out, &first)?,
+        String::from_utf8_lossy(&err).into_owned(),
+    ))
 }
 
 /// Reads a child's pipe to the end on a thread (so neither pipe can fill up and block bash).

@@ -96,23 +96,56 @@ pub enum EvalMode {
     StaticOnly,
 }
 
+/// The result of evaluating a conf: the directives, which evaluator produced them, and what
+/// the files wrote to stderr (the bash path only).
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub directives: Directives,
+    pub path: EvalPath,
+    pub stderr: String,
+}
+
 /// Evaluates `files` in order (a dkms.conf followed by its /etc/dkms overrides), keeping only
 /// `names`, with DKMS's semantics: each file in its own subshell, values evaluated twice.
 /// `Auto` tries the static evaluator and falls back to bash when it declines a file.
+/// Whatever the files write to stderr is passed on, as DKMS does.
 pub fn evaluate(
     files: &[PathBuf],
     names: &[&str],
     ctx: &EvalContext,
     mode: EvalMode,
 ) -> crate::Result<(Directives, EvalPath)> {
+    let e = evaluate_captured(files, names, ctx, mode)?;
+    pass_on(&e.stderr);
+    Ok((e.directives, e.path))
+}
+
+/// [`evaluate`], keeping the files' stderr in the result instead of passing it on.
+pub fn evaluate_captured(
+    files: &[PathBuf],
+    names: &[&str],
+    ctx: &EvalContext,
+    mode: EvalMode,
+) -> crate::Result<Evaluation> {
+    let by_bash = || -> crate::Result<Evaluation> {
+        let timeout = bash::timeout_from_env()?;
+        let (directives, stderr) = bash::evaluate_captured(files, names, ctx, timeout)?;
+        Ok(Evaluation {
+            directives,
+            path: EvalPath::Bash,
+            stderr,
+        })
+    };
     if mode == EvalMode::BashOnly {
-        return Ok((bash::evaluate(files, names, ctx)?, EvalPath::Bash));
+        return by_bash();
     }
     match static_eval::evaluate(files, names, ctx)? {
-        Ok(d) => Ok((d, EvalPath::Static)),
-        Err(_) if mode == EvalMode::Auto => {
-            Ok((bash::evaluate(files, names, ctx)?, EvalPath::Bash))
-        }
+        Ok(directives) => Ok(Evaluation {
+            directives,
+            path: EvalPath::Static,
+            stderr: String::new(),
+        }),
+        Err(_) if mode == EvalMode::Auto => by_bash(),
         Err(declined) => Err(crate::Error::ConfEval {
             file: declined.file,
             problem: format!(
@@ -122,6 +155,10 @@ pub fn evaluate(
             fix: "unset RDKMS_CONF_EVAL (or set it to bash) so bash reads the file".into(),
         }),
     }
+}
+
+fn pass_on(stderr: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), stderr.as_bytes());
 }
 
 /// The override files DKMS sources after a package's dkms.conf, in order, that exist.
@@ -190,8 +227,8 @@ impl LoadRequest {
 }
 
 /// Evaluates a module's dkms.conf (plus /etc/dkms overrides) for a target into the directives
-/// DKMS would hold afterwards, `--directive` overrides included.
-pub fn read(req: &LoadRequest) -> crate::Result<(Directives, EvalPath)> {
+/// DKMS would hold afterwards, `--directive` overrides included; stderr is kept for [`model`].
+pub fn read(req: &LoadRequest) -> crate::Result<Evaluation> {
     if !req.conf_file.is_file() {
         return Err(crate::Error::ConfNotFound {
             path: req.conf_file.clone(),
@@ -207,19 +244,57 @@ pub fn read(req: &LoadRequest) -> crate::Result<(Directives, EvalPath)> {
             &req.target.arch,
         ));
     }
-    let (mut directives, path) = evaluate(&files, DKMS_CONF_NAMES, &req.context(), req.mode)?;
+    let mut e = evaluate_captured(&files, DKMS_CONF_NAMES, &req.context(), req.mode)?;
     for d in &req.directive_overrides {
         let (name, value) = d
             .split_once('=')
             .ok_or_else(|| crate::Error::Usage(format!("--directive '{d}' is not NAME=VALUE")))?;
         // DKMS exports NAME=VALUE: element 0 changes, other elements stay.
-        directives.set(name, 0, value.to_string());
+        e.directives.set(name, 0, value.to_string());
     }
-    Ok((directives, path))
+    Ok(e)
+}
+
+/// The typed model of an evaluation. On success the files' stderr is passed on (as DKMS
+/// does); on failure its first line joins the one-line error, since it often says why
+/// (`line 2: PACKAGE_NAME: command not found` for `PACKAGE_NAME = x`).
+pub fn model(req: &LoadRequest, e: &Evaluation) -> crate::Result<DkmsConf> {
+    match DkmsConf::from_directives(&e.directives, &req.conf_file, &req.target, e.path) {
+        Ok(conf) => {
+            pass_on(&e.stderr);
+            Ok(conf)
+        }
+        Err(crate::Error::BadConf {
+            file,
+            directive,
+            mut problem,
+            fix,
+        }) => {
+            if let Some(said) = first_line(&e.stderr, &file) {
+                problem.push_str(&format!(" (bash reported: {said})"));
+            }
+            Err(crate::Error::BadConf {
+                file,
+                directive,
+                problem,
+                fix,
+            })
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The first non-empty stderr line, without the file name bash puts in front.
+fn first_line(stderr: &str, file: &Path) -> Option<String> {
+    let line = stderr.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let line = line
+        .strip_prefix(&format!("{}: ", abs.display()))
+        .unwrap_or(line);
+    Some(line.to_string())
 }
 
 /// Reads, evaluates and validates a module's dkms.conf (plus /etc/dkms overrides) for a target.
 pub fn load(req: &LoadRequest) -> crate::Result<DkmsConf> {
-    let (directives, path) = read(req)?;
-    DkmsConf::from_directives(&directives, &req.conf_file, &req.target, path)
+    model(req, &read(req)?)
 }

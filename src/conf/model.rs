@@ -102,10 +102,14 @@ fn opt(d: &Directives, name: &str) -> Option<String> {
 
 fn regex(file: &Path, directive: &str, pattern: &str) -> Result<Regex> {
     Regex::new(pattern).map_err(|e| {
+        // regex's message spans several lines; its last line says what is wrong.
+        let text = e.to_string();
+        let why = text.lines().last().unwrap_or_default().trim();
+        let why = why.strip_prefix("error: ").unwrap_or(why);
         bad(
             file,
             directive,
-            format!("'{pattern}' is not a valid regular expression ({e})"),
+            format!("'{pattern}' is not a valid regular expression ({why})"),
             "write an extended regular expression as used by bash's =~",
         )
     })

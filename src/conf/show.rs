@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::Invocation;
-use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
+use crate::conf::{self, model::Target, EvalMode, LoadRequest};
 use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::host;
@@ -72,15 +72,15 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         directive_overrides: inv.cli.directives.clone(),
         mode: mode_from_env(),
     };
-    let (directives, eval_path) = conf::read(&req)?;
-    let conf = DkmsConf::from_directives(&directives, &req.conf_file, &req.target, eval_path)?;
+    let evaluation = conf::read(&req)?;
+    let conf = conf::model(&req, &evaluation)?;
     if inv.cli.json {
         let out = serde_json::json!({
             "file": conf.file,
             "kernel": req.target.kernel,
             "arch": req.target.arch,
             "eval_path": conf.eval_path,
-            "directives": directives.to_json(),
+            "directives": evaluation.directives.to_json(),
             "model": conf,
         });
         println!(
@@ -143,6 +143,11 @@ pub fn mode_from_env() -> EvalMode {
 /// `/usr/src/NAME-VERSION` → (NAME, VERSION): split at the last `-` followed by a digit; a
 /// directory without one gives the whole name and an empty version.
 pub fn name_version_from_dir(dir: &Path) -> (String, String) {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let base = dir
         .canonicalize()
         .ok()

@@ -3,13 +3,13 @@
 //!
 //! Per file, as DKMS does: (1) the file runs in a copy of the current shell state, so its own
 //! helper variables are visible to its later lines only; (2) every set element of a whitelisted
-//! name is echoed unquoted as `NAME[i]="value"` (whitespace runs collapse to one space, glob
-//! characters would be matched against the disk: declined); (3) that text is evaluated again
-//! in the shell state that persists across files (context variables plus whitelisted values).
+//! name is echoed unquoted as `NAME[i]="value"` (whitespace runs collapse to one space, each
+//! word is globbed); (3) that text is evaluated again in the shell state that persists across
+//! files (context variables plus whitelisted values).
 //!
-//! Step (2) globs each echoed word in the working directory. A word that matches nothing is
-//! left as is; so a glob character is accepted only when the directory listing proves that
-//! no entry can match, and declined otherwise.
+//! Step (2) globs in the working directory, and a word that matches nothing is left as is; so
+//! a glob character is accepted only when the directory listing proves that no entry can
+//! match, and declined otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,187 @@
+//! Crash-safe file system changes: everything rdkms writes into the dkms tree or the kernel's
+//! module tree is prepared under a hidden temporary name and made visible by one rename, so a
+//! kill -9 or power loss leaves either the old state or the new one, never a half-written file.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{renameat2, RenameFlags};
+
+use crate::error::{IoContext, Result};
+
+/// The marker in every temporary name rdkms creates, so leftovers can be recognised and removed.
+pub const TMP_MARK: &str = "rdkms-tmp";
+
+/// Flushes a directory entry change (rename, create) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("sync directory", dir)
+}
+
+/// Copies `from` to `dir/name` through a temporary file in `dir` (fsynced, mode set, renamed).
+pub fn copy_file(from: &Path, dir: &Path, name: &str, mode: u32) -> Result<PathBuf> {
+    let dest = dir.join(name);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(&format!(".{TMP_MARK}"))
+        .tempfile_in(dir)
+        .ctx("create a temporary file in", dir)?;
+    let mut src = File::open(from).ctx("open", from)?;
+    io::copy(&mut src, tmp.as_file_mut()).ctx("copy", from)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .ctx("set permissions of", tmp.path())?;
+    tmp.as_file().sync_all().ctx("sync", tmp.path())?;
+    tmp.persist(&dest)
+        .map_err(|e| e.error)
+        .ctx("rename into place", &dest)?;
+    sync_dir(dir)?;
+    Ok(dest)
+}
+
+/// Writes `bytes` to `path` through a temporary file next to it.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(&format!(".{TMP_MARK}"))
+        .tempfile_in(dir)
+        .ctx("create a temporary file in", dir)?;
+    io::Write::write_all(tmp.as_file_mut(), bytes).ctx("write", tmp.path())?;
+    tmp.as_file().sync_all().ctx("sync", tmp.path())?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .ctx("rename into place", path)?;
+    sync_dir(dir)
+}
+
+/// Points the symlink `link` at `target`, replacing any previous link in one rename.
+pub fn symlink(target: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{TMP_MARK}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).ctx("create symlink", &tmp)?;
+    fs::rename(&tmp, link).ctx("rename symlink into place", link)?;
+    sync_dir(dir)
+}
+
+/// Moves the complete directory `staged` to `dest`. An existing `dest` is swapped out in the
+/// same atomic step (RENAME_EXCHANGE) and then deleted, so readers always see a whole directory.
+pub fn replace_dir(staged: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    if fs::symlink_metadata(dest).is_ok() {
+        renameat2(None, staged, None, dest, RenameFlags::RENAME_EXCHANGE)
+            .map_err(io::Error::from)
+            .ctx("swap into place", dest)?;
+        sync_dir(parent)?;
+        fs::remove_dir_all(staged).ctx("remove the replaced", staged)?;
+    } else {
+        fs::rename(staged, dest).ctx("rename into place", dest)?;
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Deletes a directory tree so that it disappears at once: renamed to a hidden name first,
+/// then removed. Symlinks inside (such as `source`) are removed, never followed.
+pub fn remove_dir(dir: &Path) -> Result<()> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = parent.join(format!(".{name}.{}.{TMP_MARK}", std::process::id()));
+    fs::rename(dir, &doomed).ctx("rename for removal", dir)?;
+    sync_dir(parent)?;
+    fs::remove_dir_all(&doomed).ctx("remove", &doomed)
+}
+
+/// Removes rdkms's leftover temporary entries (from an interrupted run) directly inside `dir`.
+pub fn clean_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TMP_MARK) {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let _ = fs::remove_dir_all(&p);
+                }
+                _ => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_dir_swaps_and_removes_the_old_one() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("A");
+        fs::create_dir_all(dest.join("module")).unwrap();
+        fs::write(dest.join("module/old.ko"), "old").unwrap();
+        let staged = t.path().join(".tmp_A_x");
+        fs::create_dir_all(staged.join("module")).unwrap();
+        fs::write(staged.join("module/new.ko"), "new").unwrap();
+        replace_dir(&staged, &dest).unwrap();
+        assert!(dest.join("module/new.ko").is_file());
+        assert!(!dest.join("module/old.ko").exists());
+        assert!(!staged.exists());
+    }
+
+    #[test]
+    fn copy_file_leaves_no_temporary_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src.ko");
+        fs::write(&src, "data").unwrap();
+        let out = t.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let dest = copy_file(&src, &out, "x.ko", 0o644).unwrap();
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "data");
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+    }
+
+    #[test]
+    fn leftovers_are_cleaned_and_others_kept() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join(format!(".x.ko.abc.{TMP_MARK}")), "").unwrap();
+        fs::create_dir(t.path().join(format!(".A.1.{TMP_MARK}"))).unwrap();
+        fs::write(t.path().join("keep.ko"), "").unwrap();
+        clean_leftovers(t.path());
+        let left: Vec<_> = fs::read_dir(t.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn symlink_replaces_an_existing_link() {
+        let t = tempfile::tempdir().unwrap();
+        let link = t.path().join("kernel-K-A");
+        symlink(Path::new("1.0/K/A"), &link).unwrap();
+        symlink(Path::new("2.0/K/A"), &link).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from("2.0/K/A"));
+    }
+}

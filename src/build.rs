@@ -1,0 +1,594 @@
+//! Building one module version for one kernel/arch: a private copy of the source (never the
+//! shared `<tree>/M/V/build` two DKMS runs fight over), PATCH, PRE_BUILD, MAKE with DKMS's
+//! rewriting, checks, strip and compression, then one atomic rename into `<tree>/M/V/K/A`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::atomic;
+use crate::conf::DkmsConf;
+use crate::console::Console;
+use crate::error::{Error, IoContext, Result};
+use crate::kernel::{module_file_name, Compression, KernelFacts};
+use crate::script::{Output, Script};
+use crate::signing::{Signer, SigningConfig};
+use crate::tree::Tree;
+
+/// Environment variables DKMS unsets before building (they would override kbuild's choices).
+pub const SCRUBBED_ENV: [&str; 5] = ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"];
+
+/// Where private build directories live, under the dkms tree (same file system, so the result
+/// can be renamed into place): `<dkmstree>/.rdkms-build/<K>-<A>-<random>/`.
+pub fn private_builds_dir(dkms_tree: &Path) -> PathBuf {
+    dkms_tree.join(".rdkms-build")
+}
+
+/// How many parallel jobs make may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jobs {
+    Limit(u32),
+    Unlimited,
+}
+
+impl Jobs {
+    /// `-j N` (0 = unlimited), else DKMS's `parallel_jobs` environment variable, else the CPU count.
+    pub fn resolve(cli: Option<u32>) -> Jobs {
+        let n = cli
+            .or_else(|| std::env::var("parallel_jobs").ok()?.trim().parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        if n == 0 {
+            Jobs::Unlimited
+        } else {
+            Jobs::Limit(n)
+        }
+    }
+
+    fn flag(self) -> String {
+        match self {
+            Jobs::Limit(n) => format!("-j{n}"),
+            Jobs::Unlimited => "-j".to_string(),
+        }
+    }
+}
+
+/// The shell command that builds, and the MAKEFLAGS to give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MakeInvocation {
+    pub command: String,
+    pub makeflags: Option<String>,
+}
+
+/// DKMS's rewriting of MAKE: a command whose first word is `make` becomes
+/// `make -jN KERNELRELEASE=K ...`; any other command runs unchanged but with `-jN` in MAKEFLAGS,
+/// so the makes it starts still build in parallel (DKMS leaves those single-threaded).
+pub fn make_invocation(make: &str, jobs: Jobs, kernel: &str) -> MakeInvocation {
+    let rest = make.strip_prefix("make");
+    match rest {
+        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => MakeInvocation {
+            command: format!("make {} KERNELRELEASE={kernel}{rest}", jobs.flag()),
+            makeflags: None,
+        },
+        _ => MakeInvocation {
+            command: make.to_string(),
+            makeflags: Some(jobs.flag()),
+        },
+    }
+}
+
+/// Everything one build needs; the dkms.conf is read by `load_conf` for the private layout.
+pub struct BuildInput<'a> {
+    pub module: &'a str,
+    pub version: &'a str,
+    pub tree: &'a Tree,
+    /// The module's sources (`<tree>/M/V/source` resolved).
+    pub source_dir: &'a Path,
+    pub facts: &'a KernelFacts,
+    pub jobs: Jobs,
+    pub console: &'a Console,
+    /// The system root (where the kernel's `sign-file` is looked up).
+    pub root: &'a Path,
+    pub signing: &'a SigningConfig,
+    /// Reads dkms.conf with `$dkms_tree` = the given private root and `M=` = the given build dir.
+    pub load_conf: &'a dyn Fn(&Path, &Path) -> Result<DkmsConf>,
+}
+
+/// A private build area, removed when dropped (a kill -9 leaves it for the next command).
+struct PrivateBuild {
+    root: tempfile::TempDir,
+    build_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+/// Builds and stores the result in `<tree>/M/V/K/A`. On failure the make.log is kept at
+/// `<tree>/M/V/build/make.log`, where DKMS users look for it.
+pub fn build(input: &BuildInput<'_>) -> Result<()> {
+    let f = input.facts;
+    let parent = private_builds_dir(&input.tree.root);
+    fs::create_dir_all(&parent).ctx("create", &parent)?;
+    let root = tempfile::Builder::new()
+        .prefix(&format!("{}-{}-", f.kernel, f.arch))
+        .tempdir_in(&parent)
+        .ctx("create a private build directory in", &parent)?;
+    let version_dir = root.path().join(input.module).join(input.version);
+    let private = PrivateBuild {
+        build_dir: version_dir.join("build"),
+        log_path: version_dir.join("make.log"),
+        root,
+    };
+    let conf = (input.load_conf)(private.root.path(), &private.build_dir)?;
+    if conf.excluded.is_some() {
+        return Err(Error::BuildExclusive {
+            module: input.module.to_string(),
+            conf: input
+                .tree
+                .build_dir(input.module, input.version, &f.kernel, &f.arch)
+                .join("dkms.conf"),
+        });
+    }
+    f.require_headers()?;
+    let signer = Signer::prepare(
+        input.signing,
+        input.root,
+        &input.tree.root,
+        f,
+        input.console,
+    )?;
+    fs::create_dir_all(&version_dir).ctx("create", &version_dir)?;
+    std::os::unix::fs::symlink(input.source_dir, version_dir.join("source"))
+        .ctx("create symlink", version_dir.join("source"))?;
+    copy_source(input.source_dir, &private.build_dir, input.console)?;
+
+    let failed_log = input
+        .tree
+        .version_dir(input.module, input.version)
+        .join("build")
+        .join("make.log");
+    let result = compile(input, &conf, &private, &failed_log);
+    if result.is_err() {
+        keep_failed_log(&private.log_path, &failed_log);
+    }
+    result?;
+    store(input, &conf, &private, signer.as_ref())?;
+    let stored_log = input
+        .tree
+        .make_log(input.module, input.version, &f.kernel, &f.arch);
+    if let Some(line) = &conf.post_build {
+        let log = OpenOptions::new()
+            .append(true)
+            .open(&stored_log)
+            .ctx("open", &stored_log)?;
+        let script = Script {
+            kind: "post_build",
+            line,
+            dir: &private.build_dir,
+            conf: &conf.file,
+        };
+        if let Some(code) = script.run(Output::Log(&log), input.console)? {
+            if code != 0 {
+                input.console.warn(format!(
+                    "The post_build script failed (exit {code}); see {}.",
+                    stored_log.display()
+                ));
+            }
+        }
+    }
+    let _ = fs::remove_file(&failed_log);
+    if let Some(dir) = failed_log.parent() {
+        let _ = fs::remove_dir(dir);
+    }
+    drop(private);
+    let _ = fs::remove_dir(&parent);
+    Ok(())
+}
+
+/// Patches, PRE_BUILD, MAKE and the check that every module was produced, all logged.
+fn compile(
+    input: &BuildInput<'_>,
+    conf: &DkmsConf,
+    private: &PrivateBuild,
+    failed_log: &Path,
+) -> Result<()> {
+    let f = input.facts;
+    let console = input.console;
+    let mut log = File::create(&private.log_path).ctx("create", &private.log_path)?;
+    writeln!(
+        log,
+        "rdkms make.log for {}/{} for kernel {} ({})\n{}",
+        input.module,
+        input.version,
+        f.kernel,
+        f.arch,
+        utc_timestamp()
+    )
+    .ctx("write", &private.log_path)?;
+    let build_dir = &private.build_dir;
+
+    for patch in &conf.patches {
+        let file = build_dir.join("patches").join(patch);
+        if !file.is_file() {
+            return Err(Error::BadPatch {
+                module: input.module.to_string(),
+                patch: patch.clone(),
+                problem: format!(
+                    "it cannot be found in {}",
+                    build_dir.join("patches").display()
+                ),
+            });
+        }
+        console.begin(format!("Applying patch {patch}"));
+        let status = logged_step(
+            &mut log,
+            &format!("patch -p1 < ./patches/{patch}"),
+            shell(
+                &format!("patch -p1 < ./patches/{}", shell_word(patch)),
+                build_dir,
+            ),
+        )?;
+        console.done(Some(status));
+        if status != 0 {
+            return Err(Error::PatchFailed {
+                patch: patch.clone(),
+                log: failed_log.to_path_buf(),
+            });
+        }
+    }
+
+    if let Some(line) = &conf.pre_build {
+        let script = Script {
+            kind: "pre_build",
+            line,
+            dir: build_dir,
+            conf: &conf.file,
+        };
+        writeln!(log, "\n# pre_build: {line}").ctx("write", &private.log_path)?;
+        if let Some(code) = script.run(Output::Log(&log), console)? {
+            if code != 0 {
+                return Err(Error::BuildFailed {
+                    kernel: f.kernel.clone(),
+                    arch: f.arch.clone(),
+                    code,
+                    log: failed_log.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    let make = make_invocation(&conf.make, input.jobs, &f.kernel);
+    console.say("\nBuilding module:");
+    console.begin(&make.command);
+    let mut cmd = shell(&make.command, build_dir);
+    if let Some(flags) = &make.makeflags {
+        cmd.env("MAKEFLAGS", flags);
+        console.command(format!("\n(MAKEFLAGS={flags})"));
+    }
+    if let Some(cc) = f.make_cc() {
+        cmd.env("CC", cc);
+    }
+    let status = logged_step(&mut log, &make.command, cmd)?;
+    console.done(Some(status));
+    if status != 0 {
+        show_tail(console, &private.log_path, failed_log);
+        return Err(Error::BuildFailed {
+            kernel: f.kernel.clone(),
+            arch: f.arch.clone(),
+            code: status,
+            log: failed_log.to_path_buf(),
+        });
+    }
+
+    for m in &conf.modules {
+        let built = build_dir.join(format!("{}{}.ko", m.built_location, m.built_name));
+        if !built.is_file() {
+            return Err(Error::BuiltModuleMissing {
+                module: m.built_name.clone(),
+                kernel: f.kernel.clone(),
+                arch: f.arch.clone(),
+                path: PathBuf::from(format!("{}{}.ko", m.built_location, m.built_name)),
+                log: failed_log.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `bash -c CMD` in `dir`, with DKMS's build environment.
+fn shell(cmd: &str, dir: &Path) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(cmd).current_dir(dir).stdin(Stdio::null());
+    for var in SCRUBBED_ENV {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Single-quotes one word for bash.
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Runs one framed step with its output appended to the log; returns the exit status.
+fn logged_step(log: &mut File, shown: &str, mut cmd: Command) -> Result<i32> {
+    let start = Instant::now();
+    writeln!(log, "\n# command: {shown}").ctx("write", "make.log")?;
+    cmd.stdout(log.try_clone().ctx("duplicate", "make.log")?);
+    cmd.stderr(log.try_clone().ctx("duplicate", "make.log")?);
+    let status = cmd.status().ctx("run", shown.to_string())?;
+    let code = status.code().unwrap_or(-1);
+    let secs = start.elapsed().as_secs();
+    writeln!(
+        log,
+        "\n# exit code: {code}\n# elapsed time: {:02}:{:02}:{:02}\n{}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        "-".repeat(64)
+    )
+    .ctx("write", "make.log")?;
+    Ok(code)
+}
+
+/// Prints the last 20 lines of the log and where the whole log is kept.
+fn show_tail(console: &Console, log: &Path, kept_at: &Path) {
+    let lines: Vec<String> = File::open(log)
+        .map(|f| {
+            std::io::BufReader::new(f)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let body: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.starts_with("# ") && !l.starts_with("----"))
+        .collect();
+    console.say(format!("Last lines of {}:", kept_at.display()));
+    for l in &body[body.len().saturating_sub(20)..] {
+        console.say(format!("  {l}"));
+    }
+}
+
+/// Keeps a failed build's log at `<tree>/M/V/build/make.log` (DKMS's location).
+fn keep_failed_log(log: &Path, dest: &Path) {
+    if let (Ok(bytes), Some(dir)) = (fs::read(log), dest.parent()) {
+        if fs::create_dir_all(dir).is_ok() {
+            let _ = atomic::write_file(dest, &bytes);
+        }
+    }
+}
+
+/// Copies the built modules (stripped, signed, compressed like the kernel's) and the log into a
+/// staging directory next to the final place, then renames it to `<tree>/M/V/K/A`.
+fn store(
+    input: &BuildInput<'_>,
+    conf: &DkmsConf,
+    private: &PrivateBuild,
+    signer: Option<&Signer>,
+) -> Result<()> {
+    let f = input.facts;
+    let kernel_dir = input
+        .tree
+        .version_dir(input.module, input.version)
+        .join(&f.kernel);
+    fs::create_dir_all(&kernel_dir).ctx("create", &kernel_dir)?;
+    // Dropping the TempDir removes the staging directory; after a rename it no longer exists.
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".tmp_{}_", f.arch))
+        .suffix(&format!(".{}", atomic::TMP_MARK))
+        .tempdir_in(&kernel_dir)
+        .ctx("create a staging directory in", &kernel_dir)?;
+    let module_dir = staging.path().join("module");
+    let log_dir = staging.path().join("log");
+    fs::create_dir(&module_dir).ctx("create", &module_dir)?;
+    fs::create_dir(&log_dir).ctx("create", &log_dir)?;
+    for m in &conf.modules {
+        let built = private
+            .build_dir
+            .join(format!("{}{}.ko", m.built_location, m.built_name));
+        let staged = module_dir.join(module_file_name(&m.dest_name, Compression::None));
+        fs::copy(&built, &staged).ctx("copy", &built)?;
+        if m.strip {
+            run_quiet(Command::new("strip").arg("-g").arg(&staged), input.console);
+        }
+        if let Some(signer) = signer {
+            signer.sign(&staged, input.console);
+        }
+        let staged = compress(&staged, f.compression, input.console);
+        File::open(&staged)
+            .and_then(|file| file.sync_all())
+            .ctx("sync", &staged)?;
+    }
+    fs::copy(&private.log_path, log_dir.join("make.log")).ctx("copy", &private.log_path)?;
+    if f.config.is_file() {
+        fs::copy(&f.config, log_dir.join(".config")).ctx("copy", &f.config)?;
+    }
+    for d in [&module_dir, &log_dir, &staging.path().to_path_buf()] {
+        atomic::sync_dir(d)?;
+    }
+    let dest = input
+        .tree
+        .build_dir(input.module, input.version, &f.kernel, &f.arch);
+    atomic::replace_dir(staging.path(), &dest)
+}
+
+/// Compresses a staged module in place; on failure keeps it uncompressed, as DKMS does.
+fn compress(file: &Path, compression: Compression, console: &Console) -> PathBuf {
+    let Some(mut cmd) = compression.command(file) else {
+        return file.to_path_buf();
+    };
+    let out = PathBuf::from(format!("{}{}", file.display(), compression.suffix()));
+    if run_quiet(&mut cmd, console) && out.is_file() {
+        out
+    } else {
+        file.to_path_buf()
+    }
+}
+
+/// Runs a helper tool, warning (not failing) when it does not succeed.
+fn run_quiet(cmd: &mut Command, console: &Console) -> bool {
+    console.command(format!("{cmd:?}"));
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            console.warn(format!(
+                "{:?} failed: {}",
+                cmd.get_program(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            false
+        }
+        Err(e) => {
+            console.warn(format!("cannot run {:?}: {e}", cmd.get_program()));
+            false
+        }
+    }
+}
+
+/// Copies a module's source tree like `cp -a` (modes and times kept), except that a symlink
+/// pointing outside the tree is not copied (it could make the build read or write anywhere).
+pub fn copy_source(src: &Path, dst: &Path, console: &Console) -> Result<()> {
+    let root = fs::canonicalize(src).ctx("resolve", src)?;
+    for entry in walkdir::WalkDir::new(&root).follow_links(false) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(&root).to_path_buf();
+            Error::io("read", path, e.into())
+        })?;
+        let rel = entry.path().strip_prefix(&root).unwrap_or(Path::new(""));
+        let to = dst.join(rel);
+        let meta = entry.path().symlink_metadata().ctx("stat", entry.path())?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&to).ctx("create", &to)?;
+            fs::set_permissions(&to, meta.permissions()).ctx("set permissions of", &to)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(entry.path()).ctx("read link", entry.path())?;
+            let base = entry.path().parent().unwrap_or(&root);
+            if stays_inside(&root, base, &target) {
+                std::os::unix::fs::symlink(&target, &to).ctx("create symlink", &to)?;
+            } else {
+                console.warn(format!(
+                    "not copying {} -> {}: the symlink points outside the module source.",
+                    entry.path().display(),
+                    target.display()
+                ));
+            }
+        } else if kind.is_file() {
+            fs::copy(entry.path(), &to).ctx("copy", entry.path())?;
+            if let Ok(mtime) = meta.modified() {
+                let _ = File::options()
+                    .write(true)
+                    .open(&to)
+                    .and_then(|f| f.set_modified(mtime));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `target` (a link found in `base`) resolves lexically to a path under `root`.
+fn stays_inside(root: &Path, base: &Path, target: &Path) -> bool {
+    let joined = if target.is_absolute() {
+        target.to_path_buf()
+    } else {
+        base.join(target)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return false;
+                }
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out.starts_with(root)
+}
+
+/// The current time in UTC, `YYYY-MM-DD HH:MM:SS UTC`, for the make.log header.
+fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_make_gets_jobs_and_kernelrelease() {
+        let m = make_invocation("make -C /k M=/b", Jobs::Limit(4), "6.1.0-9-amd64");
+        assert_eq!(m.command, "make -j4 KERNELRELEASE=6.1.0-9-amd64 -C /k M=/b");
+        assert_eq!(m.makeflags, None);
+        let m = make_invocation("make", Jobs::Unlimited, "K");
+        assert_eq!(m.command, "make -j KERNELRELEASE=K");
+    }
+
+    #[test]
+    fn other_commands_get_makeflags_instead() {
+        for cmd in [
+            "(make -C x)",
+            "makefoo all",
+            "KERNELDIR=/k make",
+            "./configure && make",
+        ] {
+            let m = make_invocation(cmd, Jobs::Limit(2), "K");
+            assert_eq!(m.command, cmd);
+            assert_eq!(m.makeflags.as_deref(), Some("-j2"));
+        }
+    }
+
+    #[test]
+    fn symlinks_leaving_the_source_are_not_copied() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("a.c"), "int x;").unwrap();
+        std::os::unix::fs::symlink("../a.c", src.join("sub/inside")).unwrap();
+        std::os::unix::fs::symlink("../../etc", src.join("sub/outside")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("abs")).unwrap();
+        let dst = t.path().join("dst");
+        copy_source(
+            &src,
+            &dst,
+            &Console {
+                quiet: true,
+                verbose: false,
+            },
+        )
+        .unwrap();
+        assert!(dst.join("a.c").is_file());
+        assert!(dst.join("sub/inside").symlink_metadata().is_ok());
+        assert!(dst.join("sub/outside").symlink_metadata().is_err());
+        assert!(dst.join("abs").symlink_metadata().is_err());
+    }
+
+    #[test]
+    fn timestamp_has_the_expected_shape() {
+        let t = utc_timestamp();
+        assert_eq!(t.len(), "2026-01-01 00:00:00 UTC".len());
+        assert!(t.ends_with(" UTC"));
+    }
+}

@@ -1,0 +1,56 @@
+//! Human output of the mutating commands: DKMS-like progress lines on stderr, silenced by `-q`,
+//! with the exact commands shown under `--verbose`. Kept apart so the engine never prints directly.
+
+use std::io::Write;
+
+/// Where progress messages go and how chatty they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Console {
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+impl Console {
+    /// One line of progress.
+    pub fn say(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{}", line.as_ref());
+        }
+    }
+
+    /// A command line, shown only with `--verbose`.
+    pub fn command(&self, line: impl AsRef<str>) {
+        if self.verbose {
+            self.say(line);
+        }
+    }
+
+    /// A `Warning: ...` line.
+    pub fn warn(&self, line: impl AsRef<str>) {
+        self.say(format!("Warning: {}", line.as_ref()));
+    }
+
+    /// An `Error! ...` line for a failure that does not end the command (e.g. one kernel of
+    /// several); always printed unless `-q`.
+    pub fn error(&self, line: impl AsRef<str>) {
+        self.say(format!("Error! {}", line.as_ref()));
+    }
+
+    /// Starts a step printed as `Description...` and finished by [`Console::done`].
+    pub fn begin(&self, description: impl AsRef<str>) {
+        if !self.quiet {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{}...", description.as_ref());
+            let _ = err.flush();
+        }
+    }
+
+    /// Ends a step started by [`Console::begin`] with ` done.` or the bad exit status.
+    pub fn done(&self, status: Option<i32>) {
+        match status {
+            None | Some(0) => self.say(" done."),
+            Some(code) => self.say(format!("(bad exit status: {code})")),
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Installing built modules into `<installtree>/K` and taking them out again: every file
+//! written under a temporary name, fsynced and renamed; destinations checked to stay inside the
+//! kernel's module directory; the `kernel-K-A` marker moved atomically.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::atomic;
+use crate::conf::{DkmsConf, ModuleEntry};
+use crate::console::Console;
+use crate::error::{Error, IoContext, Result};
+use crate::kernel::{module_file_name, Compression, KernelFacts};
+use crate::script::{Output, Script};
+use crate::tree::Tree;
+use crate::version::ver_cmp;
+
+/// One module version on one kernel, as install and uninstall see it.
+pub struct Placement<'a> {
+    pub module: &'a str,
+    pub version: &'a str,
+    pub tree: &'a Tree,
+    pub facts: &'a KernelFacts,
+    pub conf: &'a DkmsConf,
+    /// The module's source directory (where PRE_INSTALL/POST_INSTALL/POST_REMOVE run).
+    pub source_dir: &'a Path,
+    pub console: &'a Console,
+}
+
+/// How install treats an existing same-named module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallOptions {
+    /// `--force`: install even if PRE_INSTALL fails or a newer/equal module exists.
+    pub force: bool,
+    /// `--force-version-override`: skip the version check only.
+    pub version_override: bool,
+}
+
+/// Finds the built file of a module in `dir`: uncompressed first, then the kernel's
+/// compression, then any other (DKMS's `compressed_or_uncompressed`).
+pub fn find_module_file(dir: &Path, name: &str, preferred: Compression) -> Option<PathBuf> {
+    std::iter::once(Compression::None)
+        .chain(std::iter::once(preferred))
+        .chain(Compression::ALL)
+        .map(|c| dir.join(module_file_name(name, c)))
+        .find(|p| p.is_file())
+}
+
+impl Placement<'_> {
+    fn built_dir(&self) -> PathBuf {
+        self.tree.built_modules_dir(
+            self.module,
+            self.version,
+            &self.facts.kernel,
+            &self.facts.arch,
+        )
+    }
+
+    /// `<installtree>/K/<location>`, created, and checked to be inside `<installtree>/K` once
+    /// symlinks are resolved.
+    fn dest_dir(&self, location: &str) -> Result<PathBuf> {
+        let kernel_dir = &self.facts.modules_dir;
+        let real_kernel = fs::canonicalize(kernel_dir).ctx("resolve", kernel_dir)?;
+        let mut dir = kernel_dir.clone();
+        for part in Path::new(location.trim_start_matches('/')).components() {
+            dir.push(part);
+            if fs::symlink_metadata(&dir).is_err() {
+                fs::create_dir(&dir).ctx("create", &dir)?;
+            }
+            let real = fs::canonicalize(&dir).ctx("resolve", &dir)?;
+            if !real.starts_with(&real_kernel) {
+                return Err(Error::PathEscape {
+                    file: self.conf.file.clone(),
+                    what: "DEST_MODULE_LOCATION".to_string(),
+                    value: format!("{location} (resolves to {})", real.display()),
+                });
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Installs every module and marks the version installed; returns whether anything was
+    /// installed (depmod then has work to do). Follows Debian 12's dkms: PRE_INSTALL first
+    /// (failure aborts with 101 unless forced), a module refused by the version check counts
+    /// as handled, POST_INSTALL last with its status ignored.
+    pub fn install(&self, opts: InstallOptions) -> Result<()> {
+        let f = self.facts;
+        if !f.modules_dir.is_dir() {
+            return Err(Error::InstallFailed(format!(
+                "The directory {} doesn't exist. You cannot install a module onto a non-existent kernel; install the kernel or pick another with -k.",
+                f.modules_dir.display()
+            )));
+        }
+        let built_dir = self.built_dir();
+        let sources: Vec<PathBuf> = self
+            .conf
+            .modules
+            .iter()
+            .map(|m| {
+                find_module_file(&built_dir, &m.dest_name, f.compression).ok_or_else(|| {
+                    Error::InstallFailed(format!(
+                        "The built module {} is missing from {}; rebuild it with: rdkms build {}/{} -k {} --force",
+                        m.dest_name,
+                        built_dir.display(),
+                        self.module,
+                        self.version,
+                        f.kernel
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+
+        if let Some(line) = &self.conf.pre_install {
+            let script = Script {
+                kind: "pre_install",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            if let Some(code) = script.run(Output::Console, self.console)? {
+                if code != 0 && !opts.force {
+                    return Err(Error::PreInstallFailed {
+                        script: line.clone(),
+                        code,
+                    });
+                }
+            }
+        }
+
+        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
+        let had_link = link.symlink_metadata().is_ok();
+        for (m, src) in self.conf.modules.iter().zip(&sources) {
+            let file_name = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.console.say(format!("\n{file_name}:"));
+            self.console.say("Running module version sanity check.");
+            if !(opts.force || opts.version_override || self.version_check(m, src)) {
+                continue;
+            }
+            self.console.say(" - Original module");
+            if had_link {
+                self.console
+                    .say("   - This kernel never originally had a module by this name");
+            } else if same_named(&f.modules_dir, &m.dest_name).is_empty() {
+                self.console
+                    .say("   - No original module exists within this kernel");
+            }
+            let dir = self.dest_dir(&m.install_location)?;
+            atomic::clean_leftovers(&dir);
+            self.console.say(" - Installation");
+            self.console
+                .say(format!("   - Installing to {}/", dir.display()));
+            atomic::copy_file(src, &dir, &file_name, 0o644)?;
+            for c in Compression::ALL {
+                let other = dir.join(module_file_name(&m.dest_name, c));
+                if other.file_name().map(|n| n.to_string_lossy().into_owned())
+                    != Some(file_name.clone())
+                {
+                    let _ = fs::remove_file(other);
+                }
+            }
+        }
+
+        atomic::symlink(
+            &Tree::installed_link_target(self.version, &f.kernel, &f.arch),
+            &link,
+        )?;
+
+        if let Some(line) = &self.conf.post_install {
+            let script = Script {
+                kind: "post_install",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            script.run(Output::Console, self.console)?;
+        }
+        Ok(())
+    }
+
+    /// Debian's version sanity check, simplified: with exactly one same-named module in the
+    /// kernel tree, refuse to replace a newer one and skip an identical one (same version and
+    /// srcversion). Returns whether to install. Unreadable modinfo means "cannot tell": install.
+    fn version_check(&self, m: &ModuleEntry, ours: &Path) -> bool {
+        let f = self.facts;
+        let existing = same_named(&f.modules_dir, &m.dest_name);
+        let [theirs] = existing.as_slice() else {
+            if existing.len() > 1 {
+                self.console.warn(format!(
+                    "Cannot do version sanity checking because multiple {}.ko modules were found in kernel {}.",
+                    m.dest_name, f.kernel
+                ));
+            }
+            return true;
+        };
+        let (Some(their), Some(our)) = (modinfo(theirs), modinfo(ours)) else {
+            return true;
+        };
+        if !their.version.is_empty()
+            && !our.version.is_empty()
+            && ver_cmp(&their.version, &our.version).is_gt()
+        {
+            self.console.error(format!(
+                "Module version {} for {}.ko\nis not newer than what is already found in kernel {} ({}).\nYou may override by specifying --force.",
+                our.version, m.dest_name, f.kernel, their.version
+            ));
+            return false;
+        }
+        if their == our {
+            self.console.say(format!(
+                "Module version {} for {}.ko\nexactly matches what is already found in kernel {}.\nDKMS will not replace this module.\nYou may override by specifying --force.",
+                our.version, m.dest_name, f.kernel
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// Removes the installed files of this version and the `kernel-K-A` marker. Only a file in
+    /// the install location, or a byte-identical copy in the raw DEST_MODULE_LOCATION, is
+    /// deleted — never an in-tree module that merely has the same name.
+    pub fn uninstall(&self) -> Result<()> {
+        let f = self.facts;
+        self.console.say(format!(
+            "Module {}-{} for kernel {} ({}).",
+            self.module, self.version, f.kernel, f.arch
+        ));
+        self.console
+            .say("Before uninstall, this module version was ACTIVE on this kernel.");
+        let built_dir = self.built_dir();
+        for m in &self.conf.modules {
+            let ours = find_module_file(&built_dir, &m.dest_name, f.compression);
+            self.console.say(format!(
+                "\n{}:",
+                module_file_name(&m.dest_name, f.compression)
+            ));
+            self.console.say(" - Uninstallation");
+            match self.installed_location(m, ours.as_deref()) {
+                Some(dir) => {
+                    self.console
+                        .say(format!("   - Deleting from: {}/", dir.display()));
+                    for c in Compression::ALL {
+                        let p = dir.join(module_file_name(&m.dest_name, c));
+                        match fs::remove_file(&p) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(Error::io("delete", p, e)),
+                        }
+                    }
+                    atomic::clean_leftovers(&dir);
+                    remove_empty_dirs(&dir, &f.modules_dir);
+                }
+                None => self.console.say(format!(
+                    "   - Module was not found within {}/",
+                    f.modules_dir.display()
+                )),
+            }
+            self.console.say(" - Original module");
+            self.console
+                .say("   - No original module was found for this module on this kernel.");
+            self.console
+                .say("   - Use the dkms install command to reinstall any previous module version.");
+        }
+        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("delete", link, e)),
+        }
+        if let Some(line) = &self.conf.post_remove {
+            let script = Script {
+                kind: "post_remove",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            if self.source_dir.is_dir() {
+                script.run(Output::Console, self.console)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory holding this version's installed copy of `m`, if any.
+    fn installed_location(&self, m: &ModuleEntry, ours: Option<&Path>) -> Option<PathBuf> {
+        let kernel_dir = &self.facts.modules_dir;
+        let has = |loc: &str| {
+            let dir = kernel_dir.join(loc.trim_start_matches('/'));
+            find_module_file(&dir, &m.dest_name, self.facts.compression).map(|p| (dir, p))
+        };
+        if let Some((dir, _)) = has(&m.install_location) {
+            return Some(dir);
+        }
+        if m.dest_location != m.install_location {
+            if let (Some((dir, file)), Some(ours)) = (has(&m.dest_location), ours) {
+                if fs::read(&file).ok() == fs::read(ours).ok() {
+                    return Some(dir);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Every `<name>.ko[.gz|.xz|.zst]` below a kernel's module directory (not following the
+/// `build`/`source` links).
+fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
+    let wanted: Vec<String> = Compression::ALL
+        .iter()
+        .map(|c| module_file_name(name, *c))
+        .collect();
+    walkdir::WalkDir::new(kernel_dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| wanted.iter().any(|w| e.file_name() == w.as_str()))
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// The version fields of a module file.
+#[derive(Debug, PartialEq, Eq)]
+struct ModInfo {
+    version: String,
+    srcversion: String,
+}
+
+fn modinfo(file: &Path) -> Option<ModInfo> {
+    let field = |name: &str| -> Option<String> {
+        let out = Command::new("modinfo")
+            .args(["-F", name])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    Some(ModInfo {
+        version: field("version")?,
+        srcversion: field("srcversion")?,
+    })
+}
+
+/// `rmdir -p --ignore-fail-on-non-empty` from `dir` up to, not including, `stop`.
+fn remove_empty_dirs(dir: &Path, stop: &Path) {
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d == stop || !d.starts_with(stop) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        cur = d.parent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_uncompressed_before_compressed() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("a.ko.xz"), "").unwrap();
+        assert_eq!(
+            find_module_file(t.path(), "a", Compression::None),
+            Some(t.path().join("a.ko.xz"))
+        );
+        fs::write(t.path().join("a.ko"), "").unwrap();
+        assert_eq!(
+            find_module_file(t.path(), "a", Compression::Xz),
+            Some(t.path().join("a.ko"))
+        );
+        assert_eq!(find_module_file(t.path(), "b", Compression::Xz), None);
+    }
+
+    #[test]
+    fn empty_dirs_are_removed_up_to_the_kernel_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let k = t.path().join("K");
+        let d = k.join("updates/dkms");
+        fs::create_dir_all(&d).unwrap();
+        fs::create_dir_all(k.join("kernel")).unwrap();
+        remove_empty_dirs(&d, &k);
+        assert!(!k.join("updates").exists());
+        assert!(k.join("kernel").is_dir());
+    }
+
+    #[test]
+    fn same_named_skips_the_build_link() {
+        let t = tempfile::tempdir().unwrap();
+        let k = t.path().join("K");
+        fs::create_dir_all(k.join("kernel/x")).unwrap();
+        fs::write(k.join("kernel/x/foo.ko.xz"), "").unwrap();
+        let ext = t.path().join("ext");
+        fs::create_dir_all(&ext).unwrap();
+        fs::write(ext.join("foo.ko"), "").unwrap();
+        std::os::unix::fs::symlink(&ext, k.join("build")).unwrap();
+        assert_eq!(same_named(&k, "foo"), vec![k.join("kernel/x/foo.ko.xz")]);
+    }
+}

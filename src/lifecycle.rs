@@ -1,0 +1,526 @@
+//! The commands that change a module's state — build, install, uninstall, unbuild, remove —
+//! with DKMS 3.0.10's semantics and messages: one tree lock for the whole command, leftovers of
+//! interrupted runs cleaned first, every kernel handled in turn, depmod once per kernel at the end.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::add::{self, AddOptions};
+use crate::atomic;
+use crate::build::{self, BuildInput, Jobs};
+use crate::cli::{Action, Invocation};
+use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
+use crate::config::Paths;
+use crate::console::Console;
+use crate::depmod;
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::install::{find_module_file, InstallOptions, Placement};
+use crate::kernel::{KernelFacts, KernelOverrides};
+use crate::lock::{self, TreeLock};
+use crate::signing::SigningConfig;
+use crate::tree::{Pattern, Tree};
+use crate::version::ver_cmp;
+
+/// Entries of `<tree>/M/V` that are not kernels (DKMS's list).
+const NOT_KERNELS: [&str; 6] = ["build", "tarball", "driver_disk", "rpm", "deb", "source"];
+
+/// Settings shared by every kernel a command handles.
+pub struct Ctx {
+    pub paths: Paths,
+    pub tree: Tree,
+    pub console: Console,
+    pub force: bool,
+    pub version_override: bool,
+    pub no_depmod: bool,
+    pub jobs: Jobs,
+    pub kernel_overrides: KernelOverrides,
+    /// `-c FILE`: the dkms.conf to use instead of the module's own.
+    pub conf_override: Option<PathBuf>,
+    /// `--directive NAME=VALUE`.
+    pub directives: Vec<String>,
+    pub signing: SigningConfig,
+}
+
+impl Ctx {
+    pub fn from_invocation(inv: &Invocation) -> Ctx {
+        let paths = Paths::from_cli(&inv.cli);
+        Ctx {
+            tree: Tree::new(paths.dkms_tree.clone()),
+            console: Console {
+                quiet: inv.cli.quiet,
+                verbose: inv.cli.verbose,
+            },
+            force: inv.cli.force,
+            version_override: inv.cli.force_version_override,
+            no_depmod: inv.cli.no_depmod,
+            jobs: Jobs::resolve(inv.cli.jobs),
+            kernel_overrides: KernelOverrides {
+                source_dir: inv.cli.kernel_source_dir.clone(),
+                config: inv.cli.kernel_config.clone(),
+            },
+            conf_override: inv.cli.conf.clone(),
+            directives: inv.cli.directives.clone(),
+            signing: SigningConfig::from_env(),
+            paths,
+        }
+    }
+}
+
+/// One module version inside a command.
+pub struct Job<'a> {
+    pub ctx: &'a Ctx,
+    pub module: String,
+    pub version: String,
+}
+
+impl Job<'_> {
+    /// `<tree>/M/V/source` (a symlink to the sources).
+    pub fn source_dir(&self) -> PathBuf {
+        self.ctx.tree.source_link(&self.module, &self.version)
+    }
+
+    /// The dkms.conf in force: `-c FILE` or the one in the sources.
+    pub fn conf_file(&self) -> PathBuf {
+        self.ctx
+            .conf_override
+            .clone()
+            .unwrap_or_else(|| self.source_dir().join("dkms.conf"))
+    }
+
+    /// Reads the dkms.conf for a kernel with `$dkms_tree` = `eval_tree` and `M=` = `build_dir`.
+    pub fn conf_with(
+        &self,
+        facts: &KernelFacts,
+        eval_tree: &Path,
+        build_dir: &Path,
+    ) -> Result<DkmsConf> {
+        let p = &self.ctx.paths;
+        conf::load(&LoadRequest {
+            conf_file: self.conf_file(),
+            module: self.module.clone(),
+            module_version: self.version.clone(),
+            target: Target {
+                kernel: facts.kernel.clone(),
+                arch: facts.arch.clone(),
+                kernel_source_dir: facts.source_dir.clone(),
+                kernel_config: facts.config.clone(),
+                build_dir: build_dir.to_path_buf(),
+                location_override: host::location_override(p),
+            },
+            etc_dkms: Some(p.etc_dkms.clone()),
+            dkms_tree: eval_tree.to_path_buf(),
+            source_tree: p.source_tree.clone(),
+            install_tree: p.install_tree.clone(),
+            directive_overrides: self.ctx.directives.clone(),
+            mode: EvalMode::Auto,
+        })
+        .map_err(|e| patch_escape_is_a_patch_error(e, &self.module))
+    }
+
+    /// The dkms.conf as the shared tree sees it.
+    pub fn conf(&self, facts: &KernelFacts) -> Result<DkmsConf> {
+        let t = &self.ctx.tree;
+        self.conf_with(
+            facts,
+            &t.root,
+            &t.version_dir(&self.module, &self.version).join("build"),
+        )
+    }
+
+    /// DKMS's "added": `<tree>/M/V` with a `source` link (or directory).
+    pub fn is_added(&self) -> bool {
+        self.ctx.tree.is_added(&self.module, &self.version)
+    }
+
+    /// DKMS's "built": `<tree>/M/V/K/A/module` holds every module the dkms.conf names.
+    pub fn is_built(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
+        let dir = self.ctx.tree.built_modules_dir(
+            &self.module,
+            &self.version,
+            &facts.kernel,
+            &facts.arch,
+        );
+        dir.is_dir()
+            && conf
+                .modules
+                .iter()
+                .all(|m| find_module_file(&dir, &m.dest_name, facts.compression).is_some())
+    }
+
+    /// DKMS's "installed": built, and `<tree>/M/kernel-K-A` resolves to this version's build.
+    pub fn is_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
+        self.is_built(facts, conf)
+            && self.ctx.tree.is_installed_build(
+                &self.module,
+                &self.version,
+                &facts.kernel,
+                &facts.arch,
+            )
+    }
+
+    fn placement<'b>(
+        &'b self,
+        facts: &'b KernelFacts,
+        conf: &'b DkmsConf,
+        source: &'b Path,
+    ) -> Placement<'b> {
+        Placement {
+            module: &self.module,
+            version: &self.version,
+            tree: &self.ctx.tree,
+            facts,
+            conf,
+            source_dir: source,
+            console: &self.ctx.console,
+        }
+    }
+}
+
+/// The model refuses a PATCH with `..` as a path escape (exit 8); DKMS reports it as a patch
+/// error (exit 5).
+fn patch_escape_is_a_patch_error(e: Error, module: &str) -> Error {
+    match e {
+        Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
+            module: module.to_string(),
+            patch: value,
+            problem: "the name contains '..'".to_string(),
+        },
+        other => other,
+    }
+}
+
+/// What a command changed, for the depmod pass at its end.
+#[derive(Default)]
+struct Changes {
+    /// Kernels whose module directory changed, in first-touched order.
+    kernels: Vec<KernelFacts>,
+    /// Kernels this command installed into (rolled back if depmod fails there).
+    installed: Vec<String>,
+}
+
+impl Changes {
+    fn touch(&mut self, facts: &KernelFacts) {
+        if !self.kernels.iter().any(|k| k.kernel == facts.kernel) {
+            self.kernels.push(facts.clone());
+        }
+    }
+}
+
+/// Runs build, install, uninstall, unbuild or remove.
+pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
+    let ctx = Ctx::from_invocation(inv);
+    let (Some(module), Some(version)) = (inv.module.clone(), inv.version.clone()) else {
+        return Err(Error::MissingModule {
+            action: action.word().to_string(),
+        });
+    };
+    if inv.cli.all && matches!(action, Action::Build | Action::Install) {
+        return Err(Error::AllNotSupported {
+            action: action.word().to_string(),
+        });
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
+    let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
+    clean_leftovers(&ctx.tree);
+
+    let job = Job {
+        ctx: &ctx,
+        module,
+        version,
+    };
+    match action {
+        Action::Build | Action::Install => {
+            // Our --force means "rebuild/reinstall", not "add again".
+            let opts = AddOptions {
+                force: false,
+                ..AddOptions::from_invocation(inv)
+            };
+            add::ensure_added(&ctx.paths, &lock, &job.module, &job.version, &opts)
+                .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+        }
+        _ if !job.is_added() => {
+            return Err(Error::NotAdded {
+                module: job.module.clone(),
+                version: job.version.clone(),
+            })
+        }
+        _ => {}
+    }
+    let targets = targets(&job, inv);
+    let mut changes = Changes::default();
+    let mut last_error: Option<Error> = None;
+    for (kernel, arch) in &targets {
+        let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
+        let result = match action {
+            Action::Build => build_one(&job, &facts),
+            Action::Install => install_one(&job, &facts, &mut changes),
+            Action::Uninstall => uninstall_one(&job, &facts, &mut changes),
+            Action::Unbuild => unbuild_one(&job, &facts, &mut changes),
+            Action::Remove => uninstall_one(&job, &facts, &mut changes)
+                .and_then(|()| unbuild_one(&job, &facts, &mut changes)),
+            other => Err(Error::Usage(format!(
+                "'{}' is not a lifecycle action",
+                other.word()
+            ))),
+        };
+        if let Err(e) = result {
+            if let Some(prev) = last_error.replace(e) {
+                ctx.console.error(prev.to_string());
+            }
+        }
+    }
+    let removed = match action {
+        Action::Remove => remove_if_unused(&job),
+        _ => Ok(()),
+    };
+    for result in [removed, finish_depmod(&job, &changes)] {
+        if let Err(e) = result {
+            if let Some(prev) = last_error.replace(e) {
+                ctx.console.error(prev.to_string());
+            }
+        }
+    }
+    match last_error {
+        Some(e) => Err(e),
+        None => Ok(0),
+    }
+}
+
+/// The kernel/arch pairs to act on: `-k` (with `-a`), `--all` = every kernel the version is
+/// built for (version order), else the running kernel; the arch defaults to `uname -m`.
+fn targets(job: &Job<'_>, inv: &Invocation) -> Vec<(String, String)> {
+    if inv.cli.all {
+        let mut out = built_kernels(&job.ctx.tree, &job.module, &job.version);
+        out.sort_by(|a, b| ver_cmp(&a.0, &b.0).then_with(|| a.1.cmp(&b.1)));
+        return out;
+    }
+    if inv.kernels.is_empty() {
+        let arch = inv.cli.archs.first().cloned();
+        return vec![(
+            host::running_kernel(),
+            arch.unwrap_or_else(host::machine_arch),
+        )];
+    }
+    inv.kernels
+        .iter()
+        .map(|k| {
+            (
+                k.kernel.clone(),
+                k.arch.clone().unwrap_or_else(host::machine_arch),
+            )
+        })
+        .collect()
+}
+
+/// `<tree>/M/V/K/A` pairs having a `module` directory, for kernels named like versions
+/// (DKMS's `+([0-9]).*` glob).
+fn built_kernels(tree: &Tree, module: &str, version: &str) -> Vec<(String, String)> {
+    tree.kernel_arches(module, version, &Pattern::KernelLike, &Pattern::Any)
+        .into_iter()
+        .filter(|(k, a)| tree.built_module_files(module, version, k, a).is_some())
+        .collect()
+}
+
+/// Names of the real (not symlinked, not hidden) subdirectories of `dir`.
+fn subdirs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Removes what interrupted commands left: private build directories (nobody else can be
+/// using them while we hold the lock) and rdkms's temporary entries in the tree.
+fn clean_leftovers(tree: &Tree) {
+    let private = build::private_builds_dir(&tree.root);
+    if let Ok(entries) = fs::read_dir(&private) {
+        for e in entries.flatten() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+        let _ = fs::remove_dir(&private);
+    }
+    for m in subdirs(&tree.root) {
+        let mdir = tree.module_dir(&m);
+        atomic::clean_leftovers(&mdir);
+        for v in subdirs(&mdir) {
+            let vdir = mdir.join(&v);
+            atomic::clean_leftovers(&vdir);
+            for k in subdirs(&vdir) {
+                atomic::clean_leftovers(&vdir.join(k));
+            }
+        }
+    }
+}
+
+/// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
+fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
+    let conf = job.conf(facts)?;
+    if job.is_built(facts, &conf) && !job.ctx.force {
+        job.ctx.console.say(format!(
+            "Module {}/{} already built for kernel {} ({}), skip. You may override by specifying --force.",
+            job.module, job.version, facts.kernel, facts.arch
+        ));
+        return Ok(());
+    }
+    build_now(job, facts)
+}
+
+fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
+    let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
+        path: job.conf_file(),
+    })?;
+    let load = |eval_tree: &Path, build_dir: &Path| job.conf_with(facts, eval_tree, build_dir);
+    build::build(&BuildInput {
+        module: &job.module,
+        version: &job.version,
+        tree: &job.ctx.tree,
+        source_dir: &source,
+        facts,
+        jobs: job.ctx.jobs,
+        console: &job.ctx.console,
+        root: &job.ctx.paths.root,
+        signing: &job.ctx.signing,
+        load_conf: &load,
+    })
+}
+
+/// Builds if needed, then installs unless already installed (`--force` reinstalls).
+fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+    let conf = job.conf(facts)?;
+    if !job.is_built(facts, &conf) {
+        build_now(job, facts)?;
+    }
+    let source = job.source_dir();
+    let place = job.placement(facts, &conf, &source);
+    if job.is_installed(facts, &conf) {
+        if !job.ctx.force {
+            job.ctx.console.say(format!(
+                "Module {}/{} already installed on kernel {} ({}), skip. You may override by specifying --force.",
+                job.module, job.version, facts.kernel, facts.arch
+            ));
+            return Ok(());
+        }
+        place.uninstall()?;
+        changes.touch(facts);
+    }
+    let result = place.install(InstallOptions {
+        force: job.ctx.force,
+        version_override: job.ctx.version_override,
+    });
+    if facts.modules_dir.is_dir() {
+        changes.touch(facts);
+    }
+    result?;
+    changes.installed.push(facts.kernel.clone());
+    Ok(())
+}
+
+/// Uninstalls if installed, else DKMS's skip message.
+fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+    let conf = job.conf(facts)?;
+    if !job.is_installed(facts, &conf) {
+        job.ctx.console.say(format!(
+            "Module {} {} is not installed for kernel {} ({}). Skipping...",
+            job.module, job.version, facts.kernel, facts.arch
+        ));
+        return Ok(());
+    }
+    let source = job.source_dir();
+    job.placement(facts, &conf, &source).uninstall()?;
+    changes.touch(facts);
+    Ok(())
+}
+
+/// Uninstalls, then deletes `<tree>/M/V/K/A` (and `K` when empty); the module stays added.
+fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+    let conf = job.conf(facts)?;
+    let t = &job.ctx.tree;
+    if job.is_installed(facts, &conf) {
+        let source = job.source_dir();
+        job.placement(facts, &conf, &source).uninstall()?;
+        changes.touch(facts);
+    }
+    let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
+    if !job.is_built(facts, &conf) && !build_dir.is_dir() {
+        job.ctx.console.say(format!(
+            "Module {} {} is not built for kernel {} ({}). Skipping...",
+            job.module, job.version, facts.kernel, facts.arch
+        ));
+        return Ok(());
+    }
+    atomic::remove_dir(&build_dir)?;
+    let kernel_dir = t.version_dir(&job.module, &job.version).join(&facts.kernel);
+    if subdirs(&kernel_dir).is_empty() {
+        atomic::remove_dir(&kernel_dir)?;
+    }
+    Ok(())
+}
+
+/// `remove`'s last step: delete `<tree>/M/V` when no kernel is left in it (never the sources
+/// it links to), and `<tree>/M` when that leaves it empty.
+fn remove_if_unused(job: &Job<'_>) -> Result<()> {
+    let t = &job.ctx.tree;
+    let vdir = t.version_dir(&job.module, &job.version);
+    if subdirs(&vdir)
+        .iter()
+        .any(|d| !NOT_KERNELS.contains(&d.as_str()))
+    {
+        return Ok(());
+    }
+    job.ctx.console.say(format!(
+        "Deleting module {}-{} completely from the DKMS tree.",
+        job.module, job.version
+    ));
+    atomic::remove_dir(&vdir)?;
+    let mdir = t.module_dir(&job.module);
+    let empty = fs::read_dir(&mdir).is_ok_and(|mut e| {
+        e.all(|x| x.is_ok_and(|x| x.file_name().to_string_lossy().starts_with('.')))
+    });
+    if empty {
+        fs::remove_dir_all(&mdir).ctx("remove", &mdir)?;
+    }
+    Ok(())
+}
+
+/// depmod once per changed kernel. If it fails on a kernel this command installed into, the
+/// install is rolled back (as DKMS does) and the command fails with exit 6.
+fn finish_depmod(job: &Job<'_>, changes: &Changes) -> Result<()> {
+    if job.ctx.no_depmod {
+        return Ok(());
+    }
+    let mut failure = None;
+    for facts in &changes.kernels {
+        if !facts.modules_dir.is_dir() {
+            continue;
+        }
+        let Err(e) = depmod::run(&job.ctx.paths.install_tree, facts, &job.ctx.console) else {
+            continue;
+        };
+        if changes.installed.contains(&facts.kernel) {
+            job.ctx.console.error(e.to_string());
+            let conf = job.conf(facts)?;
+            let source = job.source_dir();
+            job.placement(facts, &conf, &source).uninstall()?;
+            let _ = depmod::run(&job.ctx.paths.install_tree, facts, &job.ctx.console);
+            failure = Some(Error::InstallFailed(format!(
+                "Problems with depmod detected for kernel {}; module {}/{} was uninstalled again and stays built. Check the kernel's module directory {}.",
+                facts.kernel,
+                job.module,
+                job.version,
+                facts.modules_dir.display()
+            )));
+        } else {
+            failure = Some(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}

@@ -1,0 +1,642 @@
+//! Fast tier of the lifecycle commands (no kernel headers needed): a fake kbuild turns sources
+//! into marker `.ko` files, a recording `depmod` stub counts calls, all inside temporary roots.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::fake_kernel::read_ko;
+use common::{arch, Sandbox};
+use predicates::prelude::*;
+
+const K: &str = "6.1.0-9-amd64";
+const K2: &str = "6.1.0-10-amd64";
+
+fn sandbox() -> Sandbox {
+    let mut sb = Sandbox::new();
+    sb.record_depmod();
+    sb.fake_kernel(K);
+    sb
+}
+
+fn installed_ko(sb: &Sandbox, kernel: &str, name: &str) -> std::path::PathBuf {
+    sb.modules_dir(kernel)
+        .join("updates/dkms")
+        .join(format!("{name}.ko"))
+}
+
+#[test]
+fn build_stores_modules_and_log_and_skips_when_built() {
+    let sb = sandbox();
+    sb.source("foo", "1.0").file("stamp", "one").create();
+    sb.rdkms(["build", "foo/1.0", "-k", K, "-j", "3"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "make -j3 KERNELRELEASE={K} -C"
+        )));
+    let built = sb.built("foo", "1.0", K);
+    let ko = read_ko(&built.join("module/foo.ko"));
+    assert_eq!(ko.vermagic, K);
+    assert_eq!(ko.stamp, "one");
+    let log = fs::read_to_string(built.join("log/make.log")).unwrap();
+    assert!(log.contains("LD [M]"), "{log}");
+    assert!(built.join("log/.config").is_file());
+    // The shared DKMS build directory is never used, and no private build dir is left.
+    assert!(!sb.tree().join("foo/1.0/build").exists());
+    assert_eq!(
+        sb.listing(&sb.tree().join(".rdkms-build")),
+        Vec::<String>::new()
+    );
+    // Nothing installed, so no depmod.
+    assert!(sb.depmod_calls().is_empty());
+
+    sb.rdkms(["build", "foo/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Module foo/1.0 already built for kernel {K} ({}), skip.",
+            arch()
+        )));
+    fs::write(sb.root().join("usr/src/foo-1.0/stamp"), "two").unwrap();
+    sb.rdkms(["build", "foo/1.0", "-k", K, "--force"])
+        .assert()
+        .success();
+    assert_eq!(read_ko(&built.join("module/foo.ko")).stamp, "two");
+}
+
+#[test]
+fn install_builds_installs_links_and_runs_depmod_once() {
+    let sb = sandbox();
+    sb.source("multi", "2.0")
+        .modules(&["alpha", "beta", "gamma"])
+        .create();
+    sb.rdkms(["install", "multi/2.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Installing to"));
+    for m in ["alpha", "beta", "gamma"] {
+        let ko = read_ko(&installed_ko(&sb, K, m));
+        assert_eq!(ko.name, m);
+        assert_eq!(ko.vermagic, K);
+    }
+    let link = sb.tree().join(format!("multi/kernel-{K}-{}", arch()));
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("2.0").join(K).join(arch())
+    );
+    // One depmod for three modules, on the sandbox's module tree.
+    assert_eq!(
+        sb.depmod_calls(),
+        vec![format!("-a -b {} {K}", sb.root().display())]
+    );
+    sb.rdkms(["install", "multi/2.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Module multi/2.0 already installed on kernel {K} ({}), skip.",
+            arch()
+        )));
+    assert_eq!(sb.depmod_calls().len(), 1);
+    // No temporary files are left next to the installed modules.
+    let names = sb.listing(&sb.modules_dir(K).join("updates/dkms"));
+    assert_eq!(names, ["alpha.ko", "beta.ko", "gamma.ko"]);
+}
+
+#[test]
+fn install_for_two_kernels_runs_depmod_once_per_kernel() {
+    let sb = sandbox();
+    sb.fake_kernel(K2);
+    sb.source("foo", "1.0").create();
+    sb.rdkms(["install", "foo/1.0", "-k", K, "-k", K2])
+        .assert()
+        .success();
+    let calls = sb.depmod_calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].ends_with(K) && calls[1].ends_with(K2), "{calls:?}");
+    assert_eq!(read_ko(&installed_ko(&sb, K2, "foo")).vermagic, K2);
+}
+
+#[test]
+fn uninstall_unbuild_and_remove_walk_back_down() {
+    let sb = sandbox();
+    sb.source("foo", "1.0").create();
+    sb.rdkms(["install", "foo/1.0", "-k", K]).assert().success();
+
+    sb.rdkms(["uninstall", "foo/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "Before uninstall, this module version was ACTIVE on this kernel.",
+        ));
+    assert!(!installed_ko(&sb, K, "foo").exists());
+    assert!(
+        !sb.modules_dir(K).join("updates").exists(),
+        "empty dest dirs are removed"
+    );
+    assert!(sb.built("foo", "1.0", K).join("module/foo.ko").is_file());
+    assert!(fs::symlink_metadata(sb.tree().join(format!("foo/kernel-{K}-{}", arch()))).is_err());
+    sb.rdkms(["uninstall", "foo/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Module foo 1.0 is not installed for kernel {K} ({}). Skipping...",
+            arch()
+        )));
+
+    sb.rdkms(["unbuild", "foo/1.0", "-k", K]).assert().success();
+    assert!(!sb.tree().join("foo/1.0").join(K).exists());
+    assert!(sb.tree().join("foo/1.0/source").symlink_metadata().is_ok());
+    sb.rdkms(["unbuild", "foo/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("is not built for kernel"));
+
+    sb.rdkms(["remove", "foo/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "Deleting module foo-1.0 completely from the DKMS tree.",
+        ));
+    assert!(!sb.tree().join("foo").exists());
+    assert!(
+        sb.root().join("usr/src/foo-1.0/dkms.conf").is_file(),
+        "sources are kept"
+    );
+    // install, uninstall: one depmod each; unbuild/remove of an uninstalled module: none.
+    assert_eq!(sb.depmod_calls().len(), 2);
+    sb.rdkms(["remove", "foo/1.0", "--all"]).assert().code(3);
+}
+
+#[test]
+fn remove_all_leaves_nothing_behind() {
+    let sb = sandbox();
+    sb.fake_kernel(K2);
+    sb.source("foo", "1.0").modules(&["foo", "bar"]).create();
+    sb.rdkms(["install", "foo/1.0", "-k", K, "-k", K2])
+        .assert()
+        .success();
+    sb.rdkms(["remove", "foo/1.0", "-k", K]).assert().success();
+    assert!(
+        sb.built("foo", "1.0", K2).is_dir(),
+        "the other kernel stays"
+    );
+    assert!(installed_ko(&sb, K2, "bar").is_file());
+    sb.rdkms(["install", "foo/1.0", "-k", K]).assert().success();
+
+    let before = sb.depmod_calls().len();
+    sb.rdkms(["remove", "foo/1.0", "--all"]).assert().success();
+    assert_eq!(sb.depmod_calls().len() - before, 2, "one depmod per kernel");
+    // Only the tree lock file may remain in the dkms tree; nothing in the kernels' trees.
+    let left: Vec<String> = sb
+        .listing(&sb.tree())
+        .into_iter()
+        .filter(|p| !p.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for k in [K, K2] {
+        assert!(!sb.modules_dir(k).join("updates").exists());
+    }
+}
+
+#[test]
+fn everything_stays_under_the_root() {
+    let sb = sandbox();
+    sb.source("rooted", "1.0").create();
+    let out = sb
+        .rdkms(["install", "rooted/1.0", "-k", K, "--verbose"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let root = sb.root().display().to_string();
+    for line in text
+        .lines()
+        .filter(|l| l.contains("/lib/modules") || l.contains("/var/lib/dkms"))
+    {
+        assert!(line.contains(&root), "path outside the root: {line}");
+    }
+    assert!(!Path::new("/var/lib/dkms/rooted").exists());
+}
+
+#[test]
+fn quiet_prints_nothing_and_verbose_shows_commands() {
+    let sb = sandbox();
+    sb.source("foo", "1.0").create();
+    sb.rdkms(["install", "foo/1.0", "-k", K, "-q"])
+        .assert()
+        .success()
+        .stderr("")
+        .stdout("");
+    sb.rdkms(["install", "foo/1.0", "-k", K, "--force", "--verbose"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("\"depmod\""));
+}
+
+#[test]
+fn missing_headers_exit_21_naming_the_package() {
+    let sb = sandbox();
+    fs::create_dir_all(sb.modules_dir("6.1.0-99-amd64")).unwrap();
+    sb.source("foo", "1.0").create();
+    sb.rdkms(["build", "foo/1.0", "-k", "6.1.0-99-amd64"])
+        .assert()
+        .code(21)
+        .stderr(predicate::str::contains("linux-headers-6.1.0-99-amd64"));
+}
+
+#[test]
+fn make_failure_exits_10_with_the_log_tail_and_keeps_the_log() {
+    let sb = sandbox();
+    let mut lines = String::new();
+    for i in 1..=30 {
+        lines.push_str(&format!("compile error line {i}\n"));
+    }
+    sb.source("broken", "1.0").file("fail", &lines).create();
+    let kept = sb.tree().join("broken/1.0/build/make.log");
+    sb.rdkms(["build", "broken/1.0", "-k", K])
+        .assert()
+        .code(10)
+        .stderr(predicate::str::contains("compile error line 30"))
+        .stderr(predicate::str::contains("compile error line 20"))
+        .stderr(predicate::str::contains("compile error line 5\n").not())
+        .stderr(predicate::str::contains(kept.display().to_string()));
+    assert!(fs::read_to_string(&kept)
+        .unwrap()
+        .contains("compile error line 1\n"));
+    assert!(!sb.tree().join("broken/1.0").join(K).join(arch()).exists());
+    // A successful build afterwards drops the stale failure log.
+    fs::remove_file(sb.root().join("usr/src/broken-1.0/fail")).unwrap();
+    sb.rdkms(["build", "broken/1.0", "-k", K])
+        .assert()
+        .success();
+    assert!(!kept.exists());
+}
+
+#[test]
+fn build_exclusive_mismatch_exits_77() {
+    let sb = sandbox();
+    sb.source("excl", "1.0")
+        .conf("BUILD_EXCLUSIVE_KERNEL=\"^4\\.\"")
+        .create();
+    sb.rdkms(["build", "excl/1.0", "-k", K])
+        .assert()
+        .code(77)
+        .stderr(predicate::str::contains(
+            "includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config",
+        ));
+    sb.source("excl", "2.0")
+        .conf("BUILD_EXCLUSIVE_CONFIG=\"CONFIG_NOT_THERE\"")
+        .create();
+    sb.rdkms(["install", "excl/2.0", "-k", K]).assert().code(77);
+}
+
+#[test]
+fn patches_are_applied_and_bad_ones_refused() {
+    let sb = sandbox();
+    let patch = "--- a/stamp\n+++ b/stamp\n@@ -1 +1 @@\n-plain\n+patched\n";
+    sb.source("pat", "1.0")
+        .file("stamp", "plain\n")
+        .file("patches/fix.patch", patch)
+        .conf("PATCH[0]=\"fix.patch\"")
+        .create();
+    sb.rdkms(["build", "pat/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "Applying patch fix.patch... done.",
+        ));
+    assert_eq!(
+        read_ko(&sb.built("pat", "1.0", K).join("module/pat.ko")).stamp,
+        "patched"
+    );
+
+    sb.source("pat", "2.0")
+        .conf("PATCH[0]=\"../../etc/evil.patch\"")
+        .create();
+    sb.rdkms(["build", "pat/2.0", "-k", K]).assert().code(5);
+    sb.source("pat", "3.0")
+        .conf("PATCH[0]=\"missing.patch\"")
+        .create();
+    sb.rdkms(["build", "pat/3.0", "-k", K])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("missing.patch"));
+    sb.source("pat", "4.0")
+        .file("stamp", "other\n")
+        .file("patches/fix.patch", patch)
+        .conf("PATCH[0]=\"fix.patch\"")
+        .create();
+    sb.rdkms(["build", "pat/4.0", "-k", K]).assert().code(6);
+}
+
+#[test]
+fn a_module_make_did_not_produce_exits_7() {
+    let sb = sandbox();
+    sb.source("short", "1.0")
+        .conf("BUILT_MODULE_NAME[1]=\"ghost\"")
+        .conf("DEST_MODULE_LOCATION[1]=\"/updates/dkms\"")
+        .create();
+    sb.rdkms(["build", "short/1.0", "-k", K])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("ghost.ko"));
+    assert!(!sb.built("short", "1.0", K).exists());
+}
+
+#[test]
+fn pre_install_failure_exits_101_unless_forced() {
+    let sb = sandbox();
+    sb.source("pre", "1.0")
+        .script("pre.sh", "#!/bin/sh\necho refusing\nexit 3\n")
+        .conf("PRE_INSTALL=\"pre.sh\"")
+        .create();
+    sb.rdkms(["install", "pre/1.0", "-k", K])
+        .assert()
+        .code(101)
+        .stderr(predicate::str::contains("refusing"));
+    assert!(!installed_ko(&sb, K, "pre").exists());
+    sb.rdkms(["install", "pre/1.0", "-k", K, "--force"])
+        .assert()
+        .success();
+    assert!(installed_ko(&sb, K, "pre").is_file());
+}
+
+#[test]
+fn install_onto_a_missing_kernel_dir_exits_6() {
+    let sb = sandbox();
+    let headers = sb.root().join("elsewhere/headers");
+    common::fake_kernel::headers_at(&headers, "6.1.0-77-amd64");
+    sb.source("foo", "1.0").create();
+    let ksrc = format!("--kernelsourcedir={}", headers.display());
+    sb.rdkms(["install", "foo/1.0", "-k", "6.1.0-77-amd64", &ksrc])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains("doesn't exist"));
+    assert!(sb
+        .built("foo", "1.0", "6.1.0-77-amd64")
+        .join("module/foo.ko")
+        .is_file());
+    assert!(sb.depmod_calls().is_empty());
+}
+
+#[test]
+fn depmod_failure_rolls_the_install_back_with_exit_6() {
+    let sb = sandbox();
+    sb.source("foo", "1.0").create();
+    fs::write(sb.root().join("depmod.exit"), "1").unwrap();
+    sb.rdkms(["install", "foo/1.0", "-k", K]).assert().code(6);
+    assert!(!installed_ko(&sb, K, "foo").exists());
+    assert!(sb.built("foo", "1.0", K).join("module/foo.ko").is_file());
+}
+
+#[test]
+fn hard_coded_build_dir_in_make_compiles_in_the_private_copy() {
+    let sb = sandbox();
+    let probe = sb.root().join("make-saw");
+    // MAKE records its working directory and M=, then builds as usual.
+    let make = format!(
+        "pwd > {p}; echo ${{dkms_tree}}/${{PACKAGE_NAME}}/${{PACKAGE_VERSION}}/build >> {p}; make -C ${{kernel_source_dir}} M=${{dkms_tree}}/${{PACKAGE_NAME}}/${{PACKAGE_VERSION}}/build",
+        p = probe.display()
+    );
+    sb.source("hard", "1.0").make(&make).create();
+    sb.rdkms(["build", "hard/1.0", "-k", K]).assert().success();
+    let saw = fs::read_to_string(&probe).unwrap();
+    let lines: Vec<&str> = saw.lines().collect();
+    assert_eq!(lines[0], lines[1], "M= is the build copy make runs in");
+    assert!(lines[0].contains("/.rdkms-build/"), "{saw}");
+    assert!(!sb.tree().join("hard/1.0/build").exists());
+}
+
+#[test]
+fn make_runs_with_dkms_environment_and_jobserver() {
+    let sb = sandbox();
+    let probe = sb.root().join("env-saw");
+    // Not starting with `make`: no KERNELRELEASE, but MAKEFLAGS carries the job count.
+    let script = format!(
+        "#!/bin/sh\necho \"cc=${{CC-unset}} cflags=${{CFLAGS-unset}} umask=$(umask)\" > '{}'\nexec make -C \"$1\" M=\"$PWD\"\n",
+        probe.display()
+    );
+    sb.source("envy", "1.0")
+        .script("probe.sh", &script)
+        .make("./probe.sh ${kernel_source_dir}")
+        .create();
+    sb.rdkms(["build", "envy/1.0", "-k", K, "-j", "5"])
+        .env("CC", "clang-bogus")
+        .env("CFLAGS", "-O0")
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(&probe).unwrap().trim(),
+        "cc=unset cflags=unset umask=0022"
+    );
+    let ko = read_ko(&sb.built("envy", "1.0", K).join("module/envy.ko"));
+    assert_eq!(ko.jobs, "-j5");
+}
+
+#[test]
+fn pre_and_post_build_scripts_run_in_order() {
+    let sb = sandbox();
+    let seen = sb.root().join("post-saw");
+    let built = sb.built("hooks", "1.0", K).join("module/hooks.ko");
+    sb.source("hooks", "1.0")
+        .script("pre.sh", "#!/bin/sh\necho from-pre-build > stamp\n")
+        .script(
+            "post.sh",
+            &format!(
+                "#!/bin/sh\ntest -f '{}' && echo stored > '{}'\n",
+                built.display(),
+                seen.display()
+            ),
+        )
+        .conf("PRE_BUILD=\"pre.sh\"")
+        .conf("POST_BUILD=\"post.sh\"")
+        .create();
+    sb.rdkms(["build", "hooks/1.0", "-k", K]).assert().success();
+    assert_eq!(read_ko(&built).stamp, "from-pre-build");
+    assert_eq!(fs::read_to_string(&seen).unwrap().trim(), "stored");
+}
+
+#[test]
+fn modules_are_compressed_like_the_kernels_own() {
+    let sb = sandbox();
+    if common::skip_unless(which("xz"), "xz is not installed") {
+        return;
+    }
+    fs::write(
+        sb.modules_dir(K).join("modules.dep"),
+        "kernel/drivers/x.ko.xz:\n",
+    )
+    .unwrap();
+    sb.source("squash", "1.0").create();
+    sb.rdkms(["install", "squash/1.0", "-k", K])
+        .assert()
+        .success();
+    assert!(sb
+        .built("squash", "1.0", K)
+        .join("module/squash.ko.xz")
+        .is_file());
+    let installed = sb.modules_dir(K).join("updates/dkms/squash.ko.xz");
+    let out = std::process::Command::new("xz")
+        .arg("-dc")
+        .arg(&installed)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("FAKE-KO"));
+    sb.rdkms(["uninstall", "squash/1.0", "-k", K])
+        .assert()
+        .success();
+    assert!(!installed.exists());
+}
+
+#[test]
+fn a_symlinked_destination_outside_the_kernel_is_refused() {
+    let sb = sandbox();
+    let outside = sb.root().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, sb.modules_dir(K).join("updates")).unwrap();
+    sb.source("esc", "1.0").create();
+    sb.rdkms(["install", "esc/1.0", "-k", K])
+        .assert()
+        .code(8)
+        .stderr(predicate::str::contains("escapes"));
+    assert_eq!(sb.listing(&outside), Vec::<String>::new());
+}
+
+#[test]
+fn argument_errors_use_dkms_exit_codes() {
+    let sb = sandbox();
+    sb.source("foo", "1.0").create();
+    sb.rdkms(["build", "-k", K]).assert().code(1);
+    sb.rdkms(["build", "foo/1.0", "--all"]).assert().code(5);
+    sb.rdkms(["uninstall", "foo/1.0", "-k", K]).assert().code(3);
+    sb.rdkms(["build", "nosuch/1.0", "-k", K]).assert().code(2);
+}
+
+#[test]
+fn kill_9_during_a_rebuild_keeps_the_installed_module_and_is_cleaned_up() {
+    let sb = sandbox();
+    let src = sb.source("slow", "1.0").file("stamp", "first").create();
+    sb.rdkms(["install", "slow/1.0", "-k", K])
+        .assert()
+        .success();
+
+    fs::write(src.join("stamp"), "second").unwrap();
+    fs::write(src.join("sleep"), "30").unwrap();
+    let mut cmd = sb.rdkms_std(["build", "slow/1.0", "-k", K, "--force", "-q"]);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let private = sb.tree().join(".rdkms-build");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started(&private) {
+        assert!(Instant::now() < deadline, "the slow build never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+
+    // The previous build and installation are intact; the interrupted build left debris.
+    assert_eq!(read_ko(&installed_ko(&sb, K, "slow")).stamp, "first");
+    assert_eq!(
+        read_ko(&sb.built("slow", "1.0", K).join("module/slow.ko")).stamp,
+        "first"
+    );
+    assert!(!sb.listing(&private).is_empty());
+
+    // The next command cleans it up before doing its own work.
+    fs::remove_file(src.join("sleep")).unwrap();
+    sb.rdkms(["install", "slow/1.0", "-k", K])
+        .assert()
+        .success();
+    assert_eq!(sb.listing(&private), Vec::<String>::new());
+    let kernel_dir = sb.tree().join("slow/1.0").join(K);
+    assert_eq!(
+        sb.listing(&kernel_dir)
+            .iter()
+            .filter(|p| p.starts_with('.'))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn two_commands_on_one_tree_are_serialised() {
+    let sb = sandbox();
+    let a = sb.source("first", "1.0").create();
+    fs::write(a.join("sleep"), "1").unwrap();
+    sb.source("second", "1.0").create();
+    let mut one = sb
+        .rdkms_std(["install", "first/1.0", "-k", K, "-q"])
+        .spawn()
+        .unwrap();
+    let private = sb.tree().join(".rdkms-build");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started(&private) {
+        assert!(Instant::now() < deadline, "the first build never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = Instant::now();
+    sb.rdkms(["install", "second/1.0", "-k", K, "-q"])
+        .assert()
+        .success();
+    let waited = t0.elapsed();
+    assert!(one.wait().unwrap().success());
+    assert!(
+        waited >= Duration::from_millis(500),
+        "second did not wait: {waited:?}"
+    );
+    assert!(installed_ko(&sb, K, "first").is_file());
+    assert!(installed_ko(&sb, K, "second").is_file());
+}
+
+/// Whether a fake make inside some private build directory has reached its sleep.
+fn started(private: &Path) -> bool {
+    walkdir::WalkDir::new(private)
+        .into_iter()
+        .flatten()
+        .any(|e| e.file_name() == "started")
+}
+
+fn which(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn modules_are_signed_with_a_generated_mok_when_the_kernel_has_sign_file() {
+    let sb = sandbox();
+    if common::skip_unless(which("openssl"), "openssl is not installed") {
+        return;
+    }
+    common::fake_kernel::add_sign_file(&sb.modules_dir(K).join("build"));
+    sb.source("signed", "1.0").create();
+    sb.rdkms(["install", "signed/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "generating self signed certificate for MOK",
+        ));
+    let key = sb.tree().join("mok.key");
+    let cert = sb.tree().join("mok.pub");
+    let sig = read_ko(&installed_ko(&sb, K, "signed")).signature;
+    assert_eq!(sig, format!("sha256 {} {}", key.display(), cert.display()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let first = fs::read(&cert).unwrap();
+    sb.rdkms(["build", "signed/1.0", "-k", K, "--force"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("generating").not());
+    assert_eq!(fs::read(&cert).unwrap(), first, "the key pair is reused");
+}
