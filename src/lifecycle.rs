@@ -355,7 +355,14 @@ pub fn clean_leftovers(tree: &Tree) {
             let vdir = mdir.join(&v);
             atomic::clean_leftovers(&vdir);
             for k in subdirs(&vdir) {
-                atomic::clean_leftovers(&vdir.join(k));
+                if NOT_KERNELS.contains(&k.as_str()) {
+                    continue;
+                }
+                let kdir = vdir.join(k);
+                atomic::clean_leftovers(&kdir);
+                // A kernel dir that only held an interrupted staging dir would look like a
+                // kernel to `remove`; an empty one is never meaningful.
+                let _ = fs::remove_dir(&kdir);
             }
         }
     }
