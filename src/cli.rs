@@ -197,11 +197,7 @@ pub enum Action {
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &[
-        "match",
-        "generate_mok",
-        "kernel_preinst",
-    ];
+    const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
 
     fn from_word(word: &str) -> Option<Action> {
         Some(match word {

@@ -28,6 +28,7 @@ use crate::lifecycle::{self, Changes, Ctx, Job};
 use crate::lock::{self, TreeLock};
 use crate::plan::{self, ConfFacts, Plan, Request, Scope, Step};
 use crate::report::{self, FailureNote, Outcome, Record, Reporter, Severity};
+use crate::tarball;
 use crate::tree::{self, Selection, Tree};
 
 /// Exit status of DKMS's kernel_prerm when a module could not be removed.
@@ -324,15 +325,20 @@ fn common_postinst_checks(inv: &Invocation, ctx: &Ctx, reporter: &Reporter) -> R
         );
         return Ok(Some(0));
     }
-    let source = ctx.paths.source_tree.join(format!("{module}-{version}"));
     let added = ctx.tree.is_added(module, version);
-    if !added && !source.is_dir() {
-        if let Some(archive) = inv.cli.archive.as_ref().filter(|a| a.is_file()) {
-            return Err(Error::InstallFailed(format!(
-                "{} is a binary DKMS tarball; rdkms cannot load those yet. Install the module's source package, or use Debian's dkms for this one.",
-                archive.display()
-            )));
+    // DKMS's order: a binary or source tarball shipped by the package first, then the sources.
+    if let Some(archive) = inv.cli.archive.as_ref().filter(|a| a.is_file()) {
+        if !added {
+            reporter.say(
+                Severity::Info,
+                &format!("loading {} for {module}/{version}", archive.display()),
+            );
+            tarball::load(inv)?;
         }
+        return Ok(None);
+    }
+    let source = ctx.paths.source_tree.join(format!("{module}-{version}"));
+    if !added && !source.is_dir() {
         return Err(Error::SourceMissing { path: source });
     }
     Ok(None)

@@ -357,6 +357,42 @@ fn common_postinst_adds_and_builds_for_every_kernel_with_headers() {
 }
 
 #[test]
+fn common_postinst_loads_the_package_tarball_when_there_is_one() {
+    let sb = sandbox();
+    kernel(&sb, K1, true);
+    // A package shipping its module as a source tarball instead of /usr/src.
+    let src = sb.source("tarred", "1.0").create();
+    let share = sb.root().join("usr/share/tarred-dkms");
+    fs::create_dir_all(&share).unwrap();
+    let archive = share.join("tarred-1.0.dkms.tar.gz");
+    let tar = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(src.parent().unwrap())
+        .arg("tarred-1.0")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    fs::remove_dir_all(&src).unwrap();
+    sb.rdkms([
+        "common_postinst",
+        "--hook",
+        "-m",
+        "tarred",
+        "-v",
+        "1.0",
+        "--archive",
+    ])
+    .arg(&archive)
+    .assert()
+    .success()
+    .stdout("");
+    assert!(ko(&sb, K1, "tarred").is_file());
+    assert!(sb.root().join("usr/src/tarred-1.0/dkms.conf").is_file());
+}
+
+#[test]
 fn one_failing_module_never_stops_the_others_and_the_policy_decides_the_exit() {
     let sb = sandbox();
     kernel(&sb, K1, true);
