@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
     about = "Build, install and track out-of-tree kernel modules (DKMS-compatible)",
     disable_version_flag = true,
     override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]\n\n\
-        Actions: add build install uninstall unbuild remove status conf show"
+        Actions: add build install uninstall unbuild remove status conf show\n\
+        Hooks: autoinstall reconcile plan kernel_postinst kernel_prerm common_postinst"
 )]
 pub struct Cli {
     /// The action word, NAME/VERSION, a source directory or a dkms.conf path, in any order.
@@ -148,6 +149,15 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 
+    /// Run as a system hook: nothing on stdout, every line also to syslog, exit status from
+    /// the failure policy (rdkms_failure_policy in /etc/dkms/framework.conf).
+    #[arg(long, hide = true)]
+    pub hook: bool,
+
+    /// `reconcile` from apt's DPkg::Post-Invoke: return at once when nothing changed.
+    #[arg(long = "from-apt", hide = true)]
+    pub from_apt: bool,
+
     /// Seconds a mutating command waits for another one holding the tree's lock (default 900).
     #[arg(
         long = "lock-timeout",
@@ -172,6 +182,12 @@ pub enum Action {
     Remove,
     Status,
     ConfShow,
+    Autoinstall,
+    KernelPostinst,
+    KernelPrerm,
+    Reconcile,
+    Plan,
+    CommonPostinst,
     Mkbmdeb,
     Mkdeb,
     Mktarball,
@@ -181,16 +197,7 @@ pub enum Action {
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &[
-        "autoinstall",
-        "match",
-        "generate_mok",
-        "kernel_preinst",
-        "kernel_postinst",
-        "kernel_prerm",
-        "reconcile",
-        "plan",
-    ];
+    const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
 
     fn from_word(word: &str) -> Option<Action> {
         Some(match word {
@@ -202,6 +209,12 @@ impl Action {
             "remove" => Action::Remove,
             "status" => Action::Status,
             "conf" => Action::ConfShow,
+            "autoinstall" => Action::Autoinstall,
+            "kernel_postinst" => Action::KernelPostinst,
+            "kernel_prerm" => Action::KernelPrerm,
+            "reconcile" => Action::Reconcile,
+            "plan" => Action::Plan,
+            "common_postinst" => Action::CommonPostinst,
             "mkbmdeb" => Action::Mkbmdeb,
             "mkdeb" => Action::Mkdeb,
             "mktarball" => Action::Mktarball,
@@ -221,6 +234,12 @@ impl Action {
             Action::Remove => "remove",
             Action::Status => "status",
             Action::ConfShow => "conf show",
+            Action::Autoinstall => "autoinstall",
+            Action::KernelPostinst => "kernel_postinst",
+            Action::KernelPrerm => "kernel_prerm",
+            Action::Reconcile => "reconcile",
+            Action::Plan => "plan",
+            Action::CommonPostinst => "common_postinst",
             Action::Mkbmdeb => "mkbmdeb",
             Action::Mkdeb => "mkdeb",
             Action::Mktarball => "mktarball",

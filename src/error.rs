@@ -105,6 +105,18 @@ pub enum Error {
         value: String,
     },
 
+    /// A single-kernel action got no `-k`, several, or used with `--all`.
+    #[error("The action {action} requires exactly one kernel version parameter on the command line: -k KVER.")]
+    OneKernel { action: String },
+
+    /// update-initramfs or dracut failed for a kernel.
+    #[error("Regenerating the initramfs of kernel {kernel} with '{command}' failed: {problem}. It stays pending and is retried by the next rdkms reconcile; run the command by hand to see why.")]
+    Initramfs {
+        kernel: String,
+        command: String,
+        problem: String,
+    },
+
     /// `--all` given to an action that needs explicit kernels.
     #[error(
         "The action {action} does not support the --all parameter; name the kernels with -k KVER."
@@ -194,6 +206,8 @@ impl Error {
             Error::InstallFailed(_) => 6,
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
+            Error::Initramfs { .. } => 7,
+            Error::OneKernel { .. } => 4,
             Error::AllNotSupported { .. } => 5,
             Error::UnknownArch => 12,
             Error::NotBuilt { .. } => 6,

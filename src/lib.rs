@@ -14,13 +14,19 @@ pub mod copyright;
 pub mod deb;
 pub mod depmod;
 pub mod error;
+pub mod fingerprint;
 pub mod host;
+pub mod initramfs;
 pub mod install;
+pub mod inventory;
 pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
+pub mod plan;
+pub mod reconcile;
 pub mod registered;
+pub mod report;
 pub mod script;
 pub mod signing;
 pub mod status;
@@ -53,6 +59,12 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Ldtarball => tarball::load(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
+        Action::Autoinstall
+        | Action::KernelPostinst
+        | Action::KernelPrerm
+        | Action::Reconcile
+        | Action::Plan
+        | Action::CommonPostinst => reconcile::run(action, &inv),
         Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
             lifecycle::run(action, &inv)
         }
