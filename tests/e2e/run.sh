@@ -63,6 +63,12 @@ mkdir -p "$WORK" "$LOGS" "$CACHE"
 finish() {
     local rc=$?
     set +e
+    if [ "$SUMMARY_DONE" = 0 ]; then
+        # killed (timeout, ^C) or broken: still end with the count line
+        verdict FAIL "the run ended early (exit $rc) during step $STEP"
+        summary
+        rc=1
+    fi
     umount_all
     if [ -n "$(mounted_below)" ]; then
         log "still mounted below $R, leaving $WORK in place:"
@@ -77,6 +83,7 @@ finish() {
     fi
     exit "$rc"
 }
+SUMMARY_DONE=0
 trap finish EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
@@ -530,4 +537,5 @@ else
     for s in modules kernel2 initrd qemu switch purge; do skip "$s" "needs the base system"; done
 fi
 printf 'TOTAL\t%s\t-\n' "$(($(date +%s) - T0))" >>"$TIMES"
+SUMMARY_DONE=1
 summary
