@@ -331,6 +331,15 @@ s_modules() {
     check "tp-smapi-dkms: hdaps left to the kernel's own copy, as DKMS does" in_tree "$K1" hdaps
     check "rdkms plan: nothing left to do" settled
     cin dkms status
+
+    # The apt hook: a module uninstalled behind apt's back is back after any dpkg run.
+    local v
+    v=$(cd "$R/var/lib/dkms/acpi-call" && ls -d [0-9]*)
+    cin dkms uninstall "acpi-call/$v" -k "$K1"
+    check "dkms uninstall took acpi_call out of $K1" modules_absent "$K1" acpi_call
+    require "apt runs dpkg (reinstall of zstd)" apt_in install --reinstall zstd
+    check "apt's DPkg::Post-Invoke hook (80rdkms) reinstalled acpi_call for $K1" \
+        modules_ok "$K1" acpi_call
 }
 
 all_kmods() {
