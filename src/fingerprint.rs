@@ -26,7 +26,7 @@ pub const FILE: &str = ".rdkms-fingerprint";
 pub const RACY: Duration = Duration::from_secs(2);
 
 /// Files in the dkms tree whose stat is part of the fingerprint (the tree lock's file).
-pub const TREE_FILES: &[&str] = &[".rdkms.lock"];
+pub const TREE_FILES: &[&str] = &[crate::lock::LOCK_FILE];
 
 const RECORD_PREFIX: &str = "rdkms-fingerprint-1 ";
 
