@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
     about = "Build, install and track out-of-tree kernel modules (DKMS-compatible)",
     disable_version_flag = true,
     override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]\n\n\
-        Actions: add build install uninstall unbuild remove status conf show"
+        Actions: add build install uninstall unbuild remove status conf show\n\
+        Hooks: autoinstall reconcile plan kernel_postinst kernel_prerm common_postinst"
 )]
 pub struct Cli {
     /// The action word, NAME/VERSION, a source directory or a dkms.conf path, in any order.
@@ -144,6 +145,15 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 
+    /// Run as a system hook: nothing on stdout, every line also to syslog, exit status from
+    /// the failure policy (rdkms_failure_policy in /etc/dkms/framework.conf).
+    #[arg(long, hide = true)]
+    pub hook: bool,
+
+    /// `reconcile` from apt's DPkg::Post-Invoke: return at once when nothing changed.
+    #[arg(long = "from-apt", hide = true)]
+    pub from_apt: bool,
+
     /// Seconds a mutating command waits for another one holding the tree's lock (default 900).
     #[arg(
         long = "lock-timeout",
@@ -168,24 +178,25 @@ pub enum Action {
     Remove,
     Status,
     ConfShow,
+    Autoinstall,
+    KernelPostinst,
+    KernelPrerm,
+    Reconcile,
+    Plan,
+    CommonPostinst,
 }
 
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
     const FUTURE: &'static [&'static str] = &[
-        "autoinstall",
         "match",
         "mktarball",
         "ldtarball",
         "generate_mok",
         "kernel_preinst",
-        "kernel_postinst",
-        "kernel_prerm",
         "mkbmdeb",
         "mkdeb",
-        "reconcile",
-        "plan",
     ];
 
     fn from_word(word: &str) -> Option<Action> {
@@ -198,6 +209,12 @@ impl Action {
             "remove" => Action::Remove,
             "status" => Action::Status,
             "conf" => Action::ConfShow,
+            "autoinstall" => Action::Autoinstall,
+            "kernel_postinst" => Action::KernelPostinst,
+            "kernel_prerm" => Action::KernelPrerm,
+            "reconcile" => Action::Reconcile,
+            "plan" => Action::Plan,
+            "common_postinst" => Action::CommonPostinst,
             _ => return None,
         })
     }
@@ -213,6 +230,12 @@ impl Action {
             Action::Remove => "remove",
             Action::Status => "status",
             Action::ConfShow => "conf show",
+            Action::Autoinstall => "autoinstall",
+            Action::KernelPostinst => "kernel_postinst",
+            Action::KernelPrerm => "kernel_prerm",
+            Action::Reconcile => "reconcile",
+            Action::Plan => "plan",
+            Action::CommonPostinst => "common_postinst",
         }
     }
 }

@@ -111,6 +111,18 @@ pub enum Error {
     )]
     AllNotSupported { action: String },
 
+    /// A single-kernel action got no `-k`, several, or used with `--all`.
+    #[error("The action {action} requires exactly one kernel version parameter on the command line: -k KVER.")]
+    OneKernel { action: String },
+
+    /// update-initramfs or dracut failed for a kernel.
+    #[error("Regenerating the initramfs of kernel {kernel} with '{command}' failed: {problem}. It stays pending and is retried by the next rdkms reconcile; run the command by hand to see why.")]
+    Initramfs {
+        kernel: String,
+        command: String,
+        problem: String,
+    },
+
     /// The architecture could not be determined.
     #[error("Could not determine the architecture; pass -a ARCH.")]
     UnknownArch,
@@ -158,6 +170,8 @@ impl Error {
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
             Error::AllNotSupported { .. } => 5,
+            Error::Initramfs { .. } => 7,
+            Error::OneKernel { .. } => 4,
             Error::UnknownArch => 12,
             Error::NoConfInSource { .. } => 9,
             Error::LockTimeout { .. } => 75,

@@ -10,11 +10,17 @@ pub mod config;
 pub mod console;
 pub mod depmod;
 pub mod error;
+pub mod fingerprint;
 pub mod host;
+pub mod initramfs;
 pub mod install;
+pub mod inventory;
 pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
+pub mod plan;
+pub mod reconcile;
+pub mod report;
 pub mod script;
 pub mod signing;
 pub mod status;
@@ -44,5 +50,11 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
             lifecycle::run(action, &inv)
         }
+        Action::Autoinstall
+        | Action::KernelPostinst
+        | Action::KernelPrerm
+        | Action::Reconcile
+        | Action::Plan
+        | Action::CommonPostinst => reconcile::run(action, &inv),
     }
 }

@@ -3,6 +3,10 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // apt's Post-Invoke no-op must cost almost nothing: decide it before parsing anything.
+    if rdkms::fingerprint::apt_noop(std::env::args_os().skip(1)) {
+        return ExitCode::SUCCESS;
+    }
     let cli = match <rdkms::cli::Cli as clap::Parser>::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
