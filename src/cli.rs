@@ -95,6 +95,10 @@ pub struct Cli {
     #[arg(long = "no-depmod")]
     pub no_depmod: bool,
 
+    /// Directory for packages written by mkbmdeb/mkdeb (default: under the module's dkms tree).
+    #[arg(long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
     /// Tarballs: binaries only.
     #[arg(long = "binaries-only")]
     pub binaries_only: bool,
@@ -184,20 +188,16 @@ pub enum Action {
     Reconcile,
     Plan,
     CommonPostinst,
+    Mkbmdeb,
+    Mkdeb,
+    Mktarball,
+    Ldtarball,
 }
 
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &[
-        "match",
-        "mktarball",
-        "ldtarball",
-        "generate_mok",
-        "kernel_preinst",
-        "mkbmdeb",
-        "mkdeb",
-    ];
+    const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
 
     fn from_word(word: &str) -> Option<Action> {
         Some(match word {
@@ -215,6 +215,10 @@ impl Action {
             "reconcile" => Action::Reconcile,
             "plan" => Action::Plan,
             "common_postinst" => Action::CommonPostinst,
+            "mkbmdeb" => Action::Mkbmdeb,
+            "mkdeb" => Action::Mkdeb,
+            "mktarball" => Action::Mktarball,
+            "ldtarball" => Action::Ldtarball,
             _ => return None,
         })
     }
@@ -236,6 +240,10 @@ impl Action {
             Action::Reconcile => "reconcile",
             Action::Plan => "plan",
             Action::CommonPostinst => "common_postinst",
+            Action::Mkbmdeb => "mkbmdeb",
+            Action::Mkdeb => "mkdeb",
+            Action::Mktarball => "mktarball",
+            Action::Ldtarball => "ldtarball",
         }
     }
 }
@@ -301,6 +309,9 @@ impl Invocation {
             let is_src = path.is_dir() && path.join("dkms.conf").is_file();
             if (is_conf || is_src) && source_path.is_none() {
                 source_path = Some(path);
+            } else if path.is_file() && cli.archive.is_none() {
+                // Any other existing file is an archive (ldtarball), as in DKMS.
+                cli.archive = Some(path);
             } else if module.is_none() {
                 let (m, v) = split_module(&word);
                 module = m;

@@ -105,12 +105,6 @@ pub enum Error {
         value: String,
     },
 
-    /// `--all` given to an action that needs explicit kernels.
-    #[error(
-        "The action {action} does not support the --all parameter; name the kernels with -k KVER."
-    )]
-    AllNotSupported { action: String },
-
     /// A single-kernel action got no `-k`, several, or used with `--all`.
     #[error("The action {action} requires exactly one kernel version parameter on the command line: -k KVER.")]
     OneKernel { action: String },
@@ -123,9 +117,52 @@ pub enum Error {
         problem: String,
     },
 
+    /// `--all` given to an action that needs explicit kernels.
+    #[error(
+        "The action {action} does not support the --all parameter; name the kernels with -k KVER."
+    )]
+    AllNotSupported { action: String },
+
     /// The architecture could not be determined.
     #[error("Could not determine the architecture; pass -a ARCH.")]
     UnknownArch,
+
+    /// A packaging or tarball action needs a build that is not in the tree.
+    #[error("Module {module}/{version} is not built for {kernel} ({arch}): run rdkms build {module}/{version} -k {kernel} -a {arch} first.")]
+    NotBuilt {
+        module: String,
+        version: String,
+        kernel: String,
+        arch: String,
+    },
+
+    /// `mktarball` was asked for both halves to be left out.
+    #[error("You specified both --binaries-only and --source-only; use at most one of them.")]
+    TarballKinds,
+
+    /// The archive given to `ldtarball` does not exist.
+    #[error("{path} does not exist. Give the path of a DKMS tarball (as written by mktarball).", path = .path.display())]
+    ArchiveMissing { path: PathBuf },
+
+    /// The archive is not a DKMS tarball (no usable dkms.conf).
+    #[error("{archive} is not a valid DKMS tarball: {problem}.", archive = .archive.display())]
+    BadArchive { archive: PathBuf, problem: String },
+
+    /// `ldtarball` of a module/version that is already registered, without --force.
+    #[error("{module}-{version} is already added! Use --force to load the tarball over it.")]
+    ArchiveAlreadyAdded { module: String, version: String },
+
+    /// A value cannot go into a Debian package (name, version, architecture).
+    #[error("Cannot make package {package}: {problem}")]
+    Packaging { package: String, problem: String },
+
+    /// An external tool (dpkg-deb, gzip, md5sum) failed or is missing.
+    #[error("{tool} failed ({status}): {message}")]
+    ToolFailed {
+        tool: String,
+        status: String,
+        message: String,
+    },
 
     /// A source directory given to `add` has no dkms.conf.
     #[error("{path} must contain a dkms.conf file. Point at the module's source directory (the one holding dkms.conf).", path = .path.display())]
@@ -169,10 +206,17 @@ impl Error {
             Error::InstallFailed(_) => 6,
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
-            Error::AllNotSupported { .. } => 5,
             Error::Initramfs { .. } => 7,
             Error::OneKernel { .. } => 4,
+            Error::AllNotSupported { .. } => 5,
             Error::UnknownArch => 12,
+            Error::NotBuilt { .. } => 6,
+            Error::TarballKinds => 8,
+            Error::ArchiveMissing { .. } => 2,
+            Error::BadArchive { .. } => 7,
+            Error::ArchiveAlreadyAdded { .. } => 8,
+            Error::Packaging { .. } => 1,
+            Error::ToolFailed { .. } => 1,
             Error::NoConfInSource { .. } => 9,
             Error::LockTimeout { .. } => 75,
             Error::Io { .. } => 1,

@@ -2,12 +2,16 @@
 //! around this library so integration tests and every command share one implementation.
 
 pub mod add;
+pub mod archive;
 pub mod atomic;
+pub mod bmdeb;
 pub mod build;
 pub mod cli;
 pub mod conf;
 pub mod config;
 pub mod console;
+pub mod copyright;
+pub mod deb;
 pub mod depmod;
 pub mod error;
 pub mod fingerprint;
@@ -18,12 +22,16 @@ pub mod inventory;
 pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
+pub mod mkdeb;
 pub mod plan;
 pub mod reconcile;
+pub mod registered;
 pub mod report;
 pub mod script;
 pub mod signing;
 pub mod status;
+pub mod tarball;
+pub mod tool;
 pub mod tree;
 pub mod version;
 
@@ -45,16 +53,20 @@ pub fn run(inv: Invocation) -> Result<i32> {
     };
     match action {
         Action::ConfShow => conf::show::run(&inv),
+        Action::Mkbmdeb => bmdeb::run(&inv),
+        Action::Mkdeb => mkdeb::run(&inv),
+        Action::Mktarball => tarball::make(&inv),
+        Action::Ldtarball => tarball::load(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
-        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
-            lifecycle::run(action, &inv)
-        }
         Action::Autoinstall
         | Action::KernelPostinst
         | Action::KernelPrerm
         | Action::Reconcile
         | Action::Plan
         | Action::CommonPostinst => reconcile::run(action, &inv),
+        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
+            lifecycle::run(action, &inv)
+        }
     }
 }

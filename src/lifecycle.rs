@@ -192,11 +192,11 @@ fn patch_escape_is_a_patch_error(e: Error, module: &str) -> Error {
 
 /// What a command changed, for the depmod pass at its end.
 #[derive(Default)]
-struct Changes {
+pub struct Changes {
     /// Kernels whose module directory changed, in first-touched order.
-    kernels: Vec<KernelFacts>,
+    pub kernels: Vec<KernelFacts>,
     /// Kernels this command installed into (rolled back if depmod fails there).
-    installed: Vec<String>,
+    pub installed: Vec<String>,
 }
 
 impl Changes {
@@ -340,7 +340,7 @@ fn subdirs(dir: &Path) -> Vec<String> {
 
 /// Removes what interrupted commands left: private build directories (nobody else can be
 /// using them while we hold the lock) and rdkms's temporary entries in the tree.
-fn clean_leftovers(tree: &Tree) {
+pub fn clean_leftovers(tree: &Tree) {
     let private = build::private_builds_dir(&tree.root);
     if let Ok(entries) = fs::read_dir(&private) {
         for e in entries.flatten() {
@@ -355,14 +355,21 @@ fn clean_leftovers(tree: &Tree) {
             let vdir = mdir.join(&v);
             atomic::clean_leftovers(&vdir);
             for k in subdirs(&vdir) {
-                atomic::clean_leftovers(&vdir.join(k));
+                if NOT_KERNELS.contains(&k.as_str()) {
+                    continue;
+                }
+                let kdir = vdir.join(k);
+                atomic::clean_leftovers(&kdir);
+                // A kernel dir that only held an interrupted staging dir would look like a
+                // kernel to `remove`; an empty one is never meaningful.
+                let _ = fs::remove_dir(&kdir);
             }
         }
     }
 }
 
 /// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
-fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
+pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
     let conf = job.conf(facts)?;
     if job.is_built(facts, &conf) && !job.ctx.force {
         job.ctx.console.say(format!(
@@ -394,7 +401,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
 }
 
 /// Builds if needed, then installs unless already installed (`--force` reinstalls).
-fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
     if !job.is_built(facts, &conf) {
         build_now(job, facts)?;
@@ -425,7 +432,7 @@ fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Res
 }
 
 /// Uninstalls if installed, else DKMS's skip message.
-fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
     if !job.is_installed(facts, &conf) {
         job.ctx.console.say(format!(
@@ -441,7 +448,7 @@ fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> R
 }
 
 /// Uninstalls, then deletes `<tree>/M/V/K/A` (and `K` when empty); the module stays added.
-fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+pub fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
     let t = &job.ctx.tree;
     if job.is_installed(facts, &conf) {

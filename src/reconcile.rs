@@ -1,28 +1,48 @@
-//! The hook commands: read a snapshot of the machine, plan with `plan.rs`, and (for every
-//! command but `plan`) execute the steps under the tree lock with one depmod and at most one
-//! initramfs update per kernel.
+//! The hook commands (`reconcile`, `autoinstall`, `kernel_postinst`, `kernel_prerm`,
+//! `common_postinst`, `plan`): read a snapshot of the machine, plan with `plan.rs`, and execute
+//! the steps under the tree lock through the lifecycle functions, with one depmod and at most
+//! one initramfs update per kernel.
+//!
+//! Concurrent hooks coalesce: a run plans again once it holds the lock, so work a previous
+//! holder finished is not repeated, and `reconcile --from-apt` returns at once when the holder
+//! left the machine matching the stored fingerprint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
 
 use serde::Serialize;
 
+use crate::add::{self, AddOptions};
+use crate::atomic;
 use crate::cli::{Action, Invocation};
-use crate::conf::{self, EvalMode, LoadRequest, Target};
 use crate::config::Paths;
-use crate::error::{Error, Result};
+use crate::depmod;
+use crate::error::{Error, IoContext, Result};
+use crate::fingerprint;
 use crate::host;
 use crate::initramfs;
 use crate::inventory;
-use crate::plan::{self, ConfFacts, Plan, Request, Scope};
-use crate::report::{self, FailureNote};
+use crate::kernel::KernelFacts;
+use crate::lifecycle::{self, Changes, Ctx, Job};
+use crate::lock::{self, TreeLock};
+use crate::plan::{self, ConfFacts, Plan, Request, Scope, Step};
+use crate::report::{self, FailureNote, Outcome, Record, Reporter, Severity};
+use crate::tarball;
 use crate::tree::{self, Selection, Tree};
+
+/// Exit status of DKMS's kernel_prerm when a module could not be removed.
+const PRERM_FAILURE_EXIT: i32 = 14;
+
+/// Exit status for a module that cannot be built because of its BUILD_DEPENDS.
+const DEPENDENCY_EXIT: i32 = 13;
 
 /// Reads everything the planner looks at, except dkms.conf facts (see `read_confs`).
 pub fn snapshot(paths: &Paths, arch: &str) -> plan::Snapshot {
     let tree = Tree::new(&paths.dkms_tree);
     let read = tree::Snapshot::read(&tree, &Selection::all());
     let mut modules: BTreeMap<String, plan::Module> = BTreeMap::new();
-    let mut kernels = std::collections::BTreeSet::new();
+    let mut kernels = BTreeSet::new();
     for mv in read.modules {
         let m = modules
             .entry(mv.name.clone())
@@ -56,11 +76,25 @@ pub fn snapshot(paths: &Paths, arch: &str) -> plan::Snapshot {
     }
 }
 
-/// Evaluates the dkms.conf of every (module, version, kernel) the planner asks about.
-pub fn read_confs(paths: &Paths, snap: &mut plan::Snapshot, req: &Request) {
-    let tree = Tree::new(&paths.dkms_tree);
+/// Evaluates, as the lifecycle commands will, the dkms.conf of every (module, version,
+/// kernel) the planner asks about.
+pub fn read_confs(ctx: &Ctx, snap: &mut plan::Snapshot, req: &Request) {
+    let arch = snap.arch.clone();
     for (module, version, kernel) in plan::conf_queries(snap, req) {
-        let facts = conf_facts(paths, &tree, &module, &version, &kernel, &snap.arch)
+        let job = Job {
+            ctx,
+            module: module.clone(),
+            version: version.clone(),
+        };
+        let facts = KernelFacts::probe(&ctx.paths, &kernel, &arch, &ctx.kernel_overrides);
+        let result = job
+            .conf(&facts)
+            .map(|conf| ConfFacts {
+                autoinstall: conf.autoinstall,
+                remake_initrd: conf.remake_initrd,
+                build_depends: conf.build_depends,
+                excluded: conf.excluded,
+            })
             .map_err(|e| e.to_string());
         if let Some(v) = snap
             .modules
@@ -68,51 +102,17 @@ pub fn read_confs(paths: &Paths, snap: &mut plan::Snapshot, req: &Request) {
             .find(|m| m.name == module)
             .and_then(|m| m.versions.iter_mut().find(|v| v.version == version))
         {
-            v.conf.insert(kernel, facts);
+            v.conf.insert(kernel, result);
         }
     }
 }
 
-fn conf_facts(
-    paths: &Paths,
-    tree: &Tree,
-    module: &str,
-    version: &str,
-    kernel: &str,
-    arch: &str,
-) -> Result<ConfFacts> {
-    let kernel_source_dir = paths.kernel_build_dir(kernel);
-    let auto_conf = kernel_source_dir.join("include/config/auto.conf");
-    let kernel_config = if auto_conf.is_file() {
-        auto_conf
-    } else {
-        kernel_source_dir.join(".config")
-    };
-    let conf = conf::load(&LoadRequest {
-        conf_file: tree.source_link(module, version).join("dkms.conf"),
-        module: module.to_string(),
-        module_version: version.to_string(),
-        target: Target {
-            kernel: kernel.to_string(),
-            arch: arch.to_string(),
-            build_dir: tree.version_dir(module, version).join("build"),
-            kernel_source_dir,
-            kernel_config,
-            location_override: host::location_override(paths),
-        },
-        etc_dkms: Some(paths.etc_dkms.clone()),
-        dkms_tree: paths.dkms_tree.clone(),
-        source_tree: paths.source_tree.clone(),
-        install_tree: paths.install_tree.clone(),
-        directive_overrides: Vec::new(),
-        mode: EvalMode::Auto,
-    })?;
-    Ok(ConfFacts {
-        autoinstall: conf.autoinstall,
-        remake_initrd: conf.remake_initrd,
-        build_depends: conf.build_depends,
-        excluded: conf.excluded,
-    })
+/// Snapshot, dkms.conf facts and plan in one go.
+fn plan_now(ctx: &Ctx, arch: &str, req: &Request) -> (plan::Snapshot, Plan) {
+    let mut snap = snapshot(&ctx.paths, arch);
+    read_confs(ctx, &mut snap, req);
+    let plan = plan::plan(&snap, req);
+    (snap, plan)
 }
 
 /// The one kernel a single-kernel command names (`-k K`), refusing none, several or an empty one.
@@ -132,10 +132,9 @@ fn one_kernel(inv: &Invocation, action: Action) -> Result<String> {
 /// The planning request of a command.
 fn request(inv: &Invocation, action: Action, paths: &Paths) -> Result<Request> {
     if inv.cli.all {
-        return Err(Error::Usage(format!(
-            "The action {} does not support the --all parameter.",
-            action.word()
-        )));
+        return Err(Error::AllNotSupported {
+            action: action.word().to_string(),
+        });
     }
     let mut req = Request::new(match action {
         Action::Reconcile | Action::CommonPostinst => Scope::All,
@@ -179,11 +178,9 @@ struct PlanOutput<'a> {
 
 /// `rdkms plan [-k K] [--json]`: what reconcile (or autoinstall -k K) would do. Reads only;
 /// takes no lock.
-fn run_plan(inv: &Invocation, paths: &Paths, req: &Request) -> Result<i32> {
-    let mut snap = snapshot(paths, &arch(inv));
-    read_confs(paths, &mut snap, req);
-    let plan = plan::plan(&snap, req);
-    let failures = report::failures(paths);
+fn run_plan(inv: &Invocation, ctx: &Ctx, req: &Request) -> Result<i32> {
+    let (_, plan) = plan_now(ctx, &arch(inv), req);
+    let failures = report::failures(&ctx.paths);
     if inv.cli.json {
         let out = PlanOutput {
             plan: &plan,
@@ -206,13 +203,643 @@ fn run_plan(inv: &Invocation, paths: &Paths, req: &Request) -> Result<i32> {
 
 /// Runs one of the hook commands.
 pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
-    let paths = Paths::from_cli(&inv.cli);
-    let req = request(inv, action, &paths)?;
-    match action {
-        Action::Plan => run_plan(inv, &paths, &req),
-        other => Err(Error::Usage(format!(
-            "'{}' is not implemented yet",
-            other.word()
-        ))),
+    let ctx = Ctx::from_invocation(inv);
+    let req = request(inv, action, &ctx.paths)?;
+    if action == Action::Plan {
+        return run_plan(inv, &ctx, &req);
     }
+    let hook = inv.cli.hook || inv.cli.from_apt;
+    if hook {
+        // Hooks never write to stdout, whoever prints (scripts, make, ourselves).
+        let _ = nix::unistd::dup2(2, 1);
+    }
+    if inv.cli.from_apt && fingerprint::matches(&ctx.paths) {
+        return Ok(0);
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let mut reporter = Reporter::new(&ctx.paths, hook, inv.cli.quiet);
+    let (policy, warning) = report::policy(&ctx.paths);
+    if let Some(w) = warning {
+        reporter.say(Severity::Warning, &w);
+    }
+    let arch = arch(inv);
+
+    if action == Action::CommonPostinst {
+        if let Some(code) = common_postinst_checks(inv, &ctx, &reporter)? {
+            return Ok(code);
+        }
+    }
+    // A reconcile with nothing to do neither takes the lock nor touches the tree.
+    if req.scope == Scope::All && action == Action::Reconcile {
+        let (snap, plan) = plan_now(&ctx, &arch, &req);
+        if plan.is_noop() && !plan.autoinstall_disabled {
+            let mut exec = Executor::new(&ctx, &mut reporter, false);
+            exec.run(&plan, &snap);
+            reporter.summaries();
+            store_fingerprint(&ctx.paths, &reporter);
+            return Ok(reporter.exit_code(policy));
+        }
+    }
+
+    let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
+    if inv.cli.from_apt && fingerprint::matches(&ctx.paths) {
+        return Ok(0);
+    }
+    fingerprint::invalidate(&ctx.paths)?;
+    lifecycle::clean_leftovers(&ctx.tree);
+    if action == Action::CommonPostinst {
+        add_for_postinst(inv, &ctx, &lock)?;
+    }
+    let (snap, plan) = plan_now(&ctx, &arch, &req);
+    if plan.autoinstall_disabled {
+        reporter.say(
+            Severity::Info,
+            "Automatic installation of modules has been disabled (/etc/dkms/no-autoinstall).",
+        );
+    }
+    if let Some(k) = &plan.kernel_not_installed {
+        reporter.say(
+            Severity::Info,
+            &format!("kernel {k} is not installed (no image, no modules); nothing to build for it"),
+        );
+    }
+    let mut exec = Executor::new(&ctx, &mut reporter, true);
+    exec.run(&plan, &snap);
+    let missing_headers = exec.missing_headers.clone();
+    let prerm_failed = exec.prerm_failed;
+    reporter.summaries();
+    drop(lock);
+    if req.scope == Scope::All {
+        store_fingerprint(&ctx.paths, &reporter);
+    }
+
+    Ok(match (action, hook) {
+        (Action::KernelPrerm, true) => 0,
+        (Action::KernelPrerm, false) if prerm_failed => PRERM_FAILURE_EXIT,
+        (Action::KernelPrerm, false) => 0,
+        (Action::Autoinstall | Action::KernelPostinst, false) => {
+            if let Some(kernel) = missing_headers.first() {
+                return Err(Error::MissingHeaders {
+                    kernel: kernel.clone(),
+                    dir: ctx.paths.kernel_build_dir(kernel),
+                });
+            }
+            if reporter.any_failure() {
+                report::FAILURE_EXIT
+            } else {
+                0
+            }
+        }
+        _ => reporter.exit_code(policy),
+    })
+}
+
+/// After a complete run over every kernel: remember the state so apt's next call is a no-op.
+/// Not while an initramfs update is still pending (the next call must retry it).
+fn store_fingerprint(paths: &Paths, reporter: &Reporter) {
+    if !initramfs::pending(paths).is_empty() {
+        return;
+    }
+    if let Err(e) = fingerprint::store(paths) {
+        reporter.say(
+            Severity::Warning,
+            &format!("cannot store the no-op fingerprint: {e}"),
+        );
+    }
+}
+
+/// common.postinst's checks before anything changes; `Some(code)` ends the command.
+fn common_postinst_checks(inv: &Invocation, ctx: &Ctx, reporter: &Reporter) -> Result<Option<i32>> {
+    let (Some(module), Some(version)) = (
+        inv.module.as_deref().filter(|m| !m.is_empty()),
+        inv.version.as_deref().filter(|v| !v.is_empty()),
+    ) else {
+        return Err(Error::MissingModule {
+            action: "common_postinst".to_string(),
+        });
+    };
+    if ctx.paths.etc_dkms.join("no-autoinstall").exists() {
+        reporter.say(
+            Severity::Info,
+            "autoinstall for dkms modules has been disabled (/etc/dkms/no-autoinstall)",
+        );
+        return Ok(Some(0));
+    }
+    let added = ctx.tree.is_added(module, version);
+    // DKMS's order: a binary or source tarball shipped by the package first, then the sources.
+    if let Some(archive) = inv.cli.archive.as_ref().filter(|a| a.is_file()) {
+        if !added {
+            reporter.say(
+                Severity::Info,
+                &format!("loading {} for {module}/{version}", archive.display()),
+            );
+            tarball::load(inv)?;
+        }
+        return Ok(None);
+    }
+    let source = ctx.paths.source_tree.join(format!("{module}-{version}"));
+    if !added && !source.is_dir() {
+        return Err(Error::SourceMissing { path: source });
+    }
+    Ok(None)
+}
+
+/// Registers the package's `/usr/src/NAME-VERSION` (under the lock already held).
+fn add_for_postinst(inv: &Invocation, ctx: &Ctx, lock: &TreeLock) -> Result<()> {
+    let (Some(module), Some(version)) = (inv.module.as_deref(), inv.version.as_deref()) else {
+        return Err(Error::MissingModule {
+            action: "common_postinst".to_string(),
+        });
+    };
+    let opts = AddOptions {
+        force: false,
+        quiet: true,
+        ..AddOptions::from_invocation(inv)
+    };
+    add::ensure_added(&ctx.paths, lock, module, version, &opts).map(|_| ())
+}
+
+/// Executes a plan step by step, tracking per kernel what failed, what changed and which
+/// REMAKE_INITRD modules were installed.
+struct Executor<'a> {
+    ctx: &'a Ctx,
+    reporter: &'a mut Reporter,
+    /// Per kernel: modules that failed (dependents fail too) and modules skipped at build time.
+    failed: BTreeMap<String, BTreeSet<String>>,
+    skipped: BTreeMap<String, BTreeSet<String>>,
+    /// Kernels whose set of installed REMAKE_INITRD modules changed.
+    remake_changed: BTreeSet<String>,
+    /// (module, kernel) → REMAKE_INITRD, from the install steps.
+    critical: BTreeMap<(String, String), bool>,
+    changes: Changes,
+    missing_headers: Vec<String>,
+    prerm_failed: bool,
+    /// Write failure notes into the tree (only under the lock).
+    remember: bool,
+}
+
+impl<'a> Executor<'a> {
+    fn new(ctx: &'a Ctx, reporter: &'a mut Reporter, remember: bool) -> Executor<'a> {
+        Executor {
+            ctx,
+            reporter,
+            failed: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            remake_changed: BTreeSet::new(),
+            critical: BTreeMap::new(),
+            changes: Changes::default(),
+            missing_headers: Vec::new(),
+            prerm_failed: false,
+            remember,
+        }
+    }
+
+    fn run(&mut self, plan: &Plan, snap: &plan::Snapshot) {
+        for step in &plan.steps {
+            match step {
+                Step::Install {
+                    module,
+                    kernel,
+                    remake_initrd,
+                    ..
+                } => {
+                    self.critical
+                        .insert((module.clone(), kernel.clone()), *remake_initrd);
+                }
+                Step::UpdateInitramfs { kernel } => {
+                    // Durable before any module of that kernel changes.
+                    if let Err(e) = initramfs::record(&self.ctx.paths, kernel) {
+                        self.reporter.failure(Some(kernel), true, &e.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for step in &plan.steps {
+            self.step(step, snap);
+        }
+    }
+
+    fn facts(&self, kernel: &str, arch: &str) -> KernelFacts {
+        KernelFacts::probe(&self.ctx.paths, kernel, arch, &self.ctx.kernel_overrides)
+    }
+
+    fn job(&self, module: &str, version: &str) -> Job<'a> {
+        Job {
+            ctx: self.ctx,
+            module: module.to_string(),
+            version: version.to_string(),
+        }
+    }
+
+    fn record(&mut self, module: &str, version: &str, kernel: &str, arch: &str, outcome: Outcome) {
+        let critical = self
+            .critical
+            .get(&(module.to_string(), kernel.to_string()))
+            .copied()
+            .unwrap_or(false);
+        let paths = &self.ctx.paths;
+        let remembered = match &outcome {
+            _ if !self.remember => Ok(()),
+            Outcome::Failed { code, reason } => report::remember_failure(
+                paths,
+                &FailureNote {
+                    module: module.to_string(),
+                    version: version.to_string(),
+                    kernel: kernel.to_string(),
+                    arch: arch.to_string(),
+                    code: *code,
+                    reason: reason.clone(),
+                    critical,
+                },
+            ),
+            _ => report::forget_failures(paths, Some(module), kernel),
+        };
+        if let Err(e) = remembered {
+            self.reporter.say(Severity::Warning, &e.to_string());
+        }
+        if matches!(outcome, Outcome::Failed { .. }) {
+            self.failed
+                .entry(kernel.to_string())
+                .or_default()
+                .insert(module.to_string());
+        }
+        self.reporter.module(&Record {
+            module: module.to_string(),
+            version: version.to_string(),
+            kernel: kernel.to_string(),
+            arch: arch.to_string(),
+            critical,
+            outcome,
+        });
+    }
+
+    /// The first of `needs` that failed on `kernel`.
+    fn failed_dependency(&self, kernel: &str, needs: &[String]) -> Option<String> {
+        let failed = self.failed.get(kernel)?;
+        needs.iter().find(|n| failed.contains(*n)).cloned()
+    }
+
+    fn is_done(&self, kernel: &str, module: &str) -> bool {
+        let has = |m: &BTreeMap<String, BTreeSet<String>>| {
+            m.get(kernel).is_some_and(|s| s.contains(module))
+        };
+        has(&self.failed) || has(&self.skipped)
+    }
+
+    fn step(&mut self, step: &Step, snap: &plan::Snapshot) {
+        match step {
+            Step::Purge {
+                module,
+                version,
+                kernel,
+                arch,
+                ..
+            } => {
+                self.reporter.say(
+                    Severity::Info,
+                    &format!("removing module {module}/{version} for kernel {kernel} ({arch})"),
+                );
+                match self.purge(module, version, kernel, arch) {
+                    Ok(()) => self.record(module, version, kernel, arch, Outcome::Purged),
+                    Err(e) => {
+                        self.prerm_failed = true;
+                        self.record(
+                            module,
+                            version,
+                            kernel,
+                            arch,
+                            Outcome::Failed {
+                                code: e.exit_code(),
+                                reason: e.to_string(),
+                            },
+                        );
+                    }
+                }
+            }
+            Step::CleanKernel { kernel, gone } => {
+                if let Err(e) = clean_kernel(&self.ctx.paths, kernel, *gone) {
+                    self.reporter.failure(None, false, &e.to_string());
+                }
+                if *gone {
+                    let _ = report::forget_failures(&self.ctx.paths, None, kernel);
+                }
+            }
+            Step::Build {
+                module,
+                version,
+                kernel,
+                arch,
+                needs,
+            } => {
+                if let Some(dep) = self.failed_dependency(kernel, needs) {
+                    let reason = format!("dependency {dep} failed");
+                    let outcome = Outcome::Failed {
+                        code: DEPENDENCY_EXIT,
+                        reason,
+                    };
+                    self.record(module, version, kernel, arch, outcome);
+                    return;
+                }
+                let facts = self.facts(kernel, arch);
+                let job = self.job(module, version);
+                if let Err(e) = lifecycle::build_one(&job, &facts) {
+                    self.build_error(module, version, kernel, arch, e);
+                }
+            }
+            Step::Install {
+                module,
+                version,
+                kernel,
+                arch,
+                replaces,
+                remake_initrd,
+                needs,
+            } => {
+                if self.is_done(kernel, module) {
+                    return;
+                }
+                if let Some(dep) = self.failed_dependency(kernel, needs) {
+                    let outcome = Outcome::Failed {
+                        code: DEPENDENCY_EXIT,
+                        reason: format!("dependency {dep} failed"),
+                    };
+                    self.record(module, version, kernel, arch, outcome);
+                    return;
+                }
+                match self.install(module, version, kernel, arch, replaces.as_deref()) {
+                    Ok(()) => {
+                        if *remake_initrd {
+                            self.remake_changed.insert(kernel.clone());
+                        }
+                        self.record(module, version, kernel, arch, Outcome::Installed);
+                    }
+                    Err(e) => self.build_error(module, version, kernel, arch, e),
+                }
+            }
+            Step::Skip {
+                module,
+                version,
+                kernel,
+                reason,
+            } => {
+                let arch = snap.arch.clone();
+                self.record(
+                    module,
+                    version,
+                    kernel,
+                    &arch,
+                    Outcome::Skipped(reason.to_string()),
+                );
+            }
+            Step::Fail {
+                module,
+                version,
+                kernel,
+                reason,
+            } => {
+                let code = if reason.contains("BUILD_DEPENDS") || reason.contains("dependenc") {
+                    DEPENDENCY_EXIT
+                } else {
+                    8
+                };
+                let arch = snap.arch.clone();
+                let outcome = Outcome::Failed {
+                    code,
+                    reason: reason.clone(),
+                };
+                self.record(module, version, kernel, &arch, outcome);
+            }
+            Step::NoHeaders { kernel, package } => {
+                self.missing_headers.push(kernel.clone());
+                self.reporter.say(
+                    Severity::Warning,
+                    &format!(
+                        "kernel {kernel}: its headers are not installed, so its DKMS modules cannot be built; install {package}"
+                    ),
+                );
+            }
+            Step::Depmod { kernel } => {
+                let Some(facts) = self
+                    .changes
+                    .kernels
+                    .iter()
+                    .find(|f| &f.kernel == kernel)
+                    .cloned()
+                else {
+                    return;
+                };
+                if self.ctx.no_depmod || !facts.modules_dir.is_dir() {
+                    return;
+                }
+                let result = depmod::run(&self.ctx.paths.install_tree, &facts, &self.ctx.console);
+                if let Err(e) = result {
+                    let critical = self.remake_changed.contains(kernel);
+                    self.reporter
+                        .failure(Some(kernel), critical, &e.to_string());
+                }
+            }
+            Step::UpdateInitramfs { kernel } => self.update_initramfs(kernel, snap),
+            Step::ForgetInitramfs { kernel } => {
+                if let Err(e) = initramfs::clear(&self.ctx.paths, kernel) {
+                    self.reporter.say(Severity::Warning, &e.to_string());
+                }
+            }
+        }
+    }
+
+    /// A build or install error: exit 77 (BUILD_EXCLUSIVE found at build time) is a skip that
+    /// satisfies dependents; anything else a failure.
+    fn build_error(&mut self, module: &str, version: &str, kernel: &str, arch: &str, e: Error) {
+        if e.exit_code() == 77 {
+            self.skipped
+                .entry(kernel.to_string())
+                .or_default()
+                .insert(module.to_string());
+            let outcome = Outcome::Skipped(format!("BUILD_EXCLUSIVE does not match ({e})"));
+            self.record(module, version, kernel, arch, outcome);
+            return;
+        }
+        let outcome = Outcome::Failed {
+            code: e.exit_code(),
+            reason: e.to_string(),
+        };
+        self.record(module, version, kernel, arch, outcome);
+    }
+
+    /// Installs `version`, first uninstalling `replaces`; if the new version cannot be
+    /// installed the old one is put back, so a failed upgrade never leaves the kernel without
+    /// the module.
+    fn install(
+        &mut self,
+        module: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+        replaces: Option<&str>,
+    ) -> Result<()> {
+        let facts = self.facts(kernel, arch);
+        if let Some(old) = replaces {
+            let old_job = self.job(module, old);
+            lifecycle::uninstall_one(&old_job, &facts, &mut self.changes)?;
+        }
+        let job = self.job(module, version);
+        let result = lifecycle::install_one(&job, &facts, &mut self.changes);
+        if result.is_err() {
+            if let Some(old) = replaces {
+                let old_job = self.job(module, old);
+                if lifecycle::install_one(&old_job, &facts, &mut self.changes).is_ok() {
+                    self.reporter.say(
+                        Severity::Warning,
+                        &format!("{module}/{old} stays installed for kernel {kernel} ({arch})"),
+                    );
+                }
+            }
+        }
+        if facts.modules_dir.is_dir() && !self.changes.kernels.iter().any(|k| k.kernel == kernel) {
+            self.changes.kernels.push(facts);
+        }
+        result
+    }
+
+    /// Uninstalls and deletes one build of a kernel that is gone or being removed, without
+    /// depmod. When the dkms.conf cannot be read (its source is gone), the build's own files
+    /// say what to delete.
+    fn purge(&mut self, module: &str, version: &str, kernel: &str, arch: &str) -> Result<()> {
+        let facts = self.facts(kernel, arch);
+        let job = self.job(module, version);
+        let mut scratch = Changes::default();
+        match lifecycle::unbuild_one(&job, &facts, &mut scratch) {
+            Ok(()) => Ok(()),
+            Err(e) if job.conf(&facts).is_err() => {
+                self.ctx.console.say(format!(
+                    "{e}; removing {module}/{version} for {kernel} ({arch}) from its built files"
+                ));
+                purge_without_conf(
+                    &self.ctx.paths,
+                    &self.ctx.tree,
+                    module,
+                    version,
+                    kernel,
+                    arch,
+                )
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Regenerates the initramfs once if a REMAKE_INITRD module changed on `kernel` (or an
+    /// earlier run recorded it); otherwise drops the record made before the installs.
+    fn update_initramfs(&mut self, kernel: &str, snap: &plan::Snapshot) {
+        let paths = &self.ctx.paths;
+        if !self.remake_changed.contains(kernel) && !snap.initramfs_pending.contains(kernel) {
+            if let Err(e) = initramfs::clear(paths, kernel) {
+                self.reporter.say(Severity::Warning, &e.to_string());
+            }
+            return;
+        }
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        match initramfs::regenerate(paths, kernel, &search) {
+            Ok(initramfs::Outcome::Updated(cmd)) => self.reporter.say(
+                Severity::Info,
+                &format!("kernel {kernel}: initramfs updated ({cmd})"),
+            ),
+            Ok(initramfs::Outcome::NoImage) => self.reporter.say(
+                Severity::Info,
+                &format!(
+                    "kernel {kernel}: no initramfs yet; the kernel's own hook will create it with the modules"
+                ),
+            ),
+            Ok(initramfs::Outcome::NoTool) => self.reporter.say(
+                Severity::Warning,
+                &format!(
+                    "kernel {kernel}: neither update-initramfs nor dracut is installed; its initramfs was not updated"
+                ),
+            ),
+            Err(e) => self.reporter.failure(Some(kernel), true, &e.to_string()),
+        }
+    }
+}
+
+/// Removes a build whose dkms.conf cannot be read: its installed copies (the files of its
+/// `module/` directory, found in the distribution's install location) when `kernel-K-A`
+/// points at it, the link, and `<tree>/M/V/K/A`.
+fn purge_without_conf(
+    paths: &Paths,
+    tree: &Tree,
+    module: &str,
+    version: &str,
+    kernel: &str,
+    arch: &str,
+) -> Result<()> {
+    let build = tree.build_dir(module, version, kernel, arch);
+    let link = tree.installed_link(module, kernel, arch);
+    let points_here = matches!(
+        (fs::canonicalize(&link), fs::canonicalize(&build)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if points_here {
+        let location = host::location_override(paths).unwrap_or_else(|| "/updates/dkms".into());
+        let dir = paths
+            .install_tree
+            .join(kernel)
+            .join(location.trim_start_matches('/'));
+        let built = tree.built_modules_dir(module, version, kernel, arch);
+        for entry in fs::read_dir(&built).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().contains(".ko") {
+                let file = dir.join(&name);
+                match fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("delete", file, e)),
+                }
+            }
+        }
+        fs::remove_file(&link).ctx("delete", &link)?;
+    }
+    if build.exists() {
+        atomic::remove_dir(&build)?;
+    }
+    let kernel_dir = tree.version_dir(module, version).join(kernel);
+    if fs::read_dir(&kernel_dir).is_ok_and(|mut d| d.next().is_none()) {
+        atomic::remove_dir(&kernel_dir)?;
+    }
+    Ok(())
+}
+
+/// After purging a kernel: removes the dkms install directories it left empty and, for a kernel
+/// that is gone, the depmod files once no module file is left, then its directory if empty.
+/// Never touches a kernel's own modules or its headers link.
+fn clean_kernel(paths: &Paths, kernel: &str, gone: bool) -> Result<()> {
+    let dir = paths.install_tree.join(kernel);
+    let location = host::location_override(paths).unwrap_or_else(|| "/updates/dkms".into());
+    let mut sub = dir.join(location.trim_start_matches('/'));
+    while sub.starts_with(&dir) && sub != dir {
+        if fs::remove_dir(&sub).is_err() {
+            break;
+        }
+        sub.pop();
+    }
+    if !gone || has_module_files(&dir) {
+        return Ok(());
+    }
+    for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && name.starts_with("modules.") {
+            fs::remove_file(entry.path()).ctx("delete", entry.path())?;
+        }
+    }
+    let _ = fs::remove_dir(&dir);
+    Ok(())
+}
+
+/// Whether any `*.ko*` file remains below `dir` (not following symlinks such as `build`).
+fn has_module_files(dir: &Path) -> bool {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .any(|e| e.file_type().is_file() && e.file_name().to_string_lossy().contains(".ko"))
 }

@@ -640,3 +640,48 @@ fn modules_are_signed_with_a_generated_mok_when_the_kernel_has_sign_file() {
         .stderr(predicate::str::contains("generating").not());
     assert_eq!(fs::read(&cert).unwrap(), first, "the key pair is reused");
 }
+
+#[test]
+fn no_depmod_skips_depmod() {
+    let sb = sandbox();
+    sb.source("foo", "1.0").create();
+    sb.rdkms(["install", "foo/1.0", "-k", K, "--no-depmod"])
+        .assert()
+        .success();
+    sb.rdkms(["uninstall", "foo/1.0", "-k", K, "--no-depmod"])
+        .assert()
+        .success();
+    assert!(sb.depmod_calls().is_empty());
+}
+
+#[test]
+fn a_running_build_does_not_block_status() {
+    let sb = sandbox();
+    let src = sb.source("slow", "1.0").create();
+    fs::write(src.join("sleep"), "3").unwrap();
+    let mut build = sb
+        .rdkms_std(["build", "slow/1.0", "-k", K, "-q"])
+        .spawn()
+        .unwrap();
+    let private = sb.tree().join(".rdkms-build");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started(&private) {
+        assert!(Instant::now() < deadline, "the slow build never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = Instant::now();
+    sb.rdkms(["status"])
+        .timeout(Duration::from_secs(10))
+        .assert()
+        .success()
+        .stdout("slow/1.0: added\n");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "status waited for the build"
+    );
+    assert!(build.wait().unwrap().success());
+    sb.rdkms(["status"])
+        .assert()
+        .success()
+        .stdout(format!("slow/1.0, {K}, {}: built\n", arch()));
+}

@@ -1,0 +1,320 @@
+//! Shared helpers of the packaging tests: sandbox roots with a dkms tree (hand-made for fast
+//! tests, or made by `rdkms add`/`build` against the installed headers), dpkg sandboxes that
+//! never touch the host's package database.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use assert_cmd::Command as BinCommand;
+
+pub const ARCH: &str = "x86_64";
+
+/// Skips (or fails under CI) when a prerequisite is missing.
+pub fn skip(why: &str) -> bool {
+    if std::env::var_os("CI").is_some() {
+        panic!("prerequisite missing under CI: {why}");
+    }
+    eprintln!("skipped: {why}");
+    true
+}
+
+/// Whether `tool` runs; otherwise skip.
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok || !skip(&format!("{tool} is not installed"))
+}
+
+/// The newest kernel with headers installed (`/lib/modules/K/build/Makefile`).
+pub fn headers_kernel() -> Option<String> {
+    let mut ks: Vec<String> = fs::read_dir("/lib/modules")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|k| {
+            Path::new("/lib/modules")
+                .join(k)
+                .join("build/Makefile")
+                .is_file()
+        })
+        .collect();
+    ks.sort();
+    ks.pop()
+}
+
+/// The kernel to build real modules for, or `None` after reporting the skip.
+pub fn real_kernel() -> Option<String> {
+    if !have("make") || !have("gcc") {
+        return None;
+    }
+    match headers_kernel() {
+        Some(k) => Some(k),
+        None => {
+            skip("no kernel headers in /lib/modules/*/build (install linux-headers-amd64)");
+            None
+        }
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).into_owned()
+}
+
+/// The repository's directory.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies a directory tree (files and dirs).
+pub fn copy_dir(from: &Path, to: &Path) {
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// A sandbox root holding a dkms tree, used with `--root`.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn dkms_tree(&self) -> PathBuf {
+        self.root().join("var/lib/dkms")
+    }
+
+    pub fn version_dir(&self, m: &str, v: &str) -> PathBuf {
+        self.dkms_tree().join(m).join(v)
+    }
+
+    /// Registers sources as `add` leaves them, quickly (no dkms.conf evaluation, no POST_ADD):
+    /// `<root>/usr/src/M-V` plus the `source` symlink to it.
+    pub fn add(&self, m: &str, v: &str, src: &Path) {
+        let dest = self.root().join("usr/src").join(format!("{m}-{v}"));
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        copy_dir(src, &dest);
+        let vd = self.version_dir(m, v);
+        fs::create_dir_all(&vd).unwrap();
+        std::os::unix::fs::symlink(&dest, vd.join("source")).unwrap();
+    }
+
+    /// `rdkms add SRC` then `rdkms build M/V -k K` against the real headers: the lifecycle's
+    /// own build, as on a build host.
+    pub fn add_and_build(&self, m: &str, v: &str, src: &Path, kernel: &str) -> Vec<PathBuf> {
+        self.rdkms().arg("add").arg(src).assert().success();
+        self.rdkms()
+            .args(["build", &format!("{m}/{v}"), "-k", kernel])
+            .arg("--kernelsourcedir")
+            .arg(format!("/lib/modules/{kernel}/build"))
+            .assert()
+            .success();
+        self.built_modules(m, v, kernel)
+    }
+
+    /// The `.ko` files the tree holds for a build, sorted.
+    pub fn built_modules(&self, m: &str, v: &str, kernel: &str) -> Vec<PathBuf> {
+        let dir = self
+            .version_dir(m, v)
+            .join(kernel)
+            .join(ARCH)
+            .join("module");
+        let mut kos: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        kos.sort();
+        kos
+    }
+
+    /// Records a build as `build` leaves it: `<tree>/M/V/K/A/module/*.ko` and a make.log.
+    pub fn built(&self, m: &str, v: &str, kernel: &str, arch: &str, kos: &[PathBuf]) {
+        let kd = self.version_dir(m, v).join(kernel).join(arch);
+        fs::create_dir_all(kd.join("module")).unwrap();
+        fs::create_dir_all(kd.join("log")).unwrap();
+        fs::write(kd.join("log/make.log"), "make: ok\n").unwrap();
+        for ko in kos {
+            fs::copy(ko, kd.join("module").join(ko.file_name().unwrap())).unwrap();
+        }
+    }
+
+    /// `rdkms ARGS --root <root>`.
+    pub fn rdkms(&self) -> BinCommand {
+        let mut c = BinCommand::cargo_bin("rdkms").unwrap();
+        c.arg("--root")
+            .arg(self.root())
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+}
+
+/// A small source tree with a dkms.conf (no real build needed for fast tests).
+pub fn fake_source(dir: &Path, name: &str, version: &str, extra_conf: &str) -> PathBuf {
+    let src = dir.join(format!("src-{name}"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("dkms.conf"),
+        format!(
+            "PACKAGE_NAME=\"{name}\"\nPACKAGE_VERSION=\"{version}\"\nBUILT_MODULE_NAME[0]=\"{name}\"\n\
+             DEST_MODULE_LOCATION[0]=\"/updates/dkms\"\nAUTOINSTALL=yes\n{extra_conf}"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        src.join(format!("{name}.c")),
+        "/* Copyright (C) 2024 Test Author */\nMODULE_LICENSE(\"GPL\");\n",
+    )
+    .unwrap();
+    fs::write(src.join("Makefile"), format!("obj-m := {name}.o\n")).unwrap();
+    src
+}
+
+/// A fake `.ko` (any bytes will do for packaging).
+pub fn fake_ko(dir: &Path, name: &str, size: usize) -> PathBuf {
+    let p = dir.join(format!("{name}.ko"));
+    fs::write(&p, vec![b'k'; size]).unwrap();
+    p
+}
+
+/// `dpkg-deb -f DEB`: every control field, in order (continuation lines joined with `\n`).
+pub fn fields(deb: &Path) -> Vec<(String, String)> {
+    let text = stdout(Command::new("dpkg-deb").arg("-f").arg(deb));
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(' ') {
+            let last = out.last_mut().unwrap();
+            last.1.push('\n');
+            last.1.push_str(line);
+        } else {
+            let (k, v) = line.split_once(": ").unwrap();
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// One line of `dpkg-deb -c`.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub mode: String,
+    pub owner: String,
+    pub size: u64,
+    pub date: String,
+    pub path: String,
+}
+
+pub fn contents(deb: &Path) -> Vec<Listed> {
+    stdout(Command::new("dpkg-deb").arg("-c").arg(deb))
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Listed {
+                mode: f[0].into(),
+                owner: f[1].into(),
+                size: f[2].parse().unwrap(),
+                date: format!("{} {}", f[3], f[4]),
+                path: f[5].into(),
+            }
+        })
+        .collect()
+}
+
+/// Runs lintian; returns (errors, warnings) tag lines.
+pub fn lintian(deb: &Path) -> (Vec<String>, Vec<String>) {
+    let out = Command::new("lintian")
+        .args(["--pedantic", "-I", "-E", "--no-tag-display-limit"])
+        .arg(deb)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pick = |p: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(p))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    (pick("E:"), pick("W:"))
+}
+
+/// An empty dpkg database under `root`, for `dpkg --root` installs.
+pub fn dpkg_root(root: &Path) {
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+}
+
+/// `dpkg` acting only on `root`: `--root` confines the database and files, and
+/// `--force-script-chrootless` runs the maintainer scripts on this host with
+/// `DPKG_ROOT=<root>` (the packages' scripts honour it), so no shell or depmod is needed inside.
+pub fn dpkg(root: &Path) -> Command {
+    let mut c = Command::new("dpkg");
+    c.arg(format!("--root={}", root.display()))
+        .arg("--force-script-chrootless")
+        .arg(format!("--log={}", root.join("var/log/dpkg.log").display()));
+    c
+}
+
+/// The module names in `<root>/lib/modules/K/modules.dep`.
+pub fn depmod_lists(root: &Path, kernel: &str) -> Vec<String> {
+    let dep = root.join("lib/modules").join(kernel).join("modules.dep");
+    fs::read_to_string(dep)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .map(String::from)
+        .collect()
+}
+
+/// A stand-in `linux-image-K` package: the kernel's module directory with the index inputs
+/// depmod reads, so a sandbox root looks like a host with that kernel installed.
+pub fn fake_kernel_package(work: &Path, kernel: &str) -> PathBuf {
+    let pkg = work.join("kimage");
+    let moddir = pkg.join("lib/modules").join(kernel);
+    fs::create_dir_all(&moddir).unwrap();
+    fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        fs::write(moddir.join(f), "").unwrap();
+    }
+    fs::write(
+        pkg.join("DEBIAN/control"),
+        format!(
+            "Package: linux-image-{kernel}\nVersion: 1\nArchitecture: amd64\n\
+             Maintainer: Test <test@example.org>\nDescription: stand-in for the kernel package\n"
+        ),
+    )
+    .unwrap();
+    let deb = work.join(format!("linux-image-{kernel}_1_amd64.deb"));
+    run(Command::new("dpkg-deb")
+        .arg("--root-owner-group")
+        .arg("-b")
+        .arg(&pkg)
+        .arg(&deb));
+    deb
+}
