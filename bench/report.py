@@ -4,7 +4,6 @@ issue 8, and the two files under bench/results/ (JSON with every run, a short Ma
 import json
 import os
 import platform
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -165,8 +164,8 @@ def markdown(meta, cases):
         "",
         "Times: median [min–max] ×runs, wall clock including process start; rdkms CPU: median user+system "
         "time of rdkms and its children (steadier than wall time on a busy machine). N × K = modules × kernels. "
-        "RSS: rdkms's peak (wait4 ru_maxrss; for the new-kernel case the rdkms process's own VmHWM, "
-        "compilers excluded).",
+        "RSS: rdkms's peak, from extra runs under GNU time (%M); for the new-kernel case the rdkms "
+        "process's own VmHWM, compilers excluded.",
         "",
         "| case | N × K | dkms | rdkms | dkms/rdkms | rdkms CPU | rdkms RSS | targets | check |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -193,7 +192,8 @@ def markdown(meta, cases):
             out.append(
                 f"physical limit {fmt_time(cal['limit_s'])} = max(longest single build "
                 f"{fmt_time(cal['longest_wall_s'])} ({cal['longest']}), Σ CPU {fmt_time(cal['cpu_sum_s'])} / {cal['cores']} cores); "
-                f"serial sum of single builds {fmt_time(cal['serial_wall_sum_s'])}."
+                f"serial sum of single builds {fmt_time(cal['serial_wall_sum_s'])}; all built at once, "
+                f"each in its own root (no shared jobserver) {fmt_time(cal.get('concurrent_wall_s'))}."
             )
         if c.get("vs_limit"):
             out.append(f"rdkms/limit = {c['vs_limit']:.2f}, rdkms/dkms = {c['vs_dkms']:.2f}." if c.get("vs_dkms")
@@ -205,6 +205,18 @@ def markdown(meta, cases):
         out += [""] + [f"- dkms {s}" for s in skipped] + [f"- {n}" for n in meta.get("notes", [])]
     out += ["", "What is compared: see README.md, \"Benchmark\"."]
     return "\n".join(out) + "\n"
+
+
+def problems(cases):
+    """What makes the run fail: rdkms errors and failed checks (not missed targets)."""
+    out = []
+    for c in cases:
+        name = f"{KIND_TITLES[c['kind']]} N×K={fmt_n(c)}"
+        if c["rdkms"].get("status", "ok") != "ok":
+            out.append(f"{name}: rdkms {c['rdkms']['status']}")
+        if c.get("check", "ok") != "ok":
+            out.append(f"{name}: {c['check']}")
+    return out
 
 
 def write(meta, cases, outdir):
