@@ -1,7 +1,8 @@
 //! The hook commands (`reconcile`, `autoinstall`, `kernel_postinst`, `kernel_prerm`,
 //! `common_postinst`, `plan`): read a snapshot of the machine, plan with `plan.rs`, and execute
 //! the steps under the tree lock through the lifecycle functions, with one depmod and at most
-//! one initramfs update per kernel.
+//! one initramfs update per kernel. Modules that need no other module of the plan are built
+//! concurrently under one make jobserver limited to `-j` jobs in all.
 //!
 //! Concurrent hooks coalesce: a run plans again once it holds the lock, so work a previous
 //! holder finished is not repeated, and `reconcile --from-apt` returns at once when the holder
