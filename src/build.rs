@@ -2,6 +2,7 @@
 //! shared `<tree>/M/V/build` two DKMS runs fight over), PATCH, PRE_BUILD, MAKE with DKMS's
 //! rewriting, checks, strip and compression, then one atomic rename into `<tree>/M/V/K/A`.
 
+use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,25 @@ impl Jobs {
     }
 }
 
+thread_local! {
+    /// The make jobserver this thread's builds share with concurrent ones (see `with_jobserver`).
+    static SHARED: RefCell<Option<jobserver::Client>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with every build it starts on this thread taking its make jobs from `client`:
+/// MAKE runs without `-jN` and with the jobserver in MAKEFLAGS, so concurrent builds together
+/// never run more jobs than the jobserver holds tokens, and progress lines name the module.
+pub fn with_jobserver<T>(client: &jobserver::Client, f: impl FnOnce() -> T) -> T {
+    SHARED.with(|s| *s.borrow_mut() = Some(client.clone()));
+    let out = f();
+    SHARED.with(|s| *s.borrow_mut() = None);
+    out
+}
+
+fn shared_jobserver() -> Option<jobserver::Client> {
+    SHARED.with(|s| s.borrow().clone())
+}
+
 /// The shell command that builds, and the MAKEFLAGS to give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MakeInvocation {
@@ -65,16 +85,65 @@ pub struct MakeInvocation {
 /// `make -jN KERNELRELEASE=K ...`; any other command runs unchanged but with `-jN` in MAKEFLAGS,
 /// so the makes it starts still build in parallel (DKMS leaves those single-threaded).
 pub fn make_invocation(make: &str, jobs: Jobs, kernel: &str) -> MakeInvocation {
+    rewrite_make(make, Some(jobs.flag()), kernel)
+}
+
+/// The same rewriting for a build under a shared jobserver: no `-jN` (an explicit `-j`
+/// would make the make leave the jobserver) and no MAKEFLAGS of our own (the jobserver's
+/// are set on the command).
+pub fn shared_make_invocation(make: &str, kernel: &str) -> MakeInvocation {
+    rewrite_make(make, None, kernel)
+}
+
+fn rewrite_make(make: &str, flag: Option<String>, kernel: &str) -> MakeInvocation {
     let rest = make.strip_prefix("make");
     match rest {
-        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => MakeInvocation {
-            command: format!("make {} KERNELRELEASE={kernel}{rest}", jobs.flag()),
-            makeflags: None,
-        },
+        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => {
+            let jobs = flag.map(|f| format!(" {f}")).unwrap_or_default();
+            MakeInvocation {
+                command: format!("make{jobs} KERNELRELEASE={kernel}{rest}"),
+                makeflags: None,
+            }
+        }
         _ => MakeInvocation {
             command: make.to_string(),
-            makeflags: Some(jobs.flag()),
+            makeflags: flag,
         },
+    }
+}
+
+/// Progress of a framed step (`Description... done.`). A build sharing a jobserver runs next
+/// to others, so it prints whole lines prefixed with the module instead of a line it finishes
+/// later.
+struct Progress<'a> {
+    console: &'a Console,
+    /// `module/version` when builds run concurrently.
+    prefix: Option<String>,
+}
+
+impl Progress<'_> {
+    fn say(&self, line: &str) {
+        match &self.prefix {
+            None => self.console.say(line),
+            Some(p) => self.console.say(format!("{p}: {}", line.trim_start())),
+        }
+    }
+
+    fn begin(&self, description: &str) {
+        match &self.prefix {
+            None => self.console.begin(description),
+            Some(p) => self.console.say(format!("{p}: {description}...")),
+        }
+    }
+
+    fn done(&self, description: &str, status: i32) {
+        match (&self.prefix, status) {
+            (None, _) => self.console.done(Some(status)),
+            (Some(p), 0) => self.console.say(format!("{p}: {description}... done.")),
+            (Some(p), code) => self
+                .console
+                .say(format!("{p}: {description}... (bad exit status: {code})")),
+        }
     }
 }
 
@@ -180,7 +249,10 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         let _ = fs::remove_dir(dir);
     }
     drop(private);
-    let _ = fs::remove_dir(&parent);
+    // Concurrent builds still use it; whoever started them removes it afterwards.
+    if shared_jobserver().is_none() {
+        let _ = fs::remove_dir(&parent);
+    }
     Ok(())
 }
 
@@ -193,6 +265,13 @@ fn compile(
 ) -> Result<()> {
     let f = input.facts;
     let console = input.console;
+    let shared = shared_jobserver();
+    let progress = Progress {
+        console,
+        prefix: shared
+            .as_ref()
+            .map(|_| format!("{}/{}", input.module, input.version)),
+    };
     let mut log = File::create(&private.log_path).ctx("create", &private.log_path)?;
     writeln!(
         log,
@@ -218,7 +297,8 @@ fn compile(
                 ),
             });
         }
-        console.begin(format!("Applying patch {patch}"));
+        let description = format!("Applying patch {patch}");
+        progress.begin(&description);
         let status = logged_step(
             &mut log,
             &format!("patch -p1 < ./patches/{patch}"),
@@ -227,7 +307,7 @@ fn compile(
                 build_dir,
             ),
         )?;
-        console.done(Some(status));
+        progress.done(&description, status);
         if status != 0 {
             return Err(Error::PatchFailed {
                 patch: patch.clone(),
@@ -256,10 +336,16 @@ fn compile(
         }
     }
 
-    let make = make_invocation(&conf.make, input.jobs, &f.kernel);
-    console.say("\nBuilding module:");
-    console.begin(&make.command);
+    let make = match &shared {
+        Some(_) => shared_make_invocation(&conf.make, &f.kernel),
+        None => make_invocation(&conf.make, input.jobs, &f.kernel),
+    };
+    progress.say("\nBuilding module:");
+    progress.begin(&make.command);
     let mut cmd = shell(&make.command, build_dir);
+    if let Some(client) = &shared {
+        client.configure_make(&mut cmd);
+    }
     if let Some(flags) = &make.makeflags {
         cmd.env("MAKEFLAGS", flags);
         console.command(format!("\n(MAKEFLAGS={flags})"));
@@ -268,7 +354,7 @@ fn compile(
         cmd.env("CC", cc);
     }
     let status = logged_step(&mut log, &make.command, cmd)?;
-    console.done(Some(status));
+    progress.done(&make.command, status);
     if status != 0 {
         show_tail(console, &private.log_path, failed_log);
         return Err(Error::BuildFailed {
@@ -544,6 +630,16 @@ mod tests {
         assert_eq!(m.makeflags, None);
         let m = make_invocation("make", Jobs::Unlimited, "K");
         assert_eq!(m.command, "make -j KERNELRELEASE=K");
+    }
+
+    #[test]
+    fn shared_jobserver_drops_the_jobs_flag() {
+        let m = shared_make_invocation("make -C /k M=/b", "K");
+        assert_eq!(m.command, "make KERNELRELEASE=K -C /k M=/b");
+        assert_eq!(m.makeflags, None);
+        let m = shared_make_invocation("./configure && make", "K");
+        assert_eq!(m.command, "./configure && make");
+        assert_eq!(m.makeflags, None);
     }
 
     #[test]

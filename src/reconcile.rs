@@ -1,7 +1,8 @@
 //! The hook commands (`reconcile`, `autoinstall`, `kernel_postinst`, `kernel_prerm`,
 //! `common_postinst`, `plan`): read a snapshot of the machine, plan with `plan.rs`, and execute
 //! the steps under the tree lock through the lifecycle functions, with one depmod and at most
-//! one initramfs update per kernel.
+//! one initramfs update per kernel. Modules that need no other module of the plan are built
+//! concurrently under one make jobserver limited to `-j` jobs in all.
 //!
 //! Concurrent hooks coalesce: a run plans again once it holds the lock, so work a previous
 //! holder finished is not repeated, and `reconcile --from-apt` returns at once when the holder
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::add::{self, AddOptions};
 use crate::atomic;
+use crate::build::{self, Jobs};
 use crate::cli::{Action, Invocation};
 use crate::config::Paths;
 use crate::depmod;
@@ -415,9 +417,87 @@ impl<'a> Executor<'a> {
                 _ => {}
             }
         }
-        for step in &plan.steps {
-            self.step(step, snap);
+        let mut prebuilt = self.build_independent(plan);
+        for (i, step) in plan.steps.iter().enumerate() {
+            self.step(step, snap, prebuilt.remove(&i));
         }
+    }
+
+    /// Builds, concurrently, every module of the plan that needs no other module of the plan
+    /// (the rest are built in order afterwards). The builds share one make jobserver holding
+    /// as many tokens as `-j` allows; each build holds one token while it runs (its make's
+    /// implicit job), so the jobs of all builds together never exceed the limit. Returns the
+    /// results by step index, to be recorded in plan order.
+    fn build_independent(&self, plan: &Plan) -> BTreeMap<usize, Result<()>> {
+        let Jobs::Limit(limit) = self.ctx.jobs else {
+            return BTreeMap::new();
+        };
+        let builds: Vec<(usize, Job<'a>, KernelFacts)> = plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| match step {
+                Step::Build {
+                    module,
+                    version,
+                    kernel,
+                    arch,
+                    needs,
+                } if needs.is_empty() => {
+                    Some((i, self.job(module, version), self.facts(kernel, arch)))
+                }
+                _ => None,
+            })
+            .collect();
+        if builds.len() < 2 {
+            return BTreeMap::new();
+        }
+        let client = match jobserver::Client::new(limit as usize) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reporter.say(
+                    Severity::Warning,
+                    &format!("cannot create a make jobserver ({e}); building one module at a time"),
+                );
+                return BTreeMap::new();
+            }
+        };
+        self.reporter.say(
+            Severity::Info,
+            &format!(
+                "building {} modules concurrently, {limit} make jobs in all",
+                builds.len()
+            ),
+        );
+        let results = std::thread::scope(|scope| {
+            let running: Vec<_> = builds
+                .iter()
+                .map(|(i, job, facts)| {
+                    let client = &client;
+                    let handle = scope.spawn(move || {
+                        let token = client.acquire().map_err(|e| {
+                            Error::io("take a job token from", "the make jobserver", e)
+                        })?;
+                        let result =
+                            build::with_jobserver(client, || lifecycle::build_one(job, facts));
+                        drop(token);
+                        result
+                    });
+                    (*i, handle)
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|(i, handle)| {
+                    let result = handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (i, result)
+                })
+                .collect()
+        });
+        let _ = fs::remove_dir(build::private_builds_dir(&self.ctx.tree.root));
+        results
     }
 
     fn facts(&self, kernel: &str, arch: &str) -> KernelFacts {
@@ -487,7 +567,8 @@ impl<'a> Executor<'a> {
         has(&self.failed) || has(&self.skipped)
     }
 
-    fn step(&mut self, step: &Step, snap: &plan::Snapshot) {
+    /// Executes one step; `prebuilt` is the result of a Build step already run concurrently.
+    fn step(&mut self, step: &Step, snap: &plan::Snapshot, prebuilt: Option<Result<()>>) {
         match step {
             Step::Purge {
                 module,
@@ -541,9 +622,11 @@ impl<'a> Executor<'a> {
                     self.record(module, version, kernel, arch, outcome);
                     return;
                 }
-                let facts = self.facts(kernel, arch);
-                let job = self.job(module, version);
-                if let Err(e) = lifecycle::build_one(&job, &facts) {
+                let result = prebuilt.unwrap_or_else(|| {
+                    let facts = self.facts(kernel, arch);
+                    lifecycle::build_one(&self.job(module, version), &facts)
+                });
+                if let Err(e) = result {
                     self.build_error(module, version, kernel, arch, e);
                 }
             }

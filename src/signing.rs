@@ -45,6 +45,9 @@ impl SigningConfig {
     }
 }
 
+/// Held while checking for and creating the MOK pair.
+static KEY_GENERATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Signer {
     /// Finds the signing tool and key for a kernel, creating the key pair when missing.
     /// `None` (with DKMS's notice) when the kernel has no `sign-file` or no key can be made.
@@ -85,15 +88,12 @@ impl Signer {
         console.say(format!("Signing key: {}", key.display()));
         console.say(format!("Public certificate (MOK): {}", cert.display()));
         let pkcs11 = key.to_string_lossy().starts_with("pkcs11:");
-        if !pkcs11 && (!key.is_file() || !cert.is_file()) {
-            console.say(
-                "Certificate or key are missing, generating self signed certificate for MOK...",
-            );
-            if !generate(&key, &cert)? {
-                console.say(format!(
-                    "Key file {} not found and can't be generated, modules won't be signed",
-                    key.display()
-                ));
+        if !pkcs11 {
+            // Concurrent builds share one key pair: the first makes it, the others wait for it.
+            let _generating = KEY_GENERATION
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if (!key.is_file() || !cert.is_file()) && !generate_noisily(&key, &cert, console)? {
                 return Ok(None);
             }
         }
@@ -136,6 +136,19 @@ impl Signer {
             Err(e) => console.warn(format!("Failed to sign module '{}': {e}", module.display())),
         }
     }
+}
+
+/// Creates the missing MOK pair with DKMS's messages; false when it cannot be made.
+fn generate_noisily(key: &Path, cert: &Path, console: &Console) -> Result<bool> {
+    console.say("Certificate or key are missing, generating self signed certificate for MOK...");
+    let made = generate(key, cert)?;
+    if !made {
+        console.say(format!(
+            "Key file {} not found and can't be generated, modules won't be signed",
+            key.display()
+        ));
+    }
+    Ok(made)
 }
 
 /// Creates the MOK pair with openssl (key PEM, mode 0600; certificate DER), each written under a
