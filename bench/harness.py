@@ -440,7 +440,8 @@ class Bench:
         self.floor = measure.spawn_floor(str(self.runs_dir))
         started = time.time()
         load0 = os.getloadavg()
-        for n, nk in self.mode["states"]:
+        per_state = any(self.wants(k) for k in ("status", "autoinstall", "postinst"))
+        for n, nk in self.mode["states"] if per_state else []:
             self.log(f"state N={n} kernels={nk}")
             self.run_state_cases(n, nk)
         for n, nk in self.mode["apt_states"] if self.wants("apt") else []:
