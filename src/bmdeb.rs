@@ -10,8 +10,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::add::{self, AddOptions};
-use crate::build::{self, BuildInput};
 use crate::cli::Invocation;
 use crate::config::Paths;
 use crate::copyright::{self, Notices};
@@ -236,42 +234,18 @@ fn inputs(
 /// `/usr/src/NAME-VERSION` first if needed), under the lock the caller holds.
 fn ensure_built(inv: &Invocation, lock: &TreeLock, module: &str, version: &str) -> Result<()> {
     let ctx = lifecycle::Ctx::from_invocation(inv);
-    let opts = AddOptions {
-        force: false,
-        ..AddOptions::from_invocation(inv)
-    };
-    add::ensure_added(&ctx.paths, lock, module, version, &opts)?;
-    if inv.cli.all {
-        return Ok(());
-    }
-    let reg = Registered::open(&ctx.paths, module, version)?;
     let job = lifecycle::Job {
         ctx: &ctx,
         module: module.to_string(),
         version: version.to_string(),
     };
-    for b in reg.requested_builds(inv)? {
+    lifecycle::ensure_added(&job, lock, inv)?;
+    if inv.cli.all {
+        return Ok(());
+    }
+    for b in Registered::open(&ctx.paths, module, version)?.requested_builds(inv)? {
         let facts = KernelFacts::probe(&ctx.paths, &b.kernel, &b.arch, &ctx.kernel_overrides);
-        let conf = job.conf(&facts)?;
-        if job.is_built(&facts, &conf) {
-            continue;
-        }
-        let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
-            path: job.conf_file(),
-        })?;
-        let load = |tree: &Path, build_dir: &Path| job.conf_with(&facts, tree, build_dir);
-        build::build(&BuildInput {
-            module,
-            version,
-            tree: &ctx.tree,
-            source_dir: &source,
-            facts: &facts,
-            jobs: ctx.jobs,
-            console: &ctx.console,
-            root: &ctx.paths.root,
-            signing: &ctx.signing,
-            load_conf: &load,
-        })?;
+        lifecycle::ensure_built(&job, &facts)?;
     }
     Ok(())
 }

@@ -46,6 +46,15 @@ pub enum Error {
     #[error("DKMS tree already contains: {module}/{version}. Use --force to replace it, or remove it first.")]
     AlreadyAdded { module: String, version: String },
 
+    /// `build PATH`/`install PATH` name other sources than the ones the version was added from.
+    #[error("{module}/{version} is already added from {registered}, not from {given}. Build the added sources with: rdkms build {module}/{version}; or replace them first: rdkms add {given} --force", registered = .registered.display(), given = .given.display())]
+    AddedFromElsewhere {
+        module: String,
+        version: String,
+        registered: PathBuf,
+        given: PathBuf,
+    },
+
     /// The source directory for `add` is missing.
     #[error("Source directory {path} does not exist. Install the module's source (e.g. its -dkms package) or give the path to it.", path = .path.display())]
     SourceMissing { path: PathBuf },
@@ -195,7 +204,7 @@ impl Error {
             Error::ConfNotFound { .. } => 4,
             Error::BadConf { .. } | Error::ConfEval { .. } => 8,
             Error::NotAdded { .. } => 3,
-            Error::AlreadyAdded { .. } => 3,
+            Error::AlreadyAdded { .. } | Error::AddedFromElsewhere { .. } => 3,
             Error::SourceMissing { .. } => 2,
             Error::MissingHeaders { .. } => 21,
             Error::BuildExclusive { .. } => 77,

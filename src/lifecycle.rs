@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::add::{self, AddOptions};
+use crate::add::{self, AddOptions, SourcePath};
 use crate::atomic;
 use crate::build::{self, BuildInput, Jobs};
 use crate::cli::{Action, Invocation};
@@ -210,12 +210,24 @@ impl Changes {
 /// Runs build, install, uninstall, unbuild or remove.
 pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     let ctx = Ctx::from_invocation(inv);
-    let (Some(module), Some(version)) = (inv.module.clone(), inv.version.clone()) else {
+    let builds = matches!(action, Action::Build | Action::Install);
+    // `build PATH` / `install PATH`: the sources name the module (DKMS accepts this too).
+    let source = match (&inv.source_path, &inv.module, &inv.version) {
+        (Some(p), None, None) if builds => {
+            Some(SourcePath::read(&ctx.paths, p, &add_options(inv))?)
+        }
+        _ => None,
+    };
+    let named = match &source {
+        Some(s) => (Some(s.module.clone()), Some(s.version.clone())),
+        None => (inv.module.clone(), inv.version.clone()),
+    };
+    let (Some(module), Some(version)) = named else {
         return Err(Error::MissingModule {
             action: action.word().to_string(),
         });
     };
-    if inv.cli.all && matches!(action, Action::Build | Action::Install) {
+    if inv.cli.all && builds {
         return Err(Error::AllNotSupported {
             action: action.word().to_string(),
         });
@@ -230,16 +242,13 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         module,
         version,
     };
+    if let Some(source) = &source {
+        source
+            .ensure_added(&ctx.paths, &lock, &add_options(inv))
+            .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+    }
     match action {
-        Action::Build | Action::Install => {
-            // Our --force means "rebuild/reinstall", not "add again".
-            let opts = AddOptions {
-                force: false,
-                ..AddOptions::from_invocation(inv)
-            };
-            add::ensure_added(&ctx.paths, &lock, &job.module, &job.version, &opts)
-                .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
-        }
+        Action::Build | Action::Install => ensure_added(&job, &lock, inv)?,
         _ if !job.is_added() => {
             return Err(Error::NotAdded {
                 module: job.module.clone(),
@@ -368,6 +377,39 @@ pub fn clean_leftovers(tree: &Tree) {
     }
 }
 
+/// Adds `<sourcetree>/NAME-VERSION` unless the version is added already: what every command
+/// that builds does first, under the tree lock it holds. (`--force` there means "rebuild", not
+/// "add again".)
+pub fn ensure_added(job: &Job<'_>, lock: &TreeLock, inv: &Invocation) -> Result<()> {
+    add::ensure_added(
+        &job.ctx.paths,
+        lock,
+        &job.module,
+        &job.version,
+        &add_options(inv),
+    )
+    .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+    Ok(())
+}
+
+/// How building commands add: as `add`, except that `--force` means "rebuild", not "add again".
+fn add_options(inv: &Invocation) -> AddOptions {
+    AddOptions {
+        force: false,
+        ..AddOptions::from_invocation(inv)
+    }
+}
+
+/// Builds unless already built, silently; returns the dkms.conf the state was judged by. The
+/// one build path of `install`, `mkbmdeb` and everything else that needs built modules.
+pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
+    let conf = job.conf(facts)?;
+    if !job.is_built(facts, &conf) {
+        build_now(job, facts)?;
+    }
+    Ok(conf)
+}
+
 /// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
 pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
     let conf = job.conf(facts)?;
@@ -402,10 +444,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
 
 /// Builds if needed, then installs unless already installed (`--force` reinstalls).
 pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
-    let conf = job.conf(facts)?;
-    if !job.is_built(facts, &conf) {
-        build_now(job, facts)?;
-    }
+    let conf = ensure_built(job, facts)?;
     let source = job.source_dir();
     let place = job.placement(facts, &conf, &source);
     if job.is_installed(facts, &conf) {

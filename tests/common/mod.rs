@@ -101,13 +101,19 @@ impl Sandbox {
 
     /// Starts a module source `<root>/usr/src/NAME-VERSION`.
     pub fn source(&self, name: &str, version: &str) -> Source {
-        Source::new(
-            self.root()
+        self.source_in(
+            &self
+                .root()
                 .join("usr/src")
                 .join(format!("{name}-{version}")),
             name,
             version,
         )
+    }
+
+    /// Starts a module source in `dir` (e.g. a vendor's unpacked driver outside the source tree).
+    pub fn source_in(&self, dir: &Path, name: &str, version: &str) -> Source {
+        Source::new(dir.to_path_buf(), name, version)
     }
 
     /// `rdkms --root ROOT ARGS...`, with the depmod stub first in PATH when recording.
