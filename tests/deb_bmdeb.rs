@@ -310,8 +310,10 @@ fn package_wins_over_a_dkms_built_copy() {
     let owner = bmdeb::owner(&paths, &pkgs, &file).expect("owned by the package");
     assert_eq!(owner.package, format!("both-modules-{FAKE_K}"));
     assert_eq!(
-        owner.status_line(),
-        format!("both/1.0, {FAKE_K}, x86_64: installed (binary package both-modules-{FAKE_K})")
+        status_lines(t, &[]),
+        [format!(
+            "both/1.0, {FAKE_K}, x86_64: installed (binary package both-modules-{FAKE_K})"
+        )]
     );
 }
 

@@ -162,12 +162,36 @@ impl Sandbox {
 
     /// `rdkms ARGS --root <root>`.
     pub fn rdkms(&self) -> BinCommand {
-        let mut c = BinCommand::cargo_bin("rdkms").unwrap();
-        c.arg("--root")
-            .arg(self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
+        rdkms_in(self.root())
     }
+}
+
+/// `rdkms --root ROOT ...` (on any root, e.g. a dpkg sandbox), without the caller's
+/// SOURCE_DATE_EPOCH.
+pub fn rdkms_in(root: &Path) -> BinCommand {
+    let mut c = BinCommand::cargo_bin("rdkms").unwrap();
+    c.arg("--root")
+        .arg(root)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("RDKMS_ROOT");
+    c
+}
+
+/// `rdkms --root ROOT status ARGS`: its stdout lines.
+pub fn status_lines(root: &Path, args: &[&str]) -> Vec<String> {
+    let out = rdkms_in(root)
+        .arg("status")
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 /// A small source tree with a dkms.conf (no real build needed for fast tests).
