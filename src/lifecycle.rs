@@ -2,11 +2,13 @@
 //! with DKMS 3.0.10's semantics and messages: one tree lock for the whole command, leftovers of
 //! interrupted runs cleaned first, every kernel handled in turn, depmod once per kernel at the end.
 
+use std::cell::OnceCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::add::{self, AddOptions, SourcePath};
 use crate::atomic;
+use crate::bmdeb::{self, BinaryPackage};
 use crate::build::{self, BuildInput, Jobs};
 use crate::cli::{Action, Invocation};
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
@@ -40,6 +42,8 @@ pub struct Ctx {
     /// `--directive NAME=VALUE`.
     pub directives: Vec<String>,
     pub signing: SigningConfig,
+    /// The installed binary module packages, read from dpkg's database on first need.
+    packages: OnceCell<Vec<BinaryPackage>>,
 }
 
 impl Ctx {
@@ -63,7 +67,17 @@ impl Ctx {
             directives: inv.cli.directives.clone(),
             signing: SigningConfig::from_env(),
             paths,
+            packages: OnceCell::new(),
         }
+    }
+
+    /// The binary module packages dpkg has installed (their files are not rdkms's to touch).
+    pub fn packages(&self) -> Result<&[BinaryPackage]> {
+        if let Some(p) = self.packages.get() {
+            return Ok(p);
+        }
+        let read = bmdeb::installed_packages(&self.paths)?;
+        Ok(self.packages.get_or_init(|| read))
     }
 }
 
@@ -164,8 +178,8 @@ impl Job<'_> {
         facts: &'b KernelFacts,
         conf: &'b DkmsConf,
         source: &'b Path,
-    ) -> Placement<'b> {
-        Placement {
+    ) -> Result<Placement<'b>> {
+        Ok(Placement {
             module: &self.module,
             version: &self.version,
             tree: &self.ctx.tree,
@@ -173,7 +187,9 @@ impl Job<'_> {
             conf,
             source_dir: source,
             console: &self.ctx.console,
-        }
+            paths: &self.ctx.paths,
+            packages: self.ctx.packages()?,
+        })
     }
 }
 
@@ -446,7 +462,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
 pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = ensure_built(job, facts)?;
     let source = job.source_dir();
-    let place = job.placement(facts, &conf, &source);
+    let place = job.placement(facts, &conf, &source)?;
     if job.is_installed(facts, &conf) {
         if !job.ctx.force {
             job.ctx.console.say(format!(
@@ -481,7 +497,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
         return Ok(());
     }
     let source = job.source_dir();
-    job.placement(facts, &conf, &source).uninstall()?;
+    job.placement(facts, &conf, &source)?.uninstall()?;
     changes.touch(facts);
     Ok(())
 }
@@ -492,7 +508,7 @@ pub fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     let t = &job.ctx.tree;
     if job.is_installed(facts, &conf) {
         let source = job.source_dir();
-        job.placement(facts, &conf, &source).uninstall()?;
+        job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
     }
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
@@ -555,7 +571,7 @@ fn finish_depmod(job: &Job<'_>, changes: &Changes) -> Result<()> {
             job.ctx.console.error(e.to_string());
             let conf = job.conf(facts)?;
             let source = job.source_dir();
-            job.placement(facts, &conf, &source).uninstall()?;
+            job.placement(facts, &conf, &source)?.uninstall()?;
             let _ = depmod::run(&job.ctx.paths.install_tree, facts, &job.ctx.console);
             failure = Some(Error::InstallFailed(format!(
                 "Problems with depmod detected for kernel {}; module {}/{} was uninstalled again and stays built. Check the kernel's module directory {}.",

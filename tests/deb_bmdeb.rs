@@ -318,6 +318,87 @@ fn package_wins_over_a_dkms_built_copy() {
 }
 
 #[test]
+fn install_and_uninstall_leave_package_owned_files_alone() {
+    if !have("dpkg") || !have("depmod") {
+        return;
+    }
+    // One root is both the build host (dkms tree) and the dpkg root the package goes into.
+    let sb = Sandbox::new();
+    let r = sb.root();
+    let src = fake_source(r, "own", "1.0", "");
+    sb.add("own", "1.0", &src);
+    sb.built("own", "1.0", FAKE_K, ARCH, &[fake_ko(r, "own", 3000)]);
+    let deb = mkbmdeb(&sb, &["own/1.0", "-k", FAKE_K], &[]).remove(0);
+    dpkg_root(r);
+    run(dpkg(r).arg("-i").arg(fake_kernel_package(r, FAKE_K)));
+    run(dpkg(r).arg("-i").arg(&deb));
+    let file = r.join(format!("lib/modules/{FAKE_K}/updates/dkms/own.ko"));
+    let size = || fs::metadata(&file).unwrap().len();
+    assert_eq!(size(), 3000);
+    // The DKMS build changes afterwards (a newer build of the same version).
+    let kos = r.join("newer");
+    fs::create_dir_all(&kos).unwrap();
+    sb.built("own", "1.0", FAKE_K, ARCH, &[fake_ko(&kos, "own", 5000)]);
+    let package = format!("own-modules-{FAKE_K}");
+
+    // install skips the owned file (exit 0, like a module DKMS's version check keeps) and
+    // says which package owns it and how to override.
+    sb.rdkms()
+        .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "{} belongs to the installed package {package}; it stays in place. Remove the package first, or use --force to overwrite it.",
+            file.display()
+        )));
+    assert_eq!(size(), 3000, "the package's file was not overwritten");
+    assert_eq!(
+        status_lines(r, &[]),
+        [
+            format!("own/1.0, {FAKE_K}, {ARCH}: installed (WARNING! Diff between built and installed module!)"),
+            format!("own/1.0, {FAKE_K}, {ARCH}: installed (binary package {package})"),
+        ]
+    );
+
+    // uninstall never deletes it.
+    sb.rdkms()
+        .args(["uninstall", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Left {} in place: it belongs to the package {package}",
+            file.display()
+        )));
+    assert_eq!(size(), 3000);
+
+    // --force overwrites it; uninstall still leaves the path to dpkg, which removes it.
+    sb.rdkms()
+        .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod", "--force"])
+        .assert()
+        .success();
+    assert_eq!(size(), 5000);
+    sb.rdkms()
+        .args(["uninstall", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success();
+    assert!(file.is_file());
+    run(dpkg(r).arg("-r").arg(&package));
+    assert!(!file.exists());
+
+    // Without the package the DKMS build installs as usual.
+    sb.rdkms()
+        .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("belongs to").not());
+    assert_eq!(size(), 5000);
+    assert_eq!(
+        status_lines(r, &[]),
+        [format!("own/1.0, {FAKE_K}, {ARCH}: installed")]
+    );
+}
+
+#[test]
 fn remake_initrd_adds_the_initramfs_update() {
     if !have("dpkg-deb") {
         return;
