@@ -435,10 +435,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .filter_entry(|e| e.depth() > 1 || !e.file_name().to_string_lossy().starts_with('.'));
     let mut dirs = Vec::new();
     for entry in walk {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(from).to_path_buf();
-            Error::io("read", path, e.into())
-        })?;
+        let entry = entry.map_err(|e| Error::walk(from, e))?;
         let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
         let target = to.join(rel);
         let ft = entry.file_type();

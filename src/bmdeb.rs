@@ -15,7 +15,7 @@ use memchr::memmem;
 use crate::cli::Invocation;
 use crate::config::Paths;
 use crate::copyright::{self, Notices};
-use crate::deb::{self, Content, Entry, Package};
+use crate::deb::{self, Content, Entry, Package, Plan};
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::KernelFacts;
 use crate::lifecycle;
@@ -40,13 +40,6 @@ pub struct Inputs {
     pub notices: Notices,
     pub maintainer: String,
     pub epoch: u64,
-}
-
-/// A planned package and the file name it gets.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub file_name: String,
-    pub package: Package,
 }
 
 /// The package for one module build; pure, so that tests can check every byte of the plan.
@@ -165,15 +158,16 @@ fn refresh(remake_initrd: bool, indent: &str) -> String {
     s
 }
 
-/// `postinst`: after the files are unpacked, make them known to modprobe.
-pub fn postinst(kernel: &str, remake_initrd: bool) -> String {
+/// A maintainer script that refreshes the module index (see `refresh`) for the dpkg actions
+/// `verbs` (a `case` pattern).
+fn refresh_script(why: &str, verbs: &str, kernel: &str, remake_initrd: bool) -> String {
     format!(
         "#!/bin/sh\n\
-         # Written by rdkms mkbmdeb: make the modules just unpacked known to modprobe.\n\
+         # Written by rdkms mkbmdeb: {why}.\n\
          set -e\n\n\
          KVER='{kernel}'\n\n\
          case \"$1\" in\n\
-         configure)\n\
+         {verbs})\n\
          {}\t;;\n\
          esac\n\n\
          exit 0\n",
@@ -181,19 +175,23 @@ pub fn postinst(kernel: &str, remake_initrd: bool) -> String {
     )
 }
 
+/// `postinst`: after the files are unpacked, make them known to modprobe.
+pub fn postinst(kernel: &str, remake_initrd: bool) -> String {
+    refresh_script(
+        "make the modules just unpacked known to modprobe",
+        "configure",
+        kernel,
+        remake_initrd,
+    )
+}
+
 /// `postrm`: after the files are gone, drop them from the module index.
 pub fn postrm(kernel: &str, remake_initrd: bool) -> String {
-    format!(
-        "#!/bin/sh\n\
-         # Written by rdkms mkbmdeb: drop the removed modules from the module index.\n\
-         set -e\n\n\
-         KVER='{kernel}'\n\n\
-         case \"$1\" in\n\
-         remove|abort-install|abort-upgrade|disappear)\n\
-         {}\t;;\n\
-         esac\n\n\
-         exit 0\n",
-        refresh(remake_initrd, "\t")
+    refresh_script(
+        "drop the removed modules from the module index",
+        "remove|abort-install|abort-upgrade|disappear",
+        kernel,
+        remake_initrd,
     )
 }
 
@@ -288,15 +286,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         })
         .collect::<Result<Vec<_>>>()?;
     for p in plans {
-        let path = deb::build(&p.package, &out_dir, &p.file_name)?;
-        if !inv.cli.quiet {
-            eprintln!(
-                "Binary module package {} ({}) written.",
-                p.package.field("Package").unwrap_or_default(),
-                p.package.field("Version").unwrap_or_default()
-            );
-        }
-        println!("{}", path.display());
+        deb::publish(&p, &out_dir, "Binary module package", inv.cli.quiet)?;
     }
     Ok(0)
 }

@@ -1,7 +1,7 @@
 //! One error type for the whole tool: every variant knows its DKMS-compatible exit code and
 //! renders as one actionable line (what went wrong, which file, what to do).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Result alias used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -230,6 +230,12 @@ impl Error {
             Error::LockTimeout { .. } => 75,
             Error::Io { .. } => 1,
         }
+    }
+
+    /// A failed directory walk below `root`, naming the entry it failed on when known.
+    pub fn walk(root: &Path, e: walkdir::Error) -> Self {
+        let path = e.path().unwrap_or(root).to_path_buf();
+        Error::io("read", path, e.into())
     }
 
     /// Wraps an `io::Error` with the operation and path it concerns.
