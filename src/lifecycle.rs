@@ -2,9 +2,9 @@
 //! with DKMS 3.0.10's semantics and messages: one tree lock for the whole command, leftovers of
 //! interrupted runs cleaned first, every kernel handled in turn, depmod once per kernel at the end.
 
-use std::sync::OnceLock;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::add::{self, AddOptions, SourcePath};
 use crate::atomic;
