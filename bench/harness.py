@@ -147,6 +147,7 @@ class Bench:
     def compare(self, case, tools, dkms_reps, rdkms_reps, check=None, warmup=True, each_round=None):
         """Runs the case's tools interleaved and records the case; each_round (untimed by the
         tools' figures) runs once per round after them."""
+        case["load1"] = os.getloadavg()[0]
         series = {name: measure.Series() for name in tools}
         reps = {"dkms": dkms_reps if "dkms" in tools else 0, "rdkms": rdkms_reps}
         rounds = max(reps["dkms"], 1)
@@ -172,6 +173,10 @@ class Bench:
                     spent += r.wall if r else 0
             if each_round:
                 each_round()
+        return self.finish(case, tools, series, check)
+
+    def finish(self, case, tools, series, check):
+        """Peak RSS runs, summaries, the check and the targets; records the case."""
         if "rdkms" in tools and series["rdkms"].status == "ok" and not tools["rdkms"].poll_hwm:
             self.rss(tools["rdkms"], series["rdkms"])
         case["dkms"] = series["dkms"].summary() if "dkms" in tools else {"status": case.pop("dkms_skip", "not run")}
@@ -275,11 +280,36 @@ class Bench:
         self.compare(case, tools, self.mode["dkms_reps"], self.mode["rdkms_reps"],
                      check=lambda s: check_unchanged(before, rd, rr))
 
-    def run_apt_case(self, n, nk):
-        """3. apt's DPkg::Post-Invoke when nothing changed: rdkms only (dkms has no such hook).
-        One full reconcile first stores the fingerprint; the timed runs must find it current."""
-        _, rr, _ = self.state(n, nk)
-        env = {"RDKMS_ROOT": str(rr.path)}
+    def run_apt_cases(self, states):
+        """3. apt's DPkg::Post-Invoke when nothing changed: rdkms only (dkms has no such hook),
+        for every N interleaved run by run, so that the machine's noise falls on all N alike.
+        One full reconcile first stores each fingerprint; the timed runs must find it current."""
+        cases = []
+        for n, nk in states:
+            _, rr, _ = self.state(n, nk)
+            env = {"RDKMS_ROOT": str(rr.path)}
+            check = self.prime_apt(rr, env)
+            base = {"n": n, "kernels": nk, "load1": os.getloadavg()[0],
+                    "dkms_skip": "no equivalent (Debian's dkms has no apt hook)"}
+            cases.append(({"kind": "apt-noop", **base},
+                          Tool([self.rdkms, "reconcile", "--from-apt"], env=env), check))
+            if self.apt_line:
+                line = self.apt_line.replace("/usr/sbin/rdkms", self.rdkms)
+                cases.append(({"kind": "apt-noop-sh", **base}, Tool(["sh", "-c", line], env=env),
+                              check))
+        series = [measure.Series() for _ in cases]
+        for (_, tool, _), ser in zip(cases, series):
+            self.one(tool, ser, record=False)
+        for rep in range(self.mode["rdkms_reps"] * 2):
+            for i in range(len(cases)):
+                j = (i + rep) % len(cases)
+                if series[j].status == "ok":
+                    self.one(cases[j][1], series[j])
+        for (case, tool, check), ser in zip(cases, series):
+            self.finish(case, {"rdkms": tool}, {"rdkms": ser}, check)
+
+    def prime_apt(self, rr, env):
+        """Stores the fingerprint with one reconcile; returns the check that it stayed."""
         fp = rr.tree / ".rdkms-fingerprint"
         # A fingerprint is only stored once the watched directories are 2 s old.
         age = time.time() - max(p.stat().st_mtime for p in (rr.tree, rr.path / "lib/modules", rr.src))
@@ -295,7 +325,6 @@ class Bench:
         primed = f"priming reconcile exit {prime.rc}" + (
             f": {prime.err.strip().splitlines()[-1][:200]}" if prime.rc and prime.err.strip() else "")
         stamp = fp.stat().st_mtime_ns if fp.exists() else None
-        base = {"n": n, "kernels": nk, "dkms_skip": "no equivalent (Debian's dkms has no apt hook)"}
 
         def check(_s):
             if stamp is None:
@@ -304,13 +333,7 @@ class Bench:
                 return "fingerprint rewritten: the timed runs were not no-ops"
             return "ok"
 
-        tools = {"rdkms": Tool([self.rdkms, "reconcile", "--from-apt"], env=env)}
-        self.compare({"kind": "apt-noop", **base}, tools, 0, self.mode["rdkms_reps"] * 2, check=check)
-        if self.apt_line:
-            line = self.apt_line.replace("/usr/sbin/rdkms", self.rdkms)
-            tools = {"rdkms": Tool(["sh", "-c", line], env=env)}
-            self.compare({"kind": "apt-noop-sh", **dict(base)}, tools, 0,
-                         self.mode["rdkms_reps"] * 2, check=check)
+        return check
 
     def run_prerm_case(self, n, nk):
         """6. kernel removal: Debian's prerm.d/dkms (status -k K, then dkms remove -k K per
@@ -440,11 +463,12 @@ class Bench:
         self.floor = measure.spawn_floor(str(self.runs_dir))
         started = time.time()
         load0 = os.getloadavg()
-        for n, nk in self.mode["states"]:
+        per_state = any(self.wants(k) for k in ("status", "autoinstall", "postinst"))
+        for n, nk in self.mode["states"] if per_state else []:
             self.log(f"state N={n} kernels={nk}")
             self.run_state_cases(n, nk)
-        for n, nk in self.mode["apt_states"] if self.wants("apt") else []:
-            self.run_apt_case(n, nk)
+        if self.wants("apt"):
+            self.run_apt_cases(self.mode["apt_states"])
         for n, nk in self.mode["prerm_states"] if self.wants("prerm") else []:
             self.run_prerm_case(n, nk)
         if self.wants("newkernel"):

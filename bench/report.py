@@ -164,17 +164,17 @@ def markdown(meta, cases):
         "",
         "Times: median [min–max] ×runs, wall clock including process start; rdkms CPU: median user+system "
         "time of rdkms and its children (steadier than wall time on a busy machine). N × K = modules × kernels. "
-        "RSS: rdkms's peak, from extra runs under GNU time (%M); for the new-kernel case the rdkms "
+        "load: the 1-minute load average when the case started. RSS: rdkms's peak, from extra runs under GNU time (%M); for the new-kernel case the rdkms "
         "process's own VmHWM, compilers excluded.",
         "",
-        "| case | N × K | dkms | rdkms | dkms/rdkms | rdkms CPU | rdkms RSS | targets | check |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | N × K | load | dkms | rdkms | dkms/rdkms | rdkms CPU | rdkms RSS | targets | check |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in cases:
         ratio = f"{c['ratio']:.0f}×" if c.get("ratio") and c["ratio"] >= 10 else (
             f"{c['ratio']:.2f}×" if c.get("ratio") else "–")
         out.append(
-            f"| {KIND_TITLES[c['kind']]} | {fmt_n(c)} | {fmt_series(c['dkms'])} | "
+            f"| {KIND_TITLES[c['kind']]} | {fmt_n(c)} | {c.get('load1', 0):.1f} | {fmt_series(c['dkms'])} | "
             f"{fmt_series(c['rdkms'])} | {ratio} | {fmt_time(c['rdkms'].get('cpu_median_s'))} | "
             f"{rss_cell(c)} | {fmt_met(c)} | {c.get('check', '')} |"
         )
@@ -195,6 +195,12 @@ def markdown(meta, cases):
                 f"serial sum of single builds {fmt_time(cal['serial_wall_sum_s'])}; all built at once, "
                 f"each in its own root (no shared jobserver) {fmt_time(cal.get('concurrent_wall_s'))}."
             )
+        d, r = c["dkms"], c["rdkms"]
+        if r.get("median_s") and r.get("cpu_median_s"):
+            busy = f"cores busy on average (CPU/wall): rdkms {r['cpu_median_s'] / r['median_s']:.2f}"
+            if d.get("median_s") and d.get("cpu_median_s"):
+                busy += f", dkms {d['cpu_median_s'] / d['median_s']:.2f}"
+            out.append(busy + f"; load average {c.get('load1', 0):.1f} when the case started.")
         if c.get("vs_limit"):
             out.append(f"rdkms/limit = {c['vs_limit']:.2f}, rdkms/dkms = {c['vs_dkms']:.2f}." if c.get("vs_dkms")
                        else f"rdkms/limit = {c['vs_limit']:.2f}.")
