@@ -117,33 +117,93 @@ pub fn ensure_added(
     Ok(Added::New { post_add_status })
 }
 
+/// A source directory given on the command line (or its dkms.conf), with the NAME and VERSION
+/// its PACKAGE_NAME/PACKAGE_VERSION give it.
+#[derive(Debug, Clone)]
+pub struct SourcePath {
+    /// The directory, resolved.
+    pub dir: PathBuf,
+    pub module: String,
+    pub version: String,
+}
+
+impl SourcePath {
+    /// Reads the dkms.conf of the directory `p` names (directly or as its dkms.conf).
+    pub fn read(paths: &Paths, p: &Path, opts: &AddOptions) -> Result<SourcePath> {
+        let dir = source_dir_of(p)?;
+        let conf_file = dir.join("dkms.conf");
+        let conf = load_conf(paths, &conf_file, "", "", opts)?;
+        for (what, value) in [
+            ("PACKAGE_NAME", &conf.package_name),
+            ("PACKAGE_VERSION", &conf.package_version),
+        ] {
+            if !is_plain_name(value) {
+                return Err(Error::PathEscape {
+                    file: conf_file.clone(),
+                    what: what.to_string(),
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(SourcePath {
+            dir,
+            module: conf.package_name,
+            version: conf.package_version,
+        })
+    }
+
+    /// `<sourcetree>/NAME-VERSION`, where the copy goes.
+    fn dest(&self, paths: &Paths) -> PathBuf {
+        paths
+            .source_tree
+            .join(format!("{}-{}", self.module, self.version))
+    }
+
+    /// Copies the directory to `<sourcetree>/NAME-VERSION` unless it is that directory.
+    fn copy_to_source_tree(&self, paths: &Paths, quiet: bool) -> Result<()> {
+        let dest = self.dest(paths);
+        if fs::canonicalize(&dest).is_ok_and(|d| d == self.dir) {
+            return Ok(());
+        }
+        copy_source(&self.dir, &dest, quiet)
+    }
+
+    /// For `build PATH` and `install PATH`, under the lock the command holds: registers the
+    /// directory as `add PATH` would unless the version is added already, from these sources
+    /// or a copy of them (so running the command again works; DKMS 3.0.10 fails then). An
+    /// added version whose sources differ is refused (exit 3, as DKMS refuses adding it
+    /// again), so that a build never silently uses other sources than the ones named.
+    pub fn ensure_added(&self, paths: &Paths, lock: &TreeLock, opts: &AddOptions) -> Result<()> {
+        let tree = Tree::new(&paths.dkms_tree);
+        if tree.is_added(&self.module, &self.version) {
+            let link = tree.source_link(&self.module, &self.version);
+            let registered = fs::canonicalize(&link).unwrap_or(link);
+            if registered == self.dir || same_copy(&self.dir, &registered) {
+                return Ok(());
+            }
+            return Err(Error::AddedFromElsewhere {
+                module: self.module.clone(),
+                version: self.version.clone(),
+                registered,
+                given: self.dir.clone(),
+            });
+        }
+        self.copy_to_source_tree(paths, opts.quiet)?;
+        ensure_added(paths, lock, &self.module, &self.version, opts).map(|_| ())
+    }
+}
+
 /// Runs `add`: NAME/VERSION (`-m/-v`), or a source directory / dkms.conf path whose
 /// PACKAGE_NAME/PACKAGE_VERSION name the copy in the source tree.
 pub fn run(inv: &Invocation) -> Result<i32> {
     let paths = Paths::from_cli(&inv.cli);
     let opts = AddOptions::from_invocation(inv);
     let from_dir = match (&inv.source_path, &inv.module, &inv.version) {
-        (Some(p), None, None) => Some(source_dir_of(p)?),
+        (Some(p), None, None) => Some(SourcePath::read(&paths, p, &opts)?),
         _ => None,
     };
     let (module, version) = match &from_dir {
-        Some(dir) => {
-            let conf_file = dir.join("dkms.conf");
-            let conf = load_conf(&paths, &conf_file, "", "", &opts)?;
-            for (what, value) in [
-                ("PACKAGE_NAME", &conf.package_name),
-                ("PACKAGE_VERSION", &conf.package_version),
-            ] {
-                if !is_plain_name(value) {
-                    return Err(Error::PathEscape {
-                        file: conf_file.clone(),
-                        what: what.to_string(),
-                        value: value.clone(),
-                    });
-                }
-            }
-            (conf.package_name, conf.package_version)
-        }
+        Some(sp) => (sp.module.clone(), sp.version.clone()),
         None => module_args(inv)?,
     };
     check_name("module name", &module)?;
@@ -154,12 +214,8 @@ pub fn run(inv: &Invocation) -> Result<i32> {
     if tree.is_added(&module, &version) && !opts.force {
         return Err(Error::AlreadyAdded { module, version });
     }
-    if let Some(dir) = &from_dir {
-        let dest = paths.source_tree.join(format!("{module}-{version}"));
-        let same = fs::canonicalize(&dest).is_ok_and(|d| &d == dir);
-        if !same {
-            copy_source(dir, &dest, opts.quiet)?;
-        }
+    if let Some(sp) = &from_dir {
+        sp.copy_to_source_tree(&paths, opts.quiet)?;
     }
     match ensure_added(&paths, &lock, &module, &version, &opts)? {
         Added::New { post_add_status } => Ok(post_add_status),
@@ -379,10 +435,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         .filter_entry(|e| e.depth() > 1 || !e.file_name().to_string_lossy().starts_with('.'));
     let mut dirs = Vec::new();
     for entry in walk {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(from).to_path_buf();
-            Error::io("read", path, e.into())
-        })?;
+        let entry = entry.map_err(|e| Error::walk(from, e))?;
         let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
         let target = to.join(rel);
         let ft = entry.file_type();
@@ -408,6 +461,41 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         fs::set_permissions(target, perms).ctx("chmod", target)?;
     }
     Ok(())
+}
+
+/// Whether `copy` holds what `copy_source` would copy from `from`: the same entries (top-level
+/// dot files left out), file bytes and link targets.
+fn same_copy(from: &Path, copy: &Path) -> bool {
+    let entries = |root: &Path| {
+        walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() > 1 || !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.map(|e| (e.path().strip_prefix(root).map(Path::to_path_buf), e)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+    };
+    let (Ok(a), Ok(b)) = (entries(from), entries(copy)) else {
+        return false;
+    };
+    a.len() == b.len()
+        && a.iter().zip(&b).all(|((ra, ea), (rb, eb))| {
+            let (ta, tb) = (ea.file_type(), eb.file_type());
+            ra.as_ref().ok() == rb.as_ref().ok()
+                && ta.is_dir() == tb.is_dir()
+                && ta.is_symlink() == tb.is_symlink()
+                && if ta.is_symlink() {
+                    equal_ok(fs::read_link(ea.path()), fs::read_link(eb.path()))
+                } else {
+                    ta.is_dir() || equal_ok(fs::read(ea.path()), fs::read(eb.path()))
+                }
+        })
+}
+
+/// Two reads that both succeeded with the same value.
+fn equal_ok<T: PartialEq>(a: std::io::Result<T>, b: std::io::Result<T>) -> bool {
+    matches!((a, b), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Whether symlink `link` stored at `rel` (relative to the source root) points outside it.

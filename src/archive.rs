@@ -456,15 +456,7 @@ impl Builder {
             !(skip_hidden && e.depth() == 1 && e.file_name().to_string_lossy().starts_with('.'))
         });
         for entry in walk {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(from).to_path_buf();
-                Error::io(
-                    "read",
-                    path,
-                    e.into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("walk")),
-                )
-            })?;
+            let entry = entry.map_err(|e| Error::walk(from, e))?;
             let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
             self.entries
                 .insert(at.join(rel), Source::Disk(entry.path().to_path_buf()));

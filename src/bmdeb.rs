@@ -10,12 +10,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::add::{self, AddOptions};
-use crate::build::{self, BuildInput};
+use memchr::memmem;
+
 use crate::cli::Invocation;
 use crate::config::Paths;
 use crate::copyright::{self, Notices};
-use crate::deb::{self, Content, Entry, Package};
+use crate::deb::{self, Content, Entry, Package, Plan};
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::KernelFacts;
 use crate::lifecycle;
@@ -40,13 +40,6 @@ pub struct Inputs {
     pub notices: Notices,
     pub maintainer: String,
     pub epoch: u64,
-}
-
-/// A planned package and the file name it gets.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub file_name: String,
-    pub package: Package,
 }
 
 /// The package for one module build; pure, so that tests can check every byte of the plan.
@@ -165,15 +158,16 @@ fn refresh(remake_initrd: bool, indent: &str) -> String {
     s
 }
 
-/// `postinst`: after the files are unpacked, make them known to modprobe.
-pub fn postinst(kernel: &str, remake_initrd: bool) -> String {
+/// A maintainer script that refreshes the module index (see `refresh`) for the dpkg actions
+/// `verbs` (a `case` pattern).
+fn refresh_script(why: &str, verbs: &str, kernel: &str, remake_initrd: bool) -> String {
     format!(
         "#!/bin/sh\n\
-         # Written by rdkms mkbmdeb: make the modules just unpacked known to modprobe.\n\
+         # Written by rdkms mkbmdeb: {why}.\n\
          set -e\n\n\
          KVER='{kernel}'\n\n\
          case \"$1\" in\n\
-         configure)\n\
+         {verbs})\n\
          {}\t;;\n\
          esac\n\n\
          exit 0\n",
@@ -181,19 +175,23 @@ pub fn postinst(kernel: &str, remake_initrd: bool) -> String {
     )
 }
 
+/// `postinst`: after the files are unpacked, make them known to modprobe.
+pub fn postinst(kernel: &str, remake_initrd: bool) -> String {
+    refresh_script(
+        "make the modules just unpacked known to modprobe",
+        "configure",
+        kernel,
+        remake_initrd,
+    )
+}
+
 /// `postrm`: after the files are gone, drop them from the module index.
 pub fn postrm(kernel: &str, remake_initrd: bool) -> String {
-    format!(
-        "#!/bin/sh\n\
-         # Written by rdkms mkbmdeb: drop the removed modules from the module index.\n\
-         set -e\n\n\
-         KVER='{kernel}'\n\n\
-         case \"$1\" in\n\
-         remove|abort-install|abort-upgrade|disappear)\n\
-         {}\t;;\n\
-         esac\n\n\
-         exit 0\n",
-        refresh(remake_initrd, "\t")
+    refresh_script(
+        "drop the removed modules from the module index",
+        "remove|abort-install|abort-upgrade|disappear",
+        kernel,
+        remake_initrd,
     )
 }
 
@@ -236,42 +234,18 @@ fn inputs(
 /// `/usr/src/NAME-VERSION` first if needed), under the lock the caller holds.
 fn ensure_built(inv: &Invocation, lock: &TreeLock, module: &str, version: &str) -> Result<()> {
     let ctx = lifecycle::Ctx::from_invocation(inv);
-    let opts = AddOptions {
-        force: false,
-        ..AddOptions::from_invocation(inv)
-    };
-    add::ensure_added(&ctx.paths, lock, module, version, &opts)?;
-    if inv.cli.all {
-        return Ok(());
-    }
-    let reg = Registered::open(&ctx.paths, module, version)?;
     let job = lifecycle::Job {
         ctx: &ctx,
         module: module.to_string(),
         version: version.to_string(),
     };
-    for b in reg.requested_builds(inv)? {
+    lifecycle::ensure_added(&job, lock, inv)?;
+    if inv.cli.all {
+        return Ok(());
+    }
+    for b in Registered::open(&ctx.paths, module, version)?.requested_builds(inv)? {
         let facts = KernelFacts::probe(&ctx.paths, &b.kernel, &b.arch, &ctx.kernel_overrides);
-        let conf = job.conf(&facts)?;
-        if job.is_built(&facts, &conf) {
-            continue;
-        }
-        let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
-            path: job.conf_file(),
-        })?;
-        let load = |tree: &Path, build_dir: &Path| job.conf_with(&facts, tree, build_dir);
-        build::build(&BuildInput {
-            module,
-            version,
-            tree: &ctx.tree,
-            source_dir: &source,
-            facts: &facts,
-            jobs: ctx.jobs,
-            console: &ctx.console,
-            root: &ctx.paths.root,
-            signing: &ctx.signing,
-            load_conf: &load,
-        })?;
+        lifecycle::ensure_built(&job, &facts)?;
     }
     Ok(())
 }
@@ -312,15 +286,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         })
         .collect::<Result<Vec<_>>>()?;
     for p in plans {
-        let path = deb::build(&p.package, &out_dir, &p.file_name)?;
-        if !inv.cli.quiet {
-            eprintln!(
-                "Binary module package {} ({}) written.",
-                p.package.field("Package").unwrap_or_default(),
-                p.package.field("Version").unwrap_or_default()
-            );
-        }
-        println!("{}", path.display());
+        deb::publish(&p, &out_dir, "Binary module package", inv.cli.quiet)?;
     }
     Ok(0)
 }
@@ -342,28 +308,30 @@ pub struct BinaryPackage {
     pub modules: Vec<PathBuf>,
 }
 
-impl BinaryPackage {
-    /// A `status` line in DKMS's shape, naming the package that provides the module.
-    pub fn status_line(&self) -> String {
-        format!(
-            "{}/{}, {}, {}: {} (binary package {})",
-            self.name, self.version, self.kernel, self.arch, self.state, self.package
-        )
+/// The paragraphs of a dpkg status file that mention `-dkms-bin`, as field name → value
+/// (continuations dropped). One SIMD substring scan finds them; the other packages (a host has
+/// a thousand or more) are never split into lines, so `status` stays fast.
+fn paragraphs(text: &[u8]) -> Vec<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    for hit in memmem::find_iter(text, b"-dkms-bin") {
+        if hit < done {
+            continue;
+        }
+        let start = memmem::rfind(&text[..hit], b"\n\n").map_or(0, |i| i + 2);
+        let end = memmem::find(&text[hit..], b"\n\n").map_or(text.len(), |i| hit + i);
+        done = end;
+        let fields: Vec<(String, String)> = String::from_utf8_lossy(&text[start..end])
+            .lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        if !fields.is_empty() {
+            out.push(fields);
+        }
     }
-}
-
-/// One paragraph of a dpkg status file: field name → value (continuations dropped).
-fn paragraphs(text: &str) -> Vec<Vec<(&str, &str)>> {
-    text.split("\n\n")
-        .map(|p| {
-            p.lines()
-                .filter(|l| !l.starts_with([' ', '\t']))
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .collect::<Vec<_>>()
-        })
-        .filter(|p| !p.is_empty())
-        .collect()
+    out
 }
 
 /// The binary module packages dpkg has on disk under `--root` (`<root>/var/lib/dpkg/status`):
@@ -371,14 +339,14 @@ fn paragraphs(text: &str) -> Vec<Vec<(&str, &str)>> {
 pub fn installed_packages(paths: &Paths) -> Result<Vec<BinaryPackage>> {
     let admin = paths.system("/var/lib/dpkg");
     let status = admin.join("status");
-    let text = match fs::read_to_string(&status) {
+    let text = match fs::read(&status) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("read", status, e)),
     };
     let mut out = Vec::new();
     for p in paragraphs(&text) {
-        let get = |k: &str| p.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        let get = |k: &str| p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let (Some(package), Some(source)) = (get("Package"), get("Source")) else {
             continue;
         };
@@ -543,8 +511,8 @@ mod tests {
         assert_eq!(p.kernel, "6.1.0-56-amd64");
         assert_eq!(p.arch, "x86_64");
         assert_eq!(
-            p.status_line(),
-            "hello/1.0, 6.1.0-56-amd64, x86_64: installed (binary package hello-modules-6.1.0-56-amd64)"
+            (p.name.as_str(), p.version.as_str(), p.state.as_str()),
+            ("hello", "1.0", "installed")
         );
         let owned = paths.system("/lib/modules/6.1.0-56-amd64/updates/dkms/hello.ko");
         assert_eq!(

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::atomic;
 use crate::conf::DkmsConf;
 use crate::console::Console;
+use crate::date::Utc;
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::{module_file_name, Compression, KernelFacts};
 use crate::script::{Output, Script};
@@ -537,10 +538,7 @@ fn run_quiet(cmd: &mut Command, console: &Console) -> bool {
 pub fn copy_source(src: &Path, dst: &Path, console: &Console) -> Result<()> {
     let root = fs::canonicalize(src).ctx("resolve", src)?;
     for entry in walkdir::WalkDir::new(&root).follow_links(false) {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(&root).to_path_buf();
-            Error::io("read", path, e.into())
-        })?;
+        let entry = entry.map_err(|e| Error::walk(&root, e))?;
         let rel = entry.path().strip_prefix(&root).unwrap_or(Path::new(""));
         let to = dst.join(rel);
         let meta = entry.path().symlink_metadata().ctx("stat", entry.path())?;
@@ -600,22 +598,10 @@ fn utc_timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = Utc::from_epoch(secs);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 

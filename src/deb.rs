@@ -11,6 +11,7 @@ use std::process::Command;
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
+use crate::date::Utc;
 use crate::error::{Error, IoContext, Result};
 use crate::tool;
 
@@ -38,6 +39,13 @@ pub struct Entry {
     pub content: Content,
     /// Permission bits (directories are always 0755).
     pub mode: u32,
+}
+
+/// A planned package and the file name it gets (`NAME_VERSION_ARCH.deb`).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file_name: String,
+    pub package: Package,
 }
 
 /// A complete binary package: what `dpkg-deb --build` needs, and nothing that varies by host.
@@ -235,27 +243,16 @@ pub fn rfc2822(epoch: u64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let days = epoch / 86_400;
-    let secs = epoch % 86_400;
-    // Civil date from a day count (H. Hinnant's algorithm), for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = Utc::from_epoch(i64::try_from(epoch).unwrap_or(i64::MAX));
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
+        DAYS[t.weekday],
+        t.day,
+        MONTHS[(t.month - 1) as usize],
+        t.year,
+        t.hour,
+        t.minute,
+        t.second
     )
 }
 
@@ -392,14 +389,7 @@ fn stage(pkg: &Package, root: &Path) -> Result<()> {
             .ctx("set the mode of", &path)?;
     }
     for entry in walkdir::WalkDir::new(root).contents_first(true) {
-        let entry = entry.map_err(|e| {
-            Error::io(
-                "read",
-                root,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk")),
-            )
-        })?;
+        let entry = entry.map_err(|e| Error::walk(root, e))?;
         if entry.file_type().is_dir() {
             fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755))
                 .ctx("set the mode of", entry.path())?;
@@ -414,6 +404,21 @@ fn md5sums(root: &Path, files: &[PathBuf]) -> Result<Vec<u8>> {
     let mut cmd = Command::new("md5sum");
     cmd.current_dir(root).arg("--").args(files);
     Ok(tool::run(&mut cmd)?.stdout)
+}
+
+/// Builds a planned package into `out_dir` and reports it as the packaging commands do: a line
+/// naming the package on stderr (unless `quiet`) and the path on stdout, which scripts read.
+pub fn publish(plan: &Plan, out_dir: &Path, kind: &str, quiet: bool) -> Result<()> {
+    let path = build(&plan.package, out_dir, &plan.file_name)?;
+    if !quiet {
+        eprintln!(
+            "{kind} {} ({}) written.",
+            plan.package.field("Package").unwrap_or_default(),
+            plan.package.field("Version").unwrap_or_default()
+        );
+    }
+    println!("{}", path.display());
+    Ok(())
 }
 
 /// Builds `pkg` into `out_dir/file_name` and returns that path. The package is staged and built

@@ -1,7 +1,7 @@
 //! One error type for the whole tool: every variant knows its DKMS-compatible exit code and
 //! renders as one actionable line (what went wrong, which file, what to do).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Result alias used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -45,6 +45,15 @@ pub enum Error {
     /// The module is already registered.
     #[error("DKMS tree already contains: {module}/{version}. Use --force to replace it, or remove it first.")]
     AlreadyAdded { module: String, version: String },
+
+    /// `build PATH`/`install PATH` name other sources than the ones the version was added from.
+    #[error("{module}/{version} is already added from {registered}, not from {given}. Build the added sources with: rdkms build {module}/{version}; or replace them first: rdkms add {given} --force", registered = .registered.display(), given = .given.display())]
+    AddedFromElsewhere {
+        module: String,
+        version: String,
+        registered: PathBuf,
+        given: PathBuf,
+    },
 
     /// The source directory for `add` is missing.
     #[error("Source directory {path} does not exist. Install the module's source (e.g. its -dkms package) or give the path to it.", path = .path.display())]
@@ -195,7 +204,7 @@ impl Error {
             Error::ConfNotFound { .. } => 4,
             Error::BadConf { .. } | Error::ConfEval { .. } => 8,
             Error::NotAdded { .. } => 3,
-            Error::AlreadyAdded { .. } => 3,
+            Error::AlreadyAdded { .. } | Error::AddedFromElsewhere { .. } => 3,
             Error::SourceMissing { .. } => 2,
             Error::MissingHeaders { .. } => 21,
             Error::BuildExclusive { .. } => 77,
@@ -221,6 +230,12 @@ impl Error {
             Error::LockTimeout { .. } => 75,
             Error::Io { .. } => 1,
         }
+    }
+
+    /// A failed directory walk below `root`, naming the entry it failed on when known.
+    pub fn walk(root: &Path, e: walkdir::Error) -> Self {
+        let path = e.path().unwrap_or(root).to_path_buf();
+        Error::io("read", path, e.into())
     }
 
     /// Wraps an `io::Error` with the operation and path it concerns.

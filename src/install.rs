@@ -1,13 +1,20 @@
 //! Installing built modules into `<installtree>/K` and taking them out again: every file
 //! written under a temporary name, fsynced and renamed; destinations checked to stay inside the
 //! kernel's module directory; the `kernel-K-A` marker moved atomically.
+//!
+//! A module file that an installed binary module package (`mkbmdeb`) owns belongs to dpkg:
+//! `install` leaves it in place with a warning and counts the module as handled, as DKMS does
+//! with a module its version check keeps (exit 0, the version is marked installed; `--force`
+//! overwrites it), and `uninstall` never deletes it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::atomic;
+use crate::bmdeb::{self, BinaryPackage};
 use crate::conf::{DkmsConf, ModuleEntry};
+use crate::config::Paths;
 use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::{module_file_name, Compression, KernelFacts};
@@ -25,6 +32,9 @@ pub struct Placement<'a> {
     /// The module's source directory (where PRE_INSTALL/POST_INSTALL/POST_REMOVE run).
     pub source_dir: &'a Path,
     pub console: &'a Console,
+    /// The system paths (for the files dpkg lists) and the installed binary module packages.
+    pub paths: &'a Paths,
+    pub packages: &'a [BinaryPackage],
 }
 
 /// How install treats an existing same-named module.
@@ -135,6 +145,16 @@ impl Placement<'_> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             self.console.say(format!("\n{file_name}:"));
+            if !opts.force {
+                if let Some((file, pkg)) = self.packaged(&m.install_location, &m.dest_name) {
+                    self.console.warn(format!(
+                        "{} belongs to the installed package {}; it stays in place. Remove the package first, or use --force to overwrite it.",
+                        file.display(),
+                        pkg.package
+                    ));
+                    continue;
+                }
+            }
             self.console.say("Running module version sanity check.");
             if !(opts.force || opts.version_override || self.version_check(m, src)) {
                 continue;
@@ -243,6 +263,14 @@ impl Placement<'_> {
                         .say(format!("   - Deleting from: {}/", dir.display()));
                     for c in Compression::ALL {
                         let p = dir.join(module_file_name(&m.dest_name, c));
+                        if let Some(pkg) = bmdeb::owner(self.paths, self.packages, &p) {
+                            self.console.say(format!(
+                                "   - Left {} in place: it belongs to the package {}",
+                                p.display(),
+                                pkg.package
+                            ));
+                            continue;
+                        }
                         match fs::remove_file(&p) {
                             Ok(()) => {}
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -281,6 +309,22 @@ impl Placement<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The existing `<location>/NAME.ko*` an installed binary module package owns, if any.
+    fn packaged(&self, location: &str, name: &str) -> Option<(PathBuf, &BinaryPackage)> {
+        if self.packages.is_empty() {
+            return None;
+        }
+        let dir = self
+            .facts
+            .modules_dir
+            .join(location.trim_start_matches('/'));
+        Compression::ALL.iter().find_map(|c| {
+            let file = dir.join(module_file_name(name, *c));
+            let pkg = bmdeb::owner(self.paths, self.packages, &file)?;
+            Some((file, pkg))
+        })
     }
 
     /// The directory holding this version's installed copy of `m`, if any.

@@ -11,6 +11,7 @@ pub mod conf;
 pub mod config;
 pub mod console;
 pub mod copyright;
+pub mod date;
 pub mod deb;
 pub mod depmod;
 pub mod error;

@@ -4,9 +4,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use crate::add::{self, AddOptions};
+use crate::add::{self, AddOptions, SourcePath};
 use crate::atomic;
+use crate::bmdeb::{self, BinaryPackage};
 use crate::build::{self, BuildInput, Jobs};
 use crate::cli::{Action, Invocation};
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
@@ -40,6 +42,8 @@ pub struct Ctx {
     /// `--directive NAME=VALUE`.
     pub directives: Vec<String>,
     pub signing: SigningConfig,
+    /// The installed binary module packages, read from dpkg's database on first need.
+    packages: OnceLock<Vec<BinaryPackage>>,
 }
 
 impl Ctx {
@@ -63,7 +67,17 @@ impl Ctx {
             directives: inv.cli.directives.clone(),
             signing: SigningConfig::from_env(),
             paths,
+            packages: OnceLock::new(),
         }
+    }
+
+    /// The binary module packages dpkg has installed (their files are not rdkms's to touch).
+    pub fn packages(&self) -> Result<&[BinaryPackage]> {
+        if let Some(p) = self.packages.get() {
+            return Ok(p);
+        }
+        let read = bmdeb::installed_packages(&self.paths)?;
+        Ok(self.packages.get_or_init(|| read))
     }
 }
 
@@ -164,8 +178,8 @@ impl Job<'_> {
         facts: &'b KernelFacts,
         conf: &'b DkmsConf,
         source: &'b Path,
-    ) -> Placement<'b> {
-        Placement {
+    ) -> Result<Placement<'b>> {
+        Ok(Placement {
             module: &self.module,
             version: &self.version,
             tree: &self.ctx.tree,
@@ -173,7 +187,9 @@ impl Job<'_> {
             conf,
             source_dir: source,
             console: &self.ctx.console,
-        }
+            paths: &self.ctx.paths,
+            packages: self.ctx.packages()?,
+        })
     }
 }
 
@@ -210,12 +226,24 @@ impl Changes {
 /// Runs build, install, uninstall, unbuild or remove.
 pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     let ctx = Ctx::from_invocation(inv);
-    let (Some(module), Some(version)) = (inv.module.clone(), inv.version.clone()) else {
+    let builds = matches!(action, Action::Build | Action::Install);
+    // `build PATH` / `install PATH`: the sources name the module (DKMS accepts this too).
+    let source = match (&inv.source_path, &inv.module, &inv.version) {
+        (Some(p), None, None) if builds => {
+            Some(SourcePath::read(&ctx.paths, p, &add_options(inv))?)
+        }
+        _ => None,
+    };
+    let named = match &source {
+        Some(s) => (Some(s.module.clone()), Some(s.version.clone())),
+        None => (inv.module.clone(), inv.version.clone()),
+    };
+    let (Some(module), Some(version)) = named else {
         return Err(Error::MissingModule {
             action: action.word().to_string(),
         });
     };
-    if inv.cli.all && matches!(action, Action::Build | Action::Install) {
+    if inv.cli.all && builds {
         return Err(Error::AllNotSupported {
             action: action.word().to_string(),
         });
@@ -230,16 +258,13 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         module,
         version,
     };
+    if let Some(source) = &source {
+        source
+            .ensure_added(&ctx.paths, &lock, &add_options(inv))
+            .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+    }
     match action {
-        Action::Build | Action::Install => {
-            // Our --force means "rebuild/reinstall", not "add again".
-            let opts = AddOptions {
-                force: false,
-                ..AddOptions::from_invocation(inv)
-            };
-            add::ensure_added(&ctx.paths, &lock, &job.module, &job.version, &opts)
-                .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
-        }
+        Action::Build | Action::Install => ensure_added(&job, &lock, inv)?,
         _ if !job.is_added() => {
             return Err(Error::NotAdded {
                 module: job.module.clone(),
@@ -368,6 +393,39 @@ pub fn clean_leftovers(tree: &Tree) {
     }
 }
 
+/// Adds `<sourcetree>/NAME-VERSION` unless the version is added already: what every command
+/// that builds does first, under the tree lock it holds. (`--force` there means "rebuild", not
+/// "add again".)
+pub fn ensure_added(job: &Job<'_>, lock: &TreeLock, inv: &Invocation) -> Result<()> {
+    add::ensure_added(
+        &job.ctx.paths,
+        lock,
+        &job.module,
+        &job.version,
+        &add_options(inv),
+    )
+    .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+    Ok(())
+}
+
+/// How building commands add: as `add`, except that `--force` means "rebuild", not "add again".
+fn add_options(inv: &Invocation) -> AddOptions {
+    AddOptions {
+        force: false,
+        ..AddOptions::from_invocation(inv)
+    }
+}
+
+/// Builds unless already built, silently; returns the dkms.conf the state was judged by. The
+/// one build path of `install`, `mkbmdeb` and everything else that needs built modules.
+pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
+    let conf = job.conf(facts)?;
+    if !job.is_built(facts, &conf) {
+        build_now(job, facts)?;
+    }
+    Ok(conf)
+}
+
 /// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
 pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
     let conf = job.conf(facts)?;
@@ -402,12 +460,9 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
 
 /// Builds if needed, then installs unless already installed (`--force` reinstalls).
 pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
-    let conf = job.conf(facts)?;
-    if !job.is_built(facts, &conf) {
-        build_now(job, facts)?;
-    }
+    let conf = ensure_built(job, facts)?;
     let source = job.source_dir();
-    let place = job.placement(facts, &conf, &source);
+    let place = job.placement(facts, &conf, &source)?;
     if job.is_installed(facts, &conf) {
         if !job.ctx.force {
             job.ctx.console.say(format!(
@@ -442,7 +497,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
         return Ok(());
     }
     let source = job.source_dir();
-    job.placement(facts, &conf, &source).uninstall()?;
+    job.placement(facts, &conf, &source)?.uninstall()?;
     changes.touch(facts);
     Ok(())
 }
@@ -453,7 +508,7 @@ pub fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     let t = &job.ctx.tree;
     if job.is_installed(facts, &conf) {
         let source = job.source_dir();
-        job.placement(facts, &conf, &source).uninstall()?;
+        job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
     }
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
@@ -516,7 +571,7 @@ fn finish_depmod(job: &Job<'_>, changes: &Changes) -> Result<()> {
             job.ctx.console.error(e.to_string());
             let conf = job.conf(facts)?;
             let source = job.source_dir();
-            job.placement(facts, &conf, &source).uninstall()?;
+            job.placement(facts, &conf, &source)?.uninstall()?;
             let _ = depmod::run(&job.ctx.paths.install_tree, facts, &job.ctx.console);
             failure = Some(Error::InstallFailed(format!(
                 "Problems with depmod detected for kernel {}; module {}/{} was uninstalled again and stays built. Check the kernel's module directory {}.",

@@ -10,7 +10,7 @@ use crate::archive;
 use crate::cli::Invocation;
 use crate::config::Paths;
 use crate::copyright::{self, Notices};
-use crate::deb::{self, Content, Entry, Package};
+use crate::deb::{self, Content, Entry, Package, Plan};
 use crate::error::{Error, IoContext, Result};
 use crate::registered::{self, Registered};
 
@@ -26,13 +26,6 @@ pub struct Inputs {
     pub notices: Notices,
     pub maintainer: String,
     pub epoch: u64,
-}
-
-/// A planned package and its file name.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub file_name: String,
-    pub package: Package,
 }
 
 /// Module names and versions end up in shell scripts and paths: keep them to DKMS's usual set.
@@ -181,15 +174,7 @@ pub fn read_sources(dir: &Path) -> Result<Vec<Entry>> {
         .follow_links(false)
         .sort_by_file_name();
     for entry in walk {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(dir).to_path_buf();
-            Error::io(
-                "read",
-                path,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk")),
-            )
-        })?;
+        let entry = entry.map_err(|e| Error::walk(dir, e))?;
         let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
         let md = entry.path().symlink_metadata().ctx("read", entry.path())?;
         let content = if md.is_dir() {
@@ -270,15 +255,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         epoch,
     })?;
     let out_dir = inv.cli.output.clone().unwrap_or(default_out);
-    let path = deb::build(&plan.package, &out_dir, &plan.file_name)?;
-    if !inv.cli.quiet {
-        eprintln!(
-            "DKMS source package {} ({}) written.",
-            plan.package.field("Package").unwrap_or_default(),
-            plan.package.field("Version").unwrap_or_default()
-        );
-    }
-    println!("{}", path.display());
+    deb::publish(&plan, &out_dir, "DKMS source package", inv.cli.quiet)?;
     Ok(0)
 }
 

@@ -27,6 +27,13 @@
 //! - `modules.dep` is read from the install tree (DKMS reads `/lib/modules` even with
 //!   `--installtree`).
 //!
+//! Addition: modules installed by binary module packages (`rdkms mkbmdeb` output, installed
+//! with dpkg) get a line each after all of DKMS's lines, `NAME/VERSION, KVER, ARCH: installed
+//! (binary package NAME-modules-KVER)` (dpkg's state word in place of `installed` while a
+//! package is half set up), state `installed-package` with the package in `--json`. A tree
+//! without such packages lists exactly as DKMS does; dpkg's status file is read only when it
+//! exists under the root, and only its `*-dkms-bin` paragraphs are parsed.
+//!
 //! Kept on purpose: DKMS's built test uses a compression suffix that sticks from earlier
 //! kernels of the same listing (a global variable), its suffix check a fresh one; that is the
 //! one way a tree gets ` (WARNING! Missing some built modules!)` in practice, so rdkms keeps it.
@@ -40,9 +47,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::bmdeb;
 use crate::cli::Invocation;
 use crate::conf::{self, EvalMode, LoadRequest, ModuleEntry, Target};
 use crate::config::Paths;
+use crate::deb;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Tree};
@@ -54,6 +63,9 @@ pub enum State {
     Added,
     Built,
     Installed,
+    /// Provided by an installed binary module package (`mkbmdeb`), not by the dkms tree.
+    #[serde(rename = "installed-package")]
+    InstalledPackage,
 }
 
 impl State {
@@ -61,9 +73,18 @@ impl State {
         match self {
             State::Added => "added",
             State::Built => "built",
-            State::Installed => "installed",
+            State::Installed | State::InstalledPackage => "installed",
         }
     }
+}
+
+/// The binary module package a line is about, as dpkg records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageRef {
+    /// `NAME-modules-KVER`.
+    pub package: String,
+    /// dpkg's state word (`installed`, `unpacked`, `half-configured`, ...).
+    pub dpkg_state: String,
 }
 
 /// A condition DKMS appends to a built/installed line.
@@ -111,6 +132,9 @@ pub struct Entry {
     /// The installed copies that were found (installed state only).
     pub installed_files: Vec<PathBuf>,
     pub warnings: Vec<Warning>,
+    /// Set on the lines of binary module packages (after DKMS's lines).
+    #[serde(flatten)]
+    pub package: Option<PackageRef>,
 }
 
 /// What to list: DKMS's `status [M[/V]] [-k K[/A]]... [-a A]`.
@@ -203,7 +227,10 @@ pub fn render(entries: &[Entry], format: Format) -> String {
             s.push_str(&format!(", {k}, {a}"));
         }
         s.push_str(": ");
-        s.push_str(e.state.word());
+        match &e.package {
+            Some(p) => s.push_str(&format!("{} (binary package {})", p.dpkg_state, p.package)),
+            None => s.push_str(e.state.word()),
+        }
         for w in &e.warnings {
             s.push_str(w.code.suffix());
         }
@@ -256,8 +283,69 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
                     built_files: Vec::new(),
                     installed_files: Vec::new(),
                     warnings: Vec::new(),
+                    package: None,
                 });
             }
+        }
+    }
+    out.extend(package_entries(paths, query, &targets));
+    out
+}
+
+/// The lines of installed binary module packages (dpkg's database under the root, read only
+/// when it exists), for the same selection, after DKMS's lines so that those stay as DKMS
+/// prints them. NAME is the registered module whose package name this is (`acpi_call` for
+/// `acpi-call-modules-K`), else the name the package gives.
+fn package_entries(
+    paths: &Paths,
+    query: &Query,
+    targets: &[(Option<String>, Option<String>)],
+) -> Vec<Entry> {
+    let packages = match bmdeb::installed_packages(paths) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("Warning: binary module packages are not listed: {e}");
+            return Vec::new();
+        }
+    };
+    if packages.is_empty() {
+        return Vec::new();
+    }
+    let registered: HashMap<String, String> = Tree::new(&paths.dkms_tree)
+        .module_versions(&Pattern::Any, &Pattern::Any)
+        .into_iter()
+        .filter_map(|(m, _)| Some((deb::name_part(&m).ok()?, m)))
+        .collect();
+    let mut out = Vec::new();
+    for (kernel, arch) in targets {
+        let module = Pattern::or(query.module.as_deref(), Pattern::Any);
+        let version = Pattern::or(query.version.as_deref(), Pattern::Any);
+        let kernel = Pattern::or(kernel.as_deref(), Pattern::Any);
+        let arch = Pattern::or(arch.as_deref(), Pattern::Any);
+        for p in &packages {
+            let name = registered.get(&p.name).unwrap_or(&p.name);
+            if !(module.matches(name)
+                && version.matches(&p.version)
+                && kernel.matches(&p.kernel)
+                && arch.matches(&p.arch))
+            {
+                continue;
+            }
+            out.push(Entry {
+                name: name.clone(),
+                version: p.version.clone(),
+                kernel: Some(p.kernel.clone()),
+                arch: Some(p.arch.clone()),
+                state: State::InstalledPackage,
+                source_missing: false,
+                built_files: Vec::new(),
+                installed_files: p.modules.iter().map(|m| paths.system(m)).collect(),
+                warnings: Vec::new(),
+                package: Some(PackageRef {
+                    package: p.package.clone(),
+                    dpkg_state: p.state.clone(),
+                }),
+            });
         }
     }
     out
@@ -378,6 +466,7 @@ impl Reader<'_> {
             built_files,
             installed_files,
             warnings,
+            package: None,
         })
     }
 
@@ -583,6 +672,7 @@ mod tests {
                 code: WarningCode::DiffBuiltInstalled,
                 module: Some("foo".into()),
             }],
+            package: None,
         };
         let added = Entry {
             kernel: None,
@@ -596,6 +686,25 @@ mod tests {
             render(&both, Format::Dkms),
             "foo/1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo/1.0: added\n"
         );
+        let pkg = Entry {
+            state: State::InstalledPackage,
+            warnings: vec![],
+            package: Some(PackageRef {
+                package: "foo-modules-6.1.0-1-amd64".into(),
+                dpkg_state: "installed".into(),
+            }),
+            ..both[0].clone()
+        };
+        assert_eq!(
+            render(std::slice::from_ref(&pkg), Format::Dkms),
+            "foo/1.0, 6.1.0-1-amd64, x86_64: installed (binary package foo-modules-6.1.0-1-amd64)\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&[pkg, both[1].clone()], Format::Json)).unwrap();
+        assert_eq!(json[0]["state"], "installed-package");
+        assert_eq!(json[0]["package"], "foo-modules-6.1.0-1-amd64");
+        assert_eq!(json[0]["dpkg_state"], "installed");
+        assert!(json[1].get("package").is_none());
         assert_eq!(
             render(&both, Format::Legacy),
             "foo, 1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo, 1.0: added\n"

@@ -121,14 +121,7 @@ pub fn make(inv: &Invocation) -> Result<i32> {
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).ctx("create", to)?;
     for entry in walkdir::WalkDir::new(from).min_depth(1).follow_links(false) {
-        let entry = entry.map_err(|e| {
-            Error::io(
-                "read",
-                from,
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("walk")),
-            )
-        })?;
+        let entry = entry.map_err(|e| Error::walk(from, e))?;
         let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
         let dest = to.join(rel);
         let ft = entry.file_type();

@@ -294,7 +294,6 @@ fn tree_written_by_rdkms_add_reads_identically_in_dkms() {
 }
 
 #[test]
-#[ignore = "needs rdkms build/install from branch life"]
 fn tree_built_and_installed_by_rdkms_reads_identically_in_dkms() {
     if !require(dkms_missing()) {
         return;

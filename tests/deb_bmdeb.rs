@@ -21,12 +21,7 @@ fn mkbmdeb(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Vec<PathBuf> {
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = c.assert().success().get_output().stdout.clone();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(PathBuf::from)
-        .collect()
+    printed_paths(c)
 }
 
 #[test]
@@ -151,10 +146,7 @@ fn same_input_gives_the_same_bytes() {
         return;
     }
     let sb = Sandbox::new();
-    let src = fake_source(sb.root(), "repro", "2.1", "");
-    let ko = fake_ko(sb.root(), "repro", 5000);
-    sb.add("repro", "2.1", &src);
-    sb.built("repro", "2.1", FAKE_K, ARCH, std::slice::from_ref(&ko));
+    sb.fake_built("repro", "2.1", "", FAKE_K, 5000);
     let a = mkbmdeb(&sb, &["repro/2.1", "-k", FAKE_K], &[]);
     let out2 = sb.root().join("second");
     let b = mkbmdeb(
@@ -177,13 +169,8 @@ fn same_input_gives_the_same_bytes() {
     copy_dir(&sb.root().join("usr"), &other.root().join("usr"));
     copy_dir(&sb.root().join("var"), &other.root().join("var"));
     fs::remove_dir_all(other.version_dir("repro", "2.1").join("bmdeb")).unwrap();
-    let c = {
-        let mut cmd = other.rdkms();
-        cmd.args(["mkbmdeb", "repro/2.1", "-k", FAKE_K]);
-        let out = cmd.assert().success().get_output().stdout.clone();
-        PathBuf::from(String::from_utf8(out).unwrap().trim())
-    };
-    assert_eq!(fs::read(&a[0]).unwrap(), fs::read(&c).unwrap());
+    let c = mkbmdeb(&other, &["repro/2.1", "-k", FAKE_K], &[]);
+    assert_eq!(fs::read(&a[0]).unwrap(), fs::read(&c[0]).unwrap());
 
     // SOURCE_DATE_EPOCH sets every timestamp (2023-11-14 22:13:20 UTC).
     let out3 = sb.root().join("third");
@@ -220,10 +207,7 @@ fn installs_and_removes_with_dpkg_in_a_sandbox_root() {
         return;
     }
     let sb = Sandbox::new();
-    let src = fake_source(sb.root(), "sbx", "1.0", "");
-    let ko = fake_ko(sb.root(), "sbx", 2000);
-    sb.add("sbx", "1.0", &src);
-    sb.built("sbx", "1.0", FAKE_K, ARCH, &[ko]);
+    sb.fake_built("sbx", "1.0", "", FAKE_K, 2000);
     let deb = mkbmdeb(&sb, &["sbx/1.0", "-k", FAKE_K], &[]).remove(0);
 
     // The scripts need nothing from rdkms: only sh, depmod and (if asked) update-initramfs.
@@ -280,15 +264,7 @@ fn package_wins_over_a_dkms_built_copy() {
         return;
     }
     let sb = Sandbox::new();
-    let src = fake_source(sb.root(), "both", "1.0", "");
-    sb.add("both", "1.0", &src);
-    sb.built(
-        "both",
-        "1.0",
-        FAKE_K,
-        ARCH,
-        &[fake_ko(sb.root(), "both", 3000)],
-    );
+    sb.fake_built("both", "1.0", "", FAKE_K, 3000);
     let deb = mkbmdeb(&sb, &["both/1.0", "-k", FAKE_K], &[]).remove(0);
 
     let target = tempfile::tempdir().unwrap();
@@ -310,8 +286,89 @@ fn package_wins_over_a_dkms_built_copy() {
     let owner = bmdeb::owner(&paths, &pkgs, &file).expect("owned by the package");
     assert_eq!(owner.package, format!("both-modules-{FAKE_K}"));
     assert_eq!(
-        owner.status_line(),
-        format!("both/1.0, {FAKE_K}, x86_64: installed (binary package both-modules-{FAKE_K})")
+        status_lines(t, &[]),
+        [format!(
+            "both/1.0, {FAKE_K}, x86_64: installed (binary package both-modules-{FAKE_K})"
+        )]
+    );
+}
+
+#[test]
+fn install_and_uninstall_leave_package_owned_files_alone() {
+    if !have("dpkg") || !have("depmod") {
+        return;
+    }
+    // One root is both the build host (dkms tree) and the dpkg root the package goes into.
+    let sb = Sandbox::new();
+    let r = sb.root();
+    sb.fake_built("own", "1.0", "", FAKE_K, 3000);
+    let deb = mkbmdeb(&sb, &["own/1.0", "-k", FAKE_K], &[]).remove(0);
+    dpkg_root(r);
+    run(dpkg(r).arg("-i").arg(fake_kernel_package(r, FAKE_K)));
+    run(dpkg(r).arg("-i").arg(&deb));
+    let file = r.join(format!("lib/modules/{FAKE_K}/updates/dkms/own.ko"));
+    let size = || fs::metadata(&file).unwrap().len();
+    assert_eq!(size(), 3000);
+    // The DKMS build changes afterwards (a newer build of the same version).
+    let kos = r.join("newer");
+    fs::create_dir_all(&kos).unwrap();
+    sb.built("own", "1.0", FAKE_K, ARCH, &[fake_ko(&kos, "own", 5000)]);
+    let package = format!("own-modules-{FAKE_K}");
+
+    // install skips the owned file (exit 0, like a module DKMS's version check keeps) and
+    // says which package owns it and how to override.
+    sb.rdkms()
+        .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "{} belongs to the installed package {package}; it stays in place. Remove the package first, or use --force to overwrite it.",
+            file.display()
+        )));
+    assert_eq!(size(), 3000, "the package's file was not overwritten");
+    assert_eq!(
+        status_lines(r, &[]),
+        [
+            format!("own/1.0, {FAKE_K}, {ARCH}: installed (WARNING! Diff between built and installed module!)"),
+            format!("own/1.0, {FAKE_K}, {ARCH}: installed (binary package {package})"),
+        ]
+    );
+
+    // uninstall never deletes it.
+    sb.rdkms()
+        .args(["uninstall", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Left {} in place: it belongs to the package {package}",
+            file.display()
+        )));
+    assert_eq!(size(), 3000);
+
+    // --force overwrites it; uninstall still leaves the path to dpkg, which removes it.
+    sb.rdkms()
+        .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod", "--force"])
+        .assert()
+        .success();
+    assert_eq!(size(), 5000);
+    sb.rdkms()
+        .args(["uninstall", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success();
+    assert!(file.is_file());
+    run(dpkg(r).arg("-r").arg(&package));
+    assert!(!file.exists());
+
+    // Without the package the DKMS build installs as usual.
+    sb.rdkms()
+        .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("belongs to").not());
+    assert_eq!(size(), 5000);
+    assert_eq!(
+        status_lines(r, &[]),
+        [format!("own/1.0, {FAKE_K}, {ARCH}: installed")]
     );
 }
 
@@ -322,9 +379,7 @@ fn remake_initrd_adds_the_initramfs_update() {
     }
     let sb = Sandbox::new();
     for (name, extra, want) in [("ird", "REMAKE_INITRD=yes\n", true), ("noird", "", false)] {
-        let src = fake_source(sb.root(), name, "1", extra);
-        sb.add(name, "1", &src);
-        sb.built(name, "1", FAKE_K, ARCH, &[fake_ko(sb.root(), name, 10)]);
+        sb.fake_built(name, "1", extra, FAKE_K, 10);
         let deb = mkbmdeb(&sb, &[&format!("{name}/1"), "-k", FAKE_K], &[]).remove(0);
         let ctl = sb.root().join(format!("ctl-{name}"));
         run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctl));
@@ -424,15 +479,7 @@ fn errors_name_the_fix() {
         .assert()
         .code(6)
         .stderr(predicate::str::contains("run rdkms build unbuilt/1.0"));
-    let src = fake_source(sb.root(), "badver", "v1", "");
-    sb.add("badver", "v1", &src);
-    sb.built(
-        "badver",
-        "v1",
-        FAKE_K,
-        ARCH,
-        &[fake_ko(sb.root(), "badver", 1)],
-    );
+    sb.fake_built("badver", "v1", "", FAKE_K, 1);
     sb.rdkms()
         .args(["mkbmdeb", "badver/v1", "-k", FAKE_K])
         .assert()

@@ -29,16 +29,9 @@ fn corpus(prefix: &str) -> Option<(PathBuf, PathBuf)> {
 }
 
 fn mkdeb(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let out = sb
-        .rdkms()
-        .arg("mkdeb")
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    PathBuf::from(String::from_utf8(out).unwrap().trim())
+    let mut c = sb.rdkms();
+    c.arg("mkdeb").args(args);
+    printed_paths(c).remove(0)
 }
 
 /// The files of a package below `usr/src`, as `dpkg-deb -c` lists them (mode, path).

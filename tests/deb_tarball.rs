@@ -26,16 +26,9 @@ fn module(sb: &Sandbox) {
 }
 
 fn mktarball(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let out = sb
-        .rdkms()
-        .arg("mktarball")
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    PathBuf::from(String::from_utf8(out).unwrap().trim())
+    let mut c = sb.rdkms();
+    c.arg("mktarball").args(args);
+    printed_paths(c).remove(0)
 }
 
 /// Member names as GNU tar lists them, without the `./` prefix, sorted.

@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,17 +18,7 @@ const K2: &str = "6.1.0-2-amd64";
 /// another), recording depmod and update-initramfs stubs.
 fn sandbox() -> Sandbox {
     let mut sb = Sandbox::new();
-    sb.record_depmod();
-    let stub = sb.root().join("stub-bin/update-initramfs");
-    fs::write(
-        &stub,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\n",
-            sb.root().join("initramfs.log").display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+    sb.record_initramfs();
     fs::create_dir_all(sb.root().join("boot")).unwrap();
     for k in [K1, K2] {
         fs::write(sb.root().join(format!("boot/vmlinuz-{k}")), "").unwrap();
@@ -80,14 +69,6 @@ fn calls_per_kernel(lines: &[String], kernel: &str) -> usize {
     lines.iter().filter(|l| l.ends_with(kernel)).count()
 }
 
-fn initramfs_calls(sb: &Sandbox) -> Vec<String> {
-    fs::read_to_string(sb.root().join("initramfs.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// The state one undisturbed run produces, and how long it took.
 fn reference() -> (State, Duration) {
     let sb = sandbox();
@@ -96,7 +77,7 @@ fn reference() -> (State, Duration) {
     let took = t.elapsed();
     let s = state(&sb);
     assert!(s.status.contains("installed"), "{}", s.status);
-    assert_eq!(initramfs_calls(&sb).len(), 2);
+    assert_eq!(sb.initramfs_calls().len(), 2);
     (s, took)
 }
 
@@ -139,7 +120,7 @@ fn eight_hooks_at_once_end_like_one_run_in_every_trial() {
         }
         assert_eq!(state(&sb), want, "trial {trial}");
         let depmod = sb.depmod_calls();
-        let initramfs = initramfs_calls(&sb);
+        let initramfs = sb.initramfs_calls();
         for k in [K1, K2] {
             assert_eq!(calls_per_kernel(&depmod, k), 1, "trial {trial}: {depmod:?}");
             assert_eq!(
@@ -207,7 +188,7 @@ fn a_run_killed_at_a_random_moment_is_completed_by_the_next_run() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(state(&sb), want, "trial {trial} (killed after {delay:?})");
-        let initramfs = initramfs_calls(&sb);
+        let initramfs = sb.initramfs_calls();
         for k in [K1, K2] {
             assert!(
                 calls_per_kernel(&initramfs, k) >= 1,

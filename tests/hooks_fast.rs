@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,20 +17,7 @@ const K3: &str = "6.1.0-3-amd64";
 /// A sandbox with recording depmod and update-initramfs stubs (both inside the root, in PATH).
 fn sandbox() -> Sandbox {
     let mut sb = Sandbox::new();
-    sb.record_depmod();
-    let stub = sb.root().join("stub-bin/update-initramfs");
-    let log = sb.root().join("initramfs.log");
-    fs::write(
-        &stub,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\n[ -f '{}.exit' ] && exit \"$(cat '{}.exit')\"\nexit 0\n",
-            log.display(),
-            log.display(),
-            log.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+    sb.record_initramfs();
     for d in ["boot", "etc/dkms"] {
         fs::create_dir_all(sb.root().join(d)).unwrap();
     }
@@ -74,14 +60,6 @@ fn ko(sb: &Sandbox, k: &str, name: &str) -> PathBuf {
     sb.modules_dir(k)
         .join("updates/dkms")
         .join(format!("{name}.ko"))
-}
-
-fn initramfs_calls(sb: &Sandbox) -> Vec<String> {
-    fs::read_to_string(sb.root().join("initramfs.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 fn status(sb: &Sandbox) -> String {
@@ -136,7 +114,7 @@ fn new_kernel_gets_every_module_with_one_depmod_and_no_stdout() {
         "{calls:?}"
     );
     // No REMAKE_INITRD module: the initramfs is left alone.
-    assert!(initramfs_calls(&sb).is_empty());
+    assert!(sb.initramfs_calls().is_empty());
 }
 
 #[test]
@@ -233,7 +211,7 @@ fn headers_arriving_after_the_image_build_then_and_update_that_initramfs_once() 
         .success()
         .stdout("");
     assert!(ko(&sb, K1, "zfs").is_file() && ko(&sb, K1, "spl").is_file());
-    assert_eq!(initramfs_calls(&sb), [format!("-u -k {K1}")]);
+    assert_eq!(sb.initramfs_calls(), [format!("-u -k {K1}")]);
     assert!(sb
         .listing(&sb.tree().join(".rdkms-initramfs-pending"))
         .is_empty());
@@ -253,7 +231,7 @@ fn remake_initrd_updates_each_changed_kernel_once_and_leaves_postinst_to_the_ker
         sb.rdkms(["install", m, "-k", K3, "-q"]).assert().success();
     }
     sb.rdkms(["reconcile", "--hook"]).assert().success();
-    let mut calls = initramfs_calls(&sb);
+    let mut calls = sb.initramfs_calls();
     calls.sort();
     assert_eq!(calls, [format!("-u -k {K1}"), format!("-u -k {K2}")]);
 
@@ -267,7 +245,7 @@ fn remake_initrd_updates_each_changed_kernel_once_and_leaves_postinst_to_the_ker
         .assert()
         .success();
     assert!(ko(&sb, k4, "zfs").is_file());
-    assert_eq!(initramfs_calls(&sb).len(), 2, "no call for {k4}");
+    assert_eq!(sb.initramfs_calls().len(), 2, "no call for {k4}");
 }
 
 #[test]
@@ -276,13 +254,13 @@ fn interrupted_initramfs_update_is_finished_by_the_next_run() {
     kernel(&sb, K1, true);
     module(&sb, "zfs", "2.1", &["REMAKE_INITRD=\"yes\""]);
     sb.rdkms(["reconcile"]).assert().success();
-    assert_eq!(initramfs_calls(&sb).len(), 1);
+    assert_eq!(sb.initramfs_calls().len(), 1);
     // A run killed after installing, before regenerating, leaves its record behind.
     fs::write(sb.tree().join(".rdkms-initramfs-pending").join(K1), "").unwrap();
     sb.rdkms(["reconcile"]).assert().success();
-    assert_eq!(initramfs_calls(&sb).len(), 2);
+    assert_eq!(sb.initramfs_calls().len(), 2);
     sb.rdkms(["reconcile"]).assert().success();
-    assert_eq!(initramfs_calls(&sb).len(), 2, "done once, then forgotten");
+    assert_eq!(sb.initramfs_calls().len(), 2, "done once, then forgotten");
 }
 
 #[test]
@@ -297,7 +275,7 @@ fn failing_initramfs_is_critical_and_retried() {
         .stderr(predicate::str::contains("update-initramfs -u -k"));
     fs::remove_file(sb.root().join("initramfs.log.exit")).unwrap();
     sb.rdkms(["reconcile", "--hook"]).assert().success();
-    assert_eq!(initramfs_calls(&sb).len(), 2);
+    assert_eq!(sb.initramfs_calls().len(), 2);
 }
 
 #[test]

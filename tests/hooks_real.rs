@@ -5,55 +5,13 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::skip_unless;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The newest kernel with installed headers (`/usr/src/linux-headers-K` holding a Makefile).
-fn headers_kernel() -> Option<String> {
-    let mut kernels: Vec<String> = fs::read_dir("/usr/src")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let k = name.strip_prefix("linux-headers-")?.to_string();
-            (k.ends_with("-amd64") && e.path().join("Makefile").is_file()).then_some(k)
-        })
-        .collect();
-    kernels.sort_by(|a, b| rdkms::version::ver_cmp(a, b));
-    kernels.pop()
-}
-
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use common::{copy_dir, real_kernel_dir, real_tier, repo};
 
 fn prerequisites() -> Option<String> {
-    if skip_unless(nix::unistd::geteuid().is_root(), "the real tier needs root") {
-        return None;
-    }
-    let kernel = headers_kernel();
-    if skip_unless(
-        kernel.is_some(),
-        "no /usr/src/linux-headers-*-amd64 (install linux-headers-amd64)",
-    ) {
-        return None;
-    }
-    for t in ["make", "gcc", "modinfo", "depmod", "run-parts"] {
-        if skip_unless(tool(t), &format!("{t} is not installed")) {
-            return None;
-        }
-    }
-    kernel
+    real_tier(&["make", "gcc", "modinfo", "depmod", "run-parts"])
 }
 
 /// Runs a hook file the way dpkg's scripts do, with rdkms from this build and the sandbox as
@@ -86,30 +44,15 @@ fn hooks_build_install_and_remove_hello_with_real_headers() {
     };
     let sb = tempfile::tempdir().unwrap();
     let root = sb.path();
-    let kdir = root.join("lib/modules").join(&kernel);
+    let kdir = real_kernel_dir(root, &kernel);
     fs::create_dir_all(kdir.join("kernel")).unwrap();
-    std::os::unix::fs::symlink(
-        format!("/usr/src/linux-headers-{kernel}"),
-        kdir.join("build"),
-    )
-    .unwrap();
-    for f in [
-        "modules.order",
-        "modules.builtin",
-        "modules.builtin.modinfo",
-    ] {
-        fs::write(kdir.join(f), "").unwrap();
-    }
     fs::create_dir_all(root.join("boot")).unwrap();
     fs::write(root.join(format!("boot/vmlinuz-{kernel}")), "").unwrap();
     fs::create_dir_all(root.join("usr/src")).unwrap();
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(repo("examples/hello-dkms"))
-        .arg(root.join("usr/src/hello-1.0"))
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    copy_dir(
+        &repo("examples/hello-dkms"),
+        &root.join("usr/src/hello-1.0"),
+    );
     // The hook files at their installed places inside the sandbox.
     for (src, dest) in [
         ("kernel-postinst.d/dkms", "etc/kernel/postinst.d/dkms"),

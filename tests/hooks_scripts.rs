@@ -2,11 +2,15 @@
 //! from its argument (never `uname -r`), writes nothing to stdout, never reads the terminal,
 //! propagates rdkms's exit status, and that run-parts and apt accept them as installed.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+
+use common::repo;
 
 /// Held while a test writes an executable or starts a process: a child forked while another
 /// thread still has a fresh script open for writing would make executing it fail with
@@ -15,10 +19,6 @@ static SPAWN: Mutex<()> = Mutex::new(());
 
 fn spawn_guard() -> std::sync::MutexGuard<'static, ()> {
     SPAWN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// A stand-in for /usr/sbin/rdkms that records its arguments and whether stdin was at EOF,

@@ -515,6 +515,54 @@ fn argument_errors_use_dkms_exit_codes() {
 }
 
 #[test]
+fn build_and_install_take_a_source_directory_and_add_it_under_their_own_lock() {
+    let sb = sandbox();
+    let vendor = sb.root().join("home/user/drv");
+    sb.source_in(&vendor, "drv", "3.1")
+        .file("stamp", "one")
+        .create();
+    // A deadlock on the tree lock would end in exit 75 after the timeout.
+    sb.rdkms(["build", "-k", K, "--lock-timeout", "5"])
+        .arg(&vendor)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Creating symlink"));
+    let copy = sb.root().join("usr/src/drv-3.1");
+    assert_eq!(fs::read_to_string(copy.join("stamp")).unwrap(), "one");
+    assert_eq!(
+        fs::canonicalize(sb.tree().join("drv/3.1/source")).unwrap(),
+        copy
+    );
+    assert_eq!(
+        read_ko(&sb.built("drv", "3.1", K).join("module/drv.ko")).stamp,
+        "one"
+    );
+
+    // Again, as `.` from inside the directory: the same sources, so it goes on and installs.
+    sb.rdkms(["install", ".", "-k", K, "--lock-timeout", "5"])
+        .current_dir(&vendor)
+        .assert()
+        .success();
+    assert_eq!(read_ko(&installed_ko(&sb, K, "drv")).stamp, "one");
+    sb.rdkms(["status"])
+        .assert()
+        .stdout(format!("drv/3.1, {K}, {}: installed\n", arch()));
+
+    // Edited sources are not what was added: refused with DKMS's exit 3 and the fix.
+    fs::write(vendor.join("stamp"), "two").unwrap();
+    sb.rdkms(["build", "-k", K, "--force"])
+        .arg(vendor.join("dkms.conf"))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(format!(
+            "rdkms add {} --force",
+            vendor.display()
+        )));
+    assert_eq!(fs::read_to_string(copy.join("stamp")).unwrap(), "one");
+    assert_eq!(read_ko(&installed_ko(&sb, K, "drv")).stamp, "one");
+}
+
+#[test]
 fn kill_9_during_a_rebuild_keeps_the_installed_module_and_is_cleaned_up() {
     let sb = sandbox();
     let src = sb.source("slow", "1.0").file("stamp", "first").create();

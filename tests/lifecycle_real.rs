@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{arch, skip_unless, Sandbox};
+use common::{arch, copy_dir, real_kernel_dir, real_tier, skip_unless, Sandbox};
 
 /// The real packages built here: (name, version, source directory, modules it installs).
 fn packages() -> Vec<(&'static str, &'static str, PathBuf, Vec<&'static str>)> {
@@ -38,47 +38,9 @@ fn packages() -> Vec<(&'static str, &'static str, PathBuf, Vec<&'static str>)> {
     ]
 }
 
-/// The newest kernel with installed headers (`/usr/src/linux-headers-K` holding a Makefile).
-fn headers_kernel() -> Option<String> {
-    let mut kernels: Vec<String> = fs::read_dir("/usr/src")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let k = name.strip_prefix("linux-headers-")?.to_string();
-            (k.ends_with("-amd64") && e.path().join("Makefile").is_file()).then_some(k)
-        })
-        .collect();
-    kernels.sort_by(|a, b| rdkms::version::ver_cmp(a, b));
-    kernels.pop()
-}
-
-fn tool(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// The prerequisites of this tier, or `None` (after a "skipped" line) when they are missing.
 fn prerequisites(need_dkms: bool) -> Option<String> {
-    let root = nix::unistd::geteuid().is_root();
-    if skip_unless(root, "the real tier needs root") {
-        return None;
-    }
-    let kernel = headers_kernel();
-    if skip_unless(
-        kernel.is_some(),
-        "no /usr/src/linux-headers-*-amd64 (install linux-headers-amd64)",
-    ) {
-        return None;
-    }
-    for t in ["make", "gcc", "modinfo", "depmod"] {
-        if skip_unless(tool(t), &format!("{t} is not installed")) {
-            return None;
-        }
-    }
+    let kernel = real_tier(&["make", "gcc", "modinfo", "depmod"])?;
     if need_dkms
         && skip_unless(
             Path::new("/usr/sbin/dkms").is_file(),
@@ -91,26 +53,13 @@ fn prerequisites(need_dkms: bool) -> Option<String> {
     if skip_unless(corpus, "the corpus is missing (run tests/fetch-corpus.sh)") {
         return None;
     }
-    kernel
+    Some(kernel)
 }
 
 /// A root whose `lib/modules/K/build` is the real headers, with the files depmod reads.
 fn real_root(kernel: &str) -> Sandbox {
     let sb = Sandbox::new();
-    let kdir = sb.modules_dir(kernel);
-    fs::create_dir_all(&kdir).unwrap();
-    std::os::unix::fs::symlink(
-        format!("/usr/src/linux-headers-{kernel}"),
-        kdir.join("build"),
-    )
-    .unwrap();
-    for f in [
-        "modules.order",
-        "modules.builtin",
-        "modules.builtin.modinfo",
-    ] {
-        fs::write(kdir.join(f), "").unwrap();
-    }
+    real_kernel_dir(sb.root(), kernel);
     for (name, version, src, _) in packages() {
         copy_dir(
             &src,
@@ -118,21 +67,6 @@ fn real_root(kernel: &str) -> Sandbox {
         );
     }
     sb
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
 }
 
 fn modinfo(field: &str, file: &Path) -> String {

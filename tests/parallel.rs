@@ -266,20 +266,8 @@ fn repo(path: &str) -> PathBuf {
 /// A root with the real kernel's headers and modules dir and the real packages added.
 fn real_root() -> Sandbox {
     let sb = Sandbox::new();
-    let kdir = sb.modules_dir(REAL_KERNEL);
+    let kdir = common::real_kernel_dir(sb.root(), REAL_KERNEL);
     fs::create_dir_all(kdir.join("kernel")).unwrap();
-    std::os::unix::fs::symlink(
-        format!("/usr/src/linux-headers-{REAL_KERNEL}"),
-        kdir.join("build"),
-    )
-    .unwrap();
-    for f in [
-        "modules.order",
-        "modules.builtin",
-        "modules.builtin.modinfo",
-    ] {
-        fs::write(kdir.join(f), "").unwrap();
-    }
     fs::create_dir_all(sb.root().join("boot")).unwrap();
     fs::write(sb.root().join(format!("boot/vmlinuz-{REAL_KERNEL}")), "").unwrap();
     for (dir, name, version) in REAL {

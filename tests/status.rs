@@ -398,3 +398,100 @@ fn status_never_runs_a_shell() {
     assert_eq!(status(&s, &[]), "sh/1, 6.1.0-1-amd64, x86_64: built\n");
     assert!(!marker.exists(), "status sourced dkms.conf with a shell");
 }
+
+/// A dpkg status paragraph for an installed, unrelated package.
+fn filler_package(i: usize) -> String {
+    format!(
+        "Package: lib-filler{i}\nStatus: install ok installed\nPriority: optional\nSection: libs\n\
+         Installed-Size: 120\nMaintainer: Someone <someone@example.org>\nArchitecture: amd64\n\
+         Source: filler-src (1.{i})\nVersion: 1.{i}-1\nDepends: libc6 (>= 2.36)\n\
+         Description: filler library {i}\n A package the listing must skip.\n"
+    )
+}
+
+/// A binary module package paragraph (as mkbmdeb's control file gives it) and its file list.
+fn module_package(admin: &std::path::Path, name: &str, kernel: &str, state: &str) -> String {
+    let package = format!("{name}-modules-{kernel}");
+    std::fs::write(
+        admin.join(format!("info/{package}.list")),
+        format!(
+            "/.\n/lib\n/lib/modules\n/lib/modules/{kernel}/updates/dkms\n\
+             /lib/modules/{kernel}/updates/dkms/{}.ko\n/usr/share/doc/{package}/copyright\n",
+            name.replace('-', "_")
+        ),
+    )
+    .unwrap();
+    format!(
+        "Package: {package}\nStatus: install ok {state}\nPriority: optional\nSection: misc\n\
+         Installed-Size: 20\nMaintainer: Build Host <build@example.org>\nArchitecture: amd64\n\
+         Source: {name}-dkms-bin\nVersion: 1.2\nDepends: linux-image-{kernel}\n\
+         Provides: {name}-modules\nDescription: {name} binary drivers for linux-image-{kernel}\n \
+         This package contains {name} drivers.\n"
+    )
+}
+
+#[test]
+fn binary_module_packages_follow_the_dkms_lines() {
+    let s = Sandbox::new();
+    added(&s, "acpi_call", "1.2", &["acpi_call"]);
+    build(&s, "acpi_call", "1.2", K1, &["acpi_call"]);
+    added(&s, "zz", "1", &["zz"]);
+    let dkms_only = status(&s, &[]);
+    assert_eq!(
+        dkms_only,
+        format!("acpi_call/1.2, {K1}, {A}: built\nzz/1: added\n")
+    );
+
+    // A realistic dpkg database without binary module packages changes nothing.
+    let admin = s.path().join("root/var/lib/dpkg");
+    std::fs::create_dir_all(admin.join("info")).unwrap();
+    let mut paragraphs: Vec<String> = (0..1000).map(filler_package).collect();
+    std::fs::write(admin.join("status"), paragraphs.join("\n")).unwrap();
+    assert_eq!(status(&s, &[]), dkms_only);
+
+    paragraphs.insert(10, module_package(&admin, "acpi-call", K2, "installed"));
+    paragraphs.insert(500, module_package(&admin, "hello", K1, "half-configured"));
+    paragraphs.push(module_package(&admin, "gone", K1, "config-files"));
+    std::fs::write(admin.join("status"), paragraphs.join("\n")).unwrap();
+    // Named like the registered module (acpi_call), in package order, after DKMS's lines.
+    let acpi =
+        format!("acpi_call/1.2, {K2}, {A}: installed (binary package acpi-call-modules-{K2})\n");
+    let hello =
+        format!("hello/1.2, {K1}, {A}: half-configured (binary package hello-modules-{K1})\n");
+    assert_eq!(status(&s, &[]), format!("{dkms_only}{acpi}{hello}"));
+    assert_eq!(
+        status(&s, &["acpi_call"]),
+        format!("acpi_call/1.2, {K1}, {A}: built\n{acpi}")
+    );
+    assert_eq!(
+        status(&s, &["-k", K1]),
+        format!("acpi_call/1.2, {K1}, {A}: built\nzz/1: added\n{hello}")
+    );
+    assert_eq!(status(&s, &["hello/1.0"]), "");
+    assert_eq!(
+        status(&s, &["-k", K2, "-a", "aarch64"]),
+        "acpi_call/1.2: added\nzz/1: added\n"
+    );
+    assert_eq!(
+        status(&s, &["hello", "--format", "legacy"]),
+        format!("hello, 1.2, {K1}, {A}: half-configured (binary package hello-modules-{K1})\n")
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&status(&s, &["--json"])).unwrap();
+    let arr = json.as_array().unwrap();
+    assert_eq!(arr.len(), 4);
+    assert!(arr[..2].iter().all(|e| e.get("package").is_none()));
+    let p = &arr[2];
+    assert_eq!(p["name"], "acpi_call");
+    assert_eq!(p["state"], "installed-package");
+    assert_eq!(p["package"], format!("acpi-call-modules-{K2}"));
+    assert_eq!(p["dpkg_state"], "installed");
+    assert_eq!(
+        p["installed_files"][0],
+        s.path()
+            .join(format!("root/lib/modules/{K2}/updates/dkms/acpi_call.ko"))
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(arr[3]["dpkg_state"], "half-configured");
+}

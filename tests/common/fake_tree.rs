@@ -115,15 +115,19 @@ impl Sandbox {
         .unwrap();
     }
 
-    /// By hand: `module/` of K/A holding `files` (content names the kernel, as the fake kbuild).
-    pub fn build(&self, name: &str, version: &str, kernel: &str, arch: &str, files: &[&str]) {
-        let m = self
-            .tree()
+    /// `<tree>/NAME/VERSION/K/A/module`.
+    pub fn module_dir(&self, name: &str, version: &str, kernel: &str, arch: &str) -> PathBuf {
+        self.tree()
             .join(name)
             .join(version)
             .join(kernel)
             .join(arch)
-            .join("module");
+            .join("module")
+    }
+
+    /// By hand: `module/` of K/A holding `files` (content names the kernel, as the fake kbuild).
+    pub fn build(&self, name: &str, version: &str, kernel: &str, arch: &str, files: &[&str]) {
+        let m = self.module_dir(name, version, kernel, arch);
         std::fs::create_dir_all(&m).unwrap();
         for f in files {
             std::fs::write(m.join(f), format!("fake {f} for {kernel}\n")).unwrap();
@@ -132,13 +136,7 @@ impl Sandbox {
 
     /// By hand: marks K/A installed and copies the built files to `<inst>/K<location>/`.
     pub fn install(&self, name: &str, version: &str, kernel: &str, arch: &str, location: &str) {
-        let m = self
-            .tree()
-            .join(name)
-            .join(version)
-            .join(kernel)
-            .join(arch)
-            .join("module");
+        let m = self.module_dir(name, version, kernel, arch);
         let dest = self
             .inst()
             .join(kernel)

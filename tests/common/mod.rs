@@ -29,6 +29,92 @@ pub fn skip_unless(ok: bool, why: &str) -> bool {
     true
 }
 
+/// A file of this repository.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Whether a command is on PATH.
+pub fn have_tool(name: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The newest kernel with installed headers (`/usr/src/linux-headers-K` holding a Makefile).
+pub fn headers_kernel() -> Option<String> {
+    let mut kernels: Vec<String> = fs::read_dir("/usr/src")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let k = name.strip_prefix("linux-headers-")?.to_string();
+            (k.ends_with("-amd64") && e.path().join("Makefile").is_file()).then_some(k)
+        })
+        .collect();
+    kernels.sort_by(|a, b| rdkms::version::ver_cmp(a, b));
+    kernels.pop()
+}
+
+/// `<root>/lib/modules/K` as a host with that kernel has it for the real tier: `build` pointing
+/// at the installed headers, and the files depmod reads. Returns the directory.
+pub fn real_kernel_dir(root: &Path, kernel: &str) -> PathBuf {
+    let kdir = root.join("lib/modules").join(kernel);
+    fs::create_dir_all(&kdir).unwrap();
+    std::os::unix::fs::symlink(
+        format!("/usr/src/linux-headers-{kernel}"),
+        kdir.join("build"),
+    )
+    .unwrap();
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        fs::write(kdir.join(f), "").unwrap();
+    }
+    kdir
+}
+
+/// `cp -a FROM TO`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// The prerequisites of a real tier (root, installed headers, the named tools): the kernel to
+/// build for, or `None` after the "skipped" line.
+pub fn real_tier(tools: &[&str]) -> Option<String> {
+    if skip_unless(nix::unistd::geteuid().is_root(), "the real tier needs root") {
+        return None;
+    }
+    let kernel = headers_kernel();
+    if skip_unless(
+        kernel.is_some(),
+        "no /usr/src/linux-headers-*-amd64 (install linux-headers-amd64)",
+    ) {
+        return None;
+    }
+    for t in tools {
+        if skip_unless(have_tool(t), &format!("{t} is not installed")) {
+            return None;
+        }
+    }
+    kernel
+}
+
 /// A temporary system root.
 pub struct Sandbox {
     dir: tempfile::TempDir,
@@ -90,9 +176,37 @@ impl Sandbox {
         self
     }
 
+    /// `record_depmod`, plus an `update-initramfs` stub beside it that records each call's
+    /// arguments in `initramfs.log` and exits with the number in `initramfs.log.exit` if that
+    /// file exists.
+    pub fn record_initramfs(&mut self) -> &mut Self {
+        self.record_depmod();
+        let log = self.root().join("initramfs.log");
+        let stub = self.root().join("stub-bin/update-initramfs");
+        fs::write(
+            &stub,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{l}'\n[ -f '{l}.exit' ] && exit \"$(cat '{l}.exit')\"\nexit 0\n",
+                l = log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+        self
+    }
+
     /// The recorded depmod calls.
     pub fn depmod_calls(&self) -> Vec<String> {
-        fs::read_to_string(self.root().join("depmod.log"))
+        self.log_lines("depmod.log")
+    }
+
+    /// The recorded update-initramfs calls.
+    pub fn initramfs_calls(&self) -> Vec<String> {
+        self.log_lines("initramfs.log")
+    }
+
+    fn log_lines(&self, log: &str) -> Vec<String> {
+        fs::read_to_string(self.root().join(log))
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
@@ -101,13 +215,19 @@ impl Sandbox {
 
     /// Starts a module source `<root>/usr/src/NAME-VERSION`.
     pub fn source(&self, name: &str, version: &str) -> Source {
-        Source::new(
-            self.root()
+        self.source_in(
+            &self
+                .root()
                 .join("usr/src")
                 .join(format!("{name}-{version}")),
             name,
             version,
         )
+    }
+
+    /// Starts a module source in `dir` (e.g. a vendor's unpacked driver outside the source tree).
+    pub fn source_in(&self, dir: &Path, name: &str, version: &str) -> Source {
+        Source::new(dir.to_path_buf(), name, version)
     }
 
     /// `rdkms --root ROOT ARGS...`, with the depmod stub first in PATH when recording.
@@ -116,14 +236,7 @@ impl Sandbox {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = assert_cmd::Command::cargo_bin("rdkms").unwrap();
-        cmd.arg("--root").arg(self.root()).args(args);
-        cmd.env_remove("RDKMS_ROOT");
-        if let Some(bin) = &self.bin {
-            let path = std::env::var("PATH").unwrap_or_default();
-            cmd.env("PATH", format!("{}:{path}", bin.display()));
-        }
-        cmd
+        assert_cmd::Command::from_std(self.rdkms_std(args))
     }
 
     /// The same command as a plain `std::process::Command` (for tests that kill it).

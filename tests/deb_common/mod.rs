@@ -149,6 +149,14 @@ impl Sandbox {
         kos
     }
 
+    /// A fake module M/V (a `fake_source` with the `extra` dkms.conf lines), added and built
+    /// for `kernel` with one `size`-byte `.ko`, as `rdkms build` leaves it.
+    pub fn fake_built(&self, m: &str, v: &str, extra: &str, kernel: &str, size: usize) {
+        let src = fake_source(self.root(), m, v, extra);
+        self.add(m, v, &src);
+        self.built(m, v, kernel, ARCH, &[fake_ko(self.root(), m, size)]);
+    }
+
     /// Records a build as `build` leaves it: `<tree>/M/V/K/A/module/*.ko` and a make.log.
     pub fn built(&self, m: &str, v: &str, kernel: &str, arch: &str, kos: &[PathBuf]) {
         let kd = self.version_dir(m, v).join(kernel).join(arch);
@@ -162,12 +170,38 @@ impl Sandbox {
 
     /// `rdkms ARGS --root <root>`.
     pub fn rdkms(&self) -> BinCommand {
-        let mut c = BinCommand::cargo_bin("rdkms").unwrap();
-        c.arg("--root")
-            .arg(self.root())
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
+        rdkms_in(self.root())
     }
+}
+
+/// `rdkms --root ROOT ...` (on any root, e.g. a dpkg sandbox), without the caller's
+/// SOURCE_DATE_EPOCH.
+pub fn rdkms_in(root: &Path) -> BinCommand {
+    let mut c = BinCommand::cargo_bin("rdkms").unwrap();
+    c.arg("--root")
+        .arg(root)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("RDKMS_ROOT");
+    c
+}
+
+/// Runs an rdkms command that must succeed; its stdout.
+pub fn rdkms_stdout(mut cmd: BinCommand) -> String {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    String::from_utf8(out).unwrap()
+}
+
+/// The files an rdkms command that must succeed prints on stdout, one a line (mkbmdeb, mkdeb,
+/// mktarball).
+pub fn printed_paths(cmd: BinCommand) -> Vec<PathBuf> {
+    rdkms_stdout(cmd).lines().map(PathBuf::from).collect()
+}
+
+/// `rdkms --root ROOT status ARGS`: its stdout lines.
+pub fn status_lines(root: &Path, args: &[&str]) -> Vec<String> {
+    let mut cmd = rdkms_in(root);
+    cmd.arg("status").args(args);
+    rdkms_stdout(cmd).lines().map(String::from).collect()
 }
 
 /// A small source tree with a dkms.conf (no real build needed for fast tests).
