@@ -282,12 +282,12 @@ impl Glob {
                 if prefix.is_empty() || prefix.starts_with('.') || prefix.contains('\\') {
                     return true;
                 }
+                let other;
                 let entries = if dir == self.cwd {
-                    self.cwd_entries
-                        .get_or_insert_with(|| list(&self.cwd))
-                        .clone()
+                    self.cwd_entries.get_or_insert_with(|| list(&self.cwd))
                 } else {
-                    list(&dir)
+                    other = list(&dir);
+                    &other
                 };
                 return match entries {
                     Ok(names) => names.iter().any(|n| n.starts_with(prefix)),
