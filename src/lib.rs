@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
+pub mod par;
 pub mod plan;
 pub mod reconcile;
 pub mod registered;

@@ -44,6 +44,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -240,21 +241,22 @@ pub fn render(entries: &[Entry], format: Format) -> String {
 }
 
 /// Reads the tree and decides every line, in DKMS's order. Pure reading, no subprocess.
+/// Module versions are independent, so their lines are decided on several threads when there
+/// are many; warnings are printed afterwards, in listing order.
 pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
-    let mut reader = Reader {
+    let reader = Reader {
         paths,
         tree: Tree::new(&paths.dkms_tree),
         location_override: host::location_override(paths),
         kernel_source_dir: query.kernel_source_dir.clone(),
-        compression: HashMap::new(),
-        seen_kernels: Vec::new(),
-        warned: HashSet::new(),
+        compression: Mutex::new(HashMap::new()),
     };
     let targets = if query.targets.is_empty() {
         vec![(None, None)]
     } else {
         query.targets.clone()
     };
+    let mut warned = HashSet::new();
     let mut out = Vec::new();
     for (kernel, arch) in &targets {
         let sel = Selection {
@@ -263,29 +265,29 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
             kernel: Pattern::or(kernel.as_deref(), Pattern::KernelLike),
             arch: Pattern::or(arch.as_deref(), Pattern::Any),
         };
-        reader.seen_kernels.clear();
-        for mv in Snapshot::read(&reader.tree, &sel).modules {
-            let before = out.len();
-            for build in mv.builds.iter().filter(|b| b.is_built()) {
-                reader.seen_kernels.push(build.kernel.clone());
-                if let Some(e) = reader.build_entry(&mv, build) {
-                    out.push(e);
+        let modules = Snapshot::read(&reader.tree, &sel).modules;
+        // The kernels DKMS's built test has seen before each module (its sticky suffix).
+        let mut seen = Vec::new();
+        let mut before = Vec::with_capacity(modules.len());
+        for mv in &modules {
+            before.push(seen.len());
+            seen.extend(
+                mv.builds
+                    .iter()
+                    .filter(|b| b.is_built())
+                    .map(|b| b.kernel.as_str()),
+            );
+        }
+        let lines = crate::par::map(&modules, 32, |i, mv| {
+            reader.module_lines(mv, &seen[..before[i]])
+        });
+        for (entries, warning) in lines {
+            if let Some((key, text)) = warning {
+                if warned.insert(key) {
+                    eprintln!("{text}");
                 }
             }
-            if out.len() == before {
-                out.push(Entry {
-                    source_missing: mv.source.is_broken(),
-                    name: mv.name,
-                    version: mv.version,
-                    kernel: None,
-                    arch: None,
-                    state: State::Added,
-                    built_files: Vec::new(),
-                    installed_files: Vec::new(),
-                    warnings: Vec::new(),
-                    package: None,
-                });
-            }
+            out.extend(entries);
         }
     }
     out.extend(package_entries(paths, query, &targets));
@@ -358,35 +360,71 @@ enum Expected {
     Found(Vec<(String, PathBuf)>),
 }
 
-/// State shared across one status run (caches and the once-only warnings).
+/// What one status run shares across threads: paths and the per-kernel compression cache.
 struct Reader<'a> {
     paths: &'a Paths,
     tree: Tree,
     location_override: Option<String>,
     kernel_source_dir: Option<PathBuf>,
     /// Kernel → its module compression suffix (`.gz`, `.xz`, `.zst` or none).
-    compression: HashMap<String, Option<&'static str>>,
-    /// Kernels whose built test ran so far in this listing (DKMS's sticky suffix, see above).
-    seen_kernels: Vec<String>,
-    /// Module versions already warned about on stderr.
-    warned: HashSet<(String, String)>,
+    compression: Mutex<HashMap<String, Option<&'static str>>>,
 }
 
+/// A warning for stderr, once per module version: (module, version) and the text.
+type Pending = Option<((String, String), String)>;
+
 impl Reader<'_> {
+    /// The lines of one module version: one per built kernel, else `M/V: added`. `seen` holds
+    /// the kernels whose built test ran earlier in this listing.
+    fn module_lines(&self, mv: &ModuleVersion, seen: &[&str]) -> (Vec<Entry>, Pending) {
+        let mut seen = seen.to_vec();
+        let mut warning = None;
+        let mut out = Vec::new();
+        for build in mv.builds.iter().filter(|b| b.is_built()) {
+            seen.push(&build.kernel);
+            if let Some(e) = self.build_entry(mv, build, &seen, &mut warning) {
+                out.push(e);
+            }
+        }
+        if out.is_empty() {
+            out.push(Entry {
+                source_missing: mv.source.is_broken(),
+                name: mv.name.clone(),
+                version: mv.version.clone(),
+                kernel: None,
+                arch: None,
+                state: State::Added,
+                built_files: Vec::new(),
+                installed_files: Vec::new(),
+                warnings: Vec::new(),
+                package: None,
+            });
+        }
+        (out, warning)
+    }
+
     /// The line for one `K/A` whose `module/` exists, or `None` when DKMS would not call it
-    /// built (a module of dkms.conf is missing from `module/`).
-    fn build_entry(&mut self, mv: &ModuleVersion, b: &Build) -> Option<Entry> {
+    /// built (a module of dkms.conf is missing from `module/`). Files of `module/` are looked
+    /// up in the snapshot's listing of it.
+    fn build_entry(
+        &self,
+        mv: &ModuleVersion,
+        b: &Build,
+        seen: &[&str],
+        warning: &mut Pending,
+    ) -> Option<Entry> {
         let (m, v, k, a) = (&mv.name, &mv.version, &b.kernel, &b.arch);
         let moddir = self.tree.built_modules_dir(m, v, k, a);
-        let expected = self.expected(mv, b);
+        let listed = b.module_files.as_deref().unwrap_or_default();
+        let expected = self.expected(mv, b, warning);
         let files: Vec<(String, Option<PathBuf>)> = match &expected {
             Expected::Conf(entries) => {
-                let plain = |e: &ModuleEntry| moddir.join(format!("{}.ko", e.dest_name)).exists();
+                let plain = |e: &ModuleEntry| has_file(listed, &format!("{}.ko", e.dest_name));
                 if !entries.iter().all(plain) {
-                    let sticky = self.sticky_compression();
+                    let sticky = self.sticky_compression(seen);
                     if entries
                         .iter()
-                        .any(|e| lookup(&moddir, &e.dest_name, || sticky).is_none())
+                        .any(|e| listed_module(listed, &moddir, &e.dest_name, || sticky).is_none())
                     {
                         return None;
                     }
@@ -394,10 +432,9 @@ impl Reader<'_> {
                 entries
                     .iter()
                     .map(|e| {
-                        (
-                            e.dest_name.clone(),
-                            self.module_file(&moddir, k, &e.dest_name),
-                        )
+                        let file =
+                            listed_module(listed, &moddir, &e.dest_name, || self.compression(k));
+                        (e.dest_name.clone(), file)
                     })
                     .collect()
             }
@@ -412,7 +449,7 @@ impl Reader<'_> {
             State::Built
         };
         let mut warnings = Vec::new();
-        if self.tree.original_module_dir(m, k, a).is_dir() {
+        if mv.original_modules && self.tree.original_module_dir(m, k, a).is_dir() {
             warnings.push(Warning {
                 code: WarningCode::OriginalModuleExists,
                 module: None,
@@ -443,15 +480,15 @@ impl Reader<'_> {
                 if let Some(candidates) = candidates {
                     let installed = self.installed_copy(k, &name, &candidates);
                     let same = installed
-                        .as_deref()
-                        .is_some_and(|f| same_contents(&tree_mod, f));
+                        .as_ref()
+                        .is_some_and(|(_, f)| same_contents(&tree_mod, f));
                     if !same {
                         warnings.push(Warning {
                             code: WarningCode::DiffBuiltInstalled,
                             module: Some(name.clone()),
                         });
                     }
-                    installed_files.extend(installed);
+                    installed_files.extend(installed.map(|(p, _)| p));
                 }
             }
             built_files.push(tree_mod);
@@ -471,7 +508,7 @@ impl Reader<'_> {
     }
 
     /// The expected modules of a build. Reads dkms.conf with the static evaluator only.
-    fn expected(&mut self, mv: &ModuleVersion, b: &Build) -> Expected {
+    fn expected(&self, mv: &ModuleVersion, b: &Build, warning: &mut Pending) -> Expected {
         let conf_file = self
             .tree
             .source_link(&mv.name, &mv.version)
@@ -490,17 +527,6 @@ impl Reader<'_> {
                 .collect();
             Expected::Found(files)
         };
-        if !conf_file.is_file() {
-            if self.warned.insert((mv.name.clone(), mv.version.clone())) {
-                eprintln!(
-                    "Warning: {}/{}: {} does not exist (source removed?); reporting the built modules found in the tree.",
-                    mv.name,
-                    mv.version,
-                    conf_file.display()
-                );
-            }
-            return found();
-        }
         let kernel_source_dir = self
             .kernel_source_dir
             .clone()
@@ -526,27 +552,33 @@ impl Reader<'_> {
         };
         match conf::load(&req) {
             Ok(c) => Expected::Conf(c.modules),
+            Err(Error::ConfNotFound { path }) => {
+                *warning = Some((
+                    (mv.name.clone(), mv.version.clone()),
+                    format!(
+                        "Warning: {}/{}: {} does not exist (source removed?); reporting the built modules found in the tree.",
+                        mv.name,
+                        mv.version,
+                        path.display()
+                    ),
+                ));
+                found()
+            }
             Err(_) => found(),
         }
     }
 
-    /// DKMS's `compressed_or_uncompressed`: `dir/NAME.ko`, else `dir/NAME.ko<suffix>` for the
-    /// kernel's compression (only looked up when the plain file is absent).
-    fn module_file(&mut self, dir: &Path, kernel: &str, name: &str) -> Option<PathBuf> {
-        lookup(dir, name, || self.compression(kernel))
-    }
-
     /// The suffix DKMS's built test sees: the last compression found among the kernels
     /// tested so far in this listing.
-    fn sticky_compression(&mut self) -> Option<&'static str> {
-        let kernels = self.seen_kernels.clone();
-        kernels.iter().rev().find_map(|k| self.compression(k))
+    fn sticky_compression(&self, seen: &[&str]) -> Option<&'static str> {
+        seen.iter().rev().find_map(|k| self.compression(k))
     }
 
     /// The compression suffix DKMS infers from `<installtree>/K/modules.dep` (the last of
     /// `.gz`, `.xz`, `.zst` that appears wins, as in DKMS's three greps).
-    fn compression(&mut self, kernel: &str) -> Option<&'static str> {
-        if let Some(c) = self.compression.get(kernel) {
+    fn compression(&self, kernel: &str) -> Option<&'static str> {
+        let mut cache = self.compression.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(kernel) {
             return *c;
         }
         let dep = self.paths.install_tree.join(kernel).join("modules.dep");
@@ -560,41 +592,61 @@ impl Reader<'_> {
         .into_iter()
         .find(|(_, pat)| has(pat))
         .map(|(s, _)| s);
-        self.compression.insert(kernel.to_string(), c);
+        cache.insert(kernel.to_string(), c);
         c
     }
 
     /// DKMS's `find_actual_dest_module_location`: the first candidate location under
-    /// `<installtree>/K` holding the module, else `<installtree>/K` itself.
+    /// `<installtree>/K` holding the module, else `<installtree>/K` itself; opened, since it
+    /// is compared next.
     fn installed_copy(
-        &mut self,
+        &self,
         kernel: &str,
         name: &str,
         candidates: &[String],
-    ) -> Option<PathBuf> {
+    ) -> Option<(PathBuf, File)> {
         let base = self.paths.install_tree.join(kernel);
-        for l in candidates {
-            let dir = base.join(l.trim_start_matches('/'));
-            if let Some(f) = self.module_file(&dir, kernel, name) {
-                return Some(f);
-            }
-        }
-        self.module_file(&base, kernel, name)
+        candidates
+            .iter()
+            .map(|l| base.join(l.trim_start_matches('/')))
+            .chain(std::iter::once(base.clone()))
+            .find_map(|dir| open_module(&dir, name, || self.compression(kernel)))
     }
 }
 
-/// `dir/NAME.ko` if it exists, else `dir/NAME.ko<suffix>` (suffix asked only then).
-fn lookup(
+/// Whether a listing of `module/` holds `file`.
+fn has_file(listed: &[String], file: &str) -> bool {
+    listed.binary_search_by(|n| n.as_str().cmp(file)).is_ok()
+}
+
+/// DKMS's `compressed_or_uncompressed` on a listed directory: `NAME.ko`, else
+/// `NAME.ko<suffix>` (suffix asked only then).
+fn listed_module(
+    listed: &[String],
     dir: &Path,
     name: &str,
     suffix: impl FnOnce() -> Option<&'static str>,
 ) -> Option<PathBuf> {
+    let plain = format!("{name}.ko");
+    if has_file(listed, &plain) {
+        return Some(dir.join(plain));
+    }
+    let packed = format!("{name}.ko{}", suffix()?);
+    has_file(listed, &packed).then(|| dir.join(packed))
+}
+
+/// The same lookup on disk, opening the file found.
+fn open_module(
+    dir: &Path,
+    name: &str,
+    suffix: impl FnOnce() -> Option<&'static str>,
+) -> Option<(PathBuf, File)> {
     let plain = dir.join(format!("{name}.ko"));
-    if plain.exists() {
-        return Some(plain);
+    if let Ok(f) = File::open(&plain) {
+        return Some((plain, f));
     }
     let packed = dir.join(format!("{name}.ko{}", suffix()?));
-    packed.exists().then_some(packed)
+    File::open(&packed).ok().map(|f| (packed, f))
 }
 
 /// `foo` for `foo.ko`, `foo.ko.xz`, `foo.ko.gz`, `foo.ko.zst`.
@@ -605,19 +657,23 @@ fn module_name(file: &str) -> Option<String> {
     (!stem.is_empty()).then(|| stem.to_string())
 }
 
-/// Whether two files have the same bytes (size first, then content); unreadable = different.
-fn same_contents(a: &Path, b: &Path) -> bool {
-    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+/// Whether a file has the same bytes as an open one (size first, then content);
+/// unreadable = different.
+fn same_contents(a: &Path, fb: &File) -> bool {
+    let Ok(mut fa) = File::open(a) else {
+        return false;
+    };
+    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
         return false;
     };
     if ma.len() != mb.len() {
         return false;
     }
-    let (Ok(mut fa), Ok(mut fb)) = (File::open(a), File::open(b)) else {
-        return false;
-    };
-    let mut ba = vec![0u8; 64 * 1024];
-    let mut bb = vec![0u8; 64 * 1024];
+    let mut fb = fb;
+    // On the stack: status compares a module per installed build, and two fresh 64 KiB heap
+    // buffers each time cost more than reading a typical module.
+    let mut ba = [0u8; 16 * 1024];
+    let mut bb = [0u8; 16 * 1024];
     loop {
         let Ok(n) = fa.read(&mut ba) else {
             return false;
@@ -652,9 +708,10 @@ mod tests {
         let mut other = vec![7u8; 200_000];
         other[150_000] = 8;
         std::fs::write(&c, other).unwrap();
-        assert!(same_contents(&a, &b));
-        assert!(!same_contents(&a, &c));
-        assert!(!same_contents(&a, &d.path().join("missing")));
+        let open = |p: &Path| File::open(p).unwrap();
+        assert!(same_contents(&a, &open(&b)));
+        assert!(!same_contents(&a, &open(&c)));
+        assert!(!same_contents(&d.path().join("missing"), &open(&a)));
     }
 
     #[test]

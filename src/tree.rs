@@ -79,16 +79,23 @@ impl Tree {
             .join(arch)
     }
 
-    /// How `<tree>/M/V/source` looks.
+    /// How `<tree>/M/V/source` looks. The readlink comes first: it answers for the usual
+    /// symlink and for a missing entry in one syscall.
     pub fn source(&self, module: &str, version: &str) -> Source {
         let link = self.source_link(module, version);
-        match fs::symlink_metadata(&link) {
-            Ok(m) if m.file_type().is_symlink() => Source::Link {
-                target: fs::read_link(&link).unwrap_or_default(),
+        match fs::read_link(&link) {
+            Ok(target) => Source::Link {
+                target,
                 resolves: link.is_dir(),
             },
-            Ok(m) if m.is_dir() => Source::Dir,
-            _ => Source::Missing,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+                    Source::Dir
+                } else {
+                    Source::Missing
+                }
+            }
+            Err(_) => Source::Missing,
         }
     }
 
@@ -300,45 +307,107 @@ fn bracket(p: &[char]) -> Option<(Bracket, &[char])> {
 /// Names in `dir` (non-UTF-8 names are skipped); an unreadable directory gives none, as a
 /// glob would.
 fn entry_names(dir: &Path) -> Vec<String> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+    list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
         .collect()
 }
 
-/// Names in `dir` matching `pat`; a literal is returned when it exists, without listing.
-fn matching(dir: &Path, pat: &Pattern) -> Vec<String> {
-    match pat.literal() {
-        Some(lit) => {
-            if fs::symlink_metadata(dir.join(lit)).is_ok() {
-                vec![lit.to_string()]
-            } else {
-                Vec::new()
-            }
+/// One directory entry, typed from the listing itself (`d_type`), so that walking the tree
+/// needs no stat per entry.
+#[derive(Debug, Clone)]
+struct Listed {
+    name: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    Link,
+    Other,
+}
+
+impl Listed {
+    /// Whether `parent/name` is a directory: known from the listing except for symlinks.
+    fn is_dir_in(&self, parent: &Path) -> bool {
+        match self.kind {
+            Kind::Dir => true,
+            Kind::Link => parent.join(&self.name).is_dir(),
+            Kind::Other => false,
         }
-        None => entry_names(dir)
+    }
+}
+
+/// The entries of `dir` (non-UTF-8 names skipped); `None` when it cannot be listed.
+fn list(dir: &Path) -> Option<Vec<Listed>> {
+    let rd = fs::read_dir(dir).ok()?;
+    Some(
+        rd.filter_map(|e| {
+            let e = e.ok()?;
+            let kind = match e.file_type() {
+                Ok(t) if t.is_dir() => Kind::Dir,
+                Ok(t) if t.is_symlink() => Kind::Link,
+                Ok(_) => Kind::Other,
+                // An unknown type: let the directory test stat it.
+                Err(_) => Kind::Link,
+            };
+            Some(Listed {
+                name: e.file_name().into_string().ok()?,
+                kind,
+            })
+        })
+        .collect(),
+    )
+}
+
+/// Entries of `dir` matching `pat`; a literal is looked up without listing.
+fn matching(dir: &Path, pat: &Pattern) -> Vec<Listed> {
+    match pat.literal() {
+        Some(lit) => match fs::symlink_metadata(dir.join(lit)) {
+            Ok(m) => vec![Listed {
+                name: lit.to_string(),
+                kind: if m.is_dir() {
+                    Kind::Dir
+                } else if m.is_symlink() {
+                    Kind::Link
+                } else {
+                    Kind::Other
+                },
+            }],
+            Err(_) => Vec::new(),
+        },
+        None => list(dir)
+            .unwrap_or_default()
             .into_iter()
-            .filter(|n| pat.matches(n))
+            .filter(|e| pat.matches(&e.name))
             .collect(),
     }
 }
 
-/// Expands `dir/P1/P2` and sorts the results as bash sorts a glob in the C locale: by the
-/// bytes of the whole `a/b` string (so `a-b/1` comes before `a/1`). DKMS runs with the
-/// caller's locale; rdkms always uses this byte order (C and C.UTF-8 agree on it).
+/// Bash's order for a glob in the C locale: the bytes of the whole `a/b` path (so `a-b/1`
+/// comes before `a/1`). DKMS runs with the caller's locale; rdkms always uses this byte order
+/// (C and C.UTF-8 agree on it).
+fn sort_pairs<T>(pairs: &mut [T], key: impl Fn(&T) -> (&str, &str)) {
+    pairs.sort_by_cached_key(|p| {
+        let (a, b) = key(p);
+        format!("{a}/{b}").into_bytes()
+    });
+}
+
+/// Expands `dir/P1/P2` in bash's glob order.
 fn two_level(dir: &Path, first: &Pattern, second: &Pattern) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for a in matching(dir, first) {
-        let sub = dir.join(&a);
-        if !sub.is_dir() {
+        if !a.is_dir_in(dir) {
             continue;
         }
-        for b in matching(&sub, second) {
-            out.push((a.clone(), b));
+        for b in matching(&dir.join(&a.name), second) {
+            out.push((a.name.clone(), b.name));
         }
     }
-    out.sort_by_cached_key(|(a, b)| format!("{a}/{b}").into_bytes());
+    sort_pairs(&mut out, |(a, b)| (a, b));
     out
 }
 
@@ -376,6 +445,8 @@ pub struct ModuleVersion {
     pub name: String,
     pub version: String,
     pub source: Source,
+    /// `<tree>/M/original_module` exists (modules DKMS displaced; never on Debian).
+    pub original_modules: bool,
     /// Every selected `K/A` directory, in DKMS's order, built or not.
     pub builds: Vec<Build>,
 }
@@ -400,32 +471,95 @@ impl Build {
 
 impl Snapshot {
     /// Reads the selected module versions and their kernel dirs. Pure reading: entries that
-    /// vanish meanwhile are skipped, hidden (`.`) staging entries are never seen.
+    /// vanish meanwhile are skipped, hidden (`.`) staging entries are never seen. Each module
+    /// directory is listed once and entry types come from the listings, so a module costs a
+    /// few syscalls; modules are read on several threads when there are many.
     pub fn read(tree: &Tree, sel: &Selection) -> Snapshot {
-        let modules = tree
-            .module_versions(&sel.module, &sel.version)
+        let modules: Vec<Listed> = matching(&tree.root, &sel.module)
             .into_iter()
-            .filter(|(m, v)| tree.is_added(m, v))
-            .map(|(name, version)| {
-                let builds = tree
-                    .kernel_arches(&name, &version, &sel.kernel, &sel.arch)
-                    .into_iter()
-                    .map(|(kernel, arch)| Build {
-                        module_files: tree.built_module_files(&name, &version, &kernel, &arch),
-                        installed: tree.is_installed_build(&name, &version, &kernel, &arch),
-                        kernel,
-                        arch,
-                    })
-                    .collect();
-                ModuleVersion {
-                    source: tree.source(&name, &version),
-                    name,
-                    version,
-                    builds,
-                }
-            })
+            .filter(|m| m.kind != Kind::Other)
             .collect();
-        Snapshot { modules }
+        let mut found: Vec<ModuleVersion> =
+            crate::par::map(&modules, 64, |_, m| read_module(tree, &m.name, sel))
+                .into_iter()
+                .flatten()
+                .collect();
+        sort_pairs(&mut found, |m| (&m.name, &m.version));
+        Snapshot { modules: found }
+    }
+}
+
+/// The added versions of one module directory (unsorted).
+fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<ModuleVersion> {
+    let dir = tree.module_dir(name);
+    let Some(entries) = list(&dir) else {
+        return Vec::new();
+    };
+    let has = |n: &str| entries.iter().any(|e| e.name == n);
+    let original_modules = has("original_module");
+    entries
+        .iter()
+        .filter(|v| v.kind != Kind::Other && sel.version.matches(&v.name))
+        .filter_map(|v| {
+            // `V/source` exists only if V is a directory, so this is DKMS's whole "added" test.
+            let source = tree.source(name, &v.name);
+            if !source.is_present() {
+                return None;
+            }
+            let vdir = dir.join(&v.name);
+            let mut builds: Vec<Build> = Vec::new();
+            for k in matching(&vdir, &sel.kernel) {
+                if !k.is_dir_in(&vdir) {
+                    continue;
+                }
+                let kdir = vdir.join(&k.name);
+                for a in matching(&kdir, &sel.arch) {
+                    let link = format!("kernel-{}-{}", k.name, a.name);
+                    let installed =
+                        has(&link) && installed_here(tree, name, &v.name, &k.name, &a, &kdir);
+                    let module_files = built_files(&kdir.join(&a.name).join("module"));
+                    builds.push(Build {
+                        kernel: k.name.clone(),
+                        arch: a.name,
+                        module_files,
+                        installed,
+                    });
+                }
+            }
+            sort_pairs(&mut builds, |b| (&b.kernel, &b.arch));
+            Some(ModuleVersion {
+                name: name.to_string(),
+                version: v.name.clone(),
+                source,
+                original_modules,
+                builds,
+            })
+        })
+        .collect()
+}
+
+/// [`Tree::is_installed_build`] for a listed `K/A` entry whose link exists: the usual link
+/// (`V/K/A`) needs only its readlink, since the entry was just listed.
+fn installed_here(tree: &Tree, m: &str, v: &str, k: &str, a: &Listed, kdir: &Path) -> bool {
+    match fs::read_link(tree.installed_link(m, k, &a.name)) {
+        Ok(t) if t == Tree::installed_link_target(v, k, &a.name) => a.is_dir_in(kdir),
+        Ok(_) => tree.is_installed_build(m, v, k, &a.name),
+        Err(_) => false,
+    }
+}
+
+/// The sorted file names of a build's `module/`; `None` when it is not a directory.
+fn built_files(dir: &Path) -> Option<Vec<String>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            Some(names)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(Vec::new()),
+        Err(_) => None,
     }
 }
 

@@ -244,6 +244,69 @@ fn missing_built_modules_suffix_from_the_sticky_compression_suffix() {
     assert_eq!(status(&s, &["b"]), "b/1: added\n");
 }
 
+/// Hundreds of module versions are read on several threads: the listing must equal, line for
+/// line and warning for warning, what the modules give one at a time, except where DKMS's
+/// sticky compression suffix carries over from earlier modules, which it must still do across
+/// the whole listing.
+#[test]
+fn a_large_tree_lists_as_its_modules_do_one_by_one() {
+    let s = Sandbox::new();
+    let kxz = "9.9.1-xz";
+    std::fs::create_dir_all(s.inst().join(kxz)).unwrap();
+    std::fs::write(s.inst().join(kxz).join("modules.dep"), "kernel/x.ko.xz:\n").unwrap();
+    let names: Vec<String> = (0..210).map(|i| format!("m{i:03}")).collect();
+    let mut dangling = Vec::new();
+    for (i, m) in names.iter().enumerate() {
+        added(&s, m, "1", &[m]);
+        let ko = format!("{m}.ko");
+        let xz = format!("{m}.ko.xz");
+        match i % 7 {
+            0 => {}
+            1 => s.build(m, "1", K1, A, &[&ko]),
+            2 | 3 => {
+                s.build(m, "1", K1, A, &[&ko]);
+                s.install(m, "1", K1, A, "/updates/dkms");
+                if i % 7 == 3 {
+                    s.build(m, "1", K2, A, &[&ko]);
+                    let copy = s.inst().join(K1).join("updates/dkms").join(&ko);
+                    std::fs::write(copy, "changed after install\n").unwrap();
+                }
+            }
+            4 => s.build(m, "1", kxz, A, &[&xz]),
+            5 => {
+                s.build(m, "1", K1, A, &[&ko]);
+                std::fs::remove_dir_all(s.src().join(format!("{m}-1"))).unwrap();
+                dangling.push(m.clone());
+            }
+            _ => s.build(m, "1", K2, A, &[&xz]),
+        }
+    }
+    let out = s.rdkms(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut want = String::new();
+    for (i, m) in names.iter().enumerate() {
+        let alone = status(&s, &[&format!("{m}/1")]);
+        if i % 7 == 6 {
+            assert_eq!(alone, format!("{m}/1: added\n"));
+            want.push_str(&format!(
+                "{m}/1, {K2}, {A}: built (WARNING! Missing some built modules!)\n"
+            ));
+        } else {
+            want.push_str(&alone);
+        }
+    }
+    assert_eq!(stdout(&out), want);
+    assert!(want.contains("(WARNING! Diff between built and installed module!)"));
+    let warned: Vec<String> = stderr(&out)
+        .lines()
+        .filter_map(|l| Some(l.strip_prefix("Warning: ")?.split('/').next()?.to_string()))
+        .collect();
+    assert_eq!(
+        warned, dangling,
+        "one warning per dangling source, in order"
+    );
+}
+
 #[test]
 fn original_module_suffix() {
     let s = Sandbox::new();

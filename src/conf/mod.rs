@@ -5,6 +5,7 @@
 pub mod bash;
 pub mod directives;
 pub mod lexer;
+pub mod listing;
 pub mod model;
 pub mod show;
 pub mod static_eval;
@@ -161,7 +162,8 @@ fn pass_on(stderr: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), stderr.as_bytes());
 }
 
-/// The override files DKMS sources after a package's dkms.conf, in order, that exist.
+/// The override files DKMS sources after a package's dkms.conf, in order, that exist (only
+/// listed names are stat'ed: most packages have none).
 pub fn override_files(
     etc_dkms: &Path,
     module: &str,
@@ -169,6 +171,7 @@ pub fn override_files(
     kernel: &str,
     arch: &str,
 ) -> Vec<PathBuf> {
+    let listed = listing::of(etc_dkms);
     [
         format!("{module}.conf"),
         format!("{module}-{version}.conf"),
@@ -176,6 +179,12 @@ pub fn override_files(
         format!("{module}-{version}-{kernel}-{arch}.conf"),
     ]
     .into_iter()
+    .filter(|f| {
+        listed
+            .as_ref()
+            .as_ref()
+            .is_ok_and(|names| names.contains(f))
+    })
     .map(|f| etc_dkms.join(f))
     .filter(|p| p.is_file())
     .collect()

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::conf::lexer::{self, Assignment, Part, Unsupported, Value, Word};
-use crate::conf::{Directives, EvalContext};
+use crate::conf::{listing, Directives, EvalContext};
 use crate::error::{IoContext, Result};
 
 /// A file the static evaluator declined, and why.
@@ -247,8 +247,8 @@ fn echo_back(
 /// Decides whether bash's pathname expansion could change a word, by listing directories.
 struct Glob {
     cwd: PathBuf,
-    /// Entries of `cwd`, read on first use.
-    cwd_entries: Option<std::result::Result<Vec<String>, std::io::ErrorKind>>,
+    /// Entries of `cwd`, read on first use (from the process-wide cache).
+    cwd_entries: Option<std::sync::Arc<listing::Listing>>,
 }
 
 impl Glob {
@@ -284,12 +284,13 @@ impl Glob {
                 }
                 let other;
                 let entries = if dir == self.cwd {
-                    self.cwd_entries.get_or_insert_with(|| list(&self.cwd))
+                    self.cwd_entries
+                        .get_or_insert_with(|| listing::of(&self.cwd))
                 } else {
-                    other = list(&dir);
+                    other = listing::of(&dir);
                     &other
                 };
-                return match entries {
+                return match entries.as_ref() {
                     Ok(names) => names.iter().any(|n| n.starts_with(prefix)),
                     Err(std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => false,
                     Err(_) => true,
@@ -302,15 +303,6 @@ impl Glob {
         }
         true
     }
-}
-
-fn list(dir: &Path) -> std::result::Result<Vec<String>, std::io::ErrorKind> {
-    let rd = std::fs::read_dir(dir).map_err(|e| e.kind())?;
-    rd.map(|e| {
-        e.map(|e| e.file_name().to_string_lossy().into_owned())
-            .map_err(|e| e.kind())
-    })
-    .collect()
 }
 
 #[cfg(test)]
