@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::atomic;
+use crate::build_order::BuildTime;
 use crate::conf::DkmsConf;
 use crate::console::Console;
 use crate::date::Utc;
@@ -257,13 +258,17 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Patches, PRE_BUILD, MAKE and the check that every module was produced, all logged.
+/// Patches, PRE_BUILD, MAKE and the check that every module was produced, all logged; a
+/// success ends the log with its build time (see `build_order`).
 fn compile(
     input: &BuildInput<'_>,
     conf: &DkmsConf,
     private: &PrivateBuild,
     failed_log: &Path,
 ) -> Result<()> {
+    let started = Instant::now();
+    // CPU seconds of the logged steps; None once one could not be measured.
+    let mut cpu = Some(0.0);
     let f = input.facts;
     let console = input.console;
     let shared = shared_jobserver();
@@ -300,7 +305,7 @@ fn compile(
         }
         let description = format!("Applying patch {patch}");
         progress.begin(&description);
-        let status = logged_step(
+        let (status, patch_cpu) = logged_step(
             &mut log,
             &format!("patch -p1 < ./patches/{patch}"),
             shell(
@@ -308,6 +313,7 @@ fn compile(
                 build_dir,
             ),
         )?;
+        cpu = cpu.zip(patch_cpu).map(|(a, b)| a + b);
         progress.done(&description, status);
         if status != 0 {
             return Err(Error::PatchFailed {
@@ -354,7 +360,8 @@ fn compile(
     if let Some(cc) = f.make_cc() {
         cmd.env("CC", cc);
     }
-    let status = logged_step(&mut log, &make.command, cmd)?;
+    let (status, make_cpu) = logged_step(&mut log, &make.command, cmd)?;
+    cpu = cpu.zip(make_cpu).map(|(a, b)| a + b);
     progress.done(&make.command, status);
     if status != 0 {
         show_tail(console, &private.log_path, failed_log);
@@ -378,6 +385,11 @@ fn compile(
             });
         }
     }
+    let time = BuildTime {
+        wall: started.elapsed().as_secs_f64(),
+        cpu,
+    };
+    writeln!(log, "{}", time.trailer()).ctx("write", &private.log_path)?;
     Ok(())
 }
 
@@ -396,13 +408,16 @@ fn shell_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Runs one framed step with its output appended to the log; returns the exit status.
-fn logged_step(log: &mut File, shown: &str, mut cmd: Command) -> Result<i32> {
+/// Runs one framed step with its output appended to the log; returns the exit status and, when
+/// it could be read, the CPU seconds of the step's whole process tree.
+fn logged_step(log: &mut File, shown: &str, mut cmd: Command) -> Result<(i32, Option<f64>)> {
     let start = Instant::now();
     writeln!(log, "\n# command: {shown}").ctx("write", "make.log")?;
     cmd.stdout(log.try_clone().ctx("duplicate", "make.log")?);
     cmd.stderr(log.try_clone().ctx("duplicate", "make.log")?);
-    let status = cmd.status().ctx("run", shown.to_string())?;
+    let mut child = cmd.spawn().ctx("run", shown.to_string())?;
+    let cpu = cpu_at_exit(child.id());
+    let status = child.wait().ctx("run", shown.to_string())?;
     let code = status.code().unwrap_or(-1);
     let secs = start.elapsed().as_secs();
     writeln!(
@@ -414,7 +429,37 @@ fn logged_step(log: &mut File, shown: &str, mut cmd: Command) -> Result<i32> {
         "-".repeat(64)
     )
     .ctx("write", "make.log")?;
-    Ok(code)
+    Ok((code, cpu))
+}
+
+/// Waits until child `pid` has exited, without reaping it, and reads the CPU seconds it and
+/// its reaped descendants used from its zombie's `/proc/PID/stat` (per-process, so correct
+/// while other threads run builds of their own). None when that cannot be read.
+fn cpu_at_exit(pid: u32) -> Option<f64> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+            Ok(_) => break,
+        }
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    cpu_from_stat(&stat, ticks as f64)
+}
+
+/// utime + stime + cutime + cstime of a `/proc/PID/stat` line, in seconds.
+fn cpu_from_stat(stat: &str, ticks_per_sec: f64) -> Option<f64> {
+    // Fields after the parenthesised command name start at field 3 (state); 14-17 are wanted.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: Option<Vec<f64>> = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<f64>().ok())
+        .collect();
+    Some(ticks?.iter().sum::<f64>() / ticks_per_sec)
 }
 
 /// Prints the last 20 lines of the log and where the whole log is kept.
@@ -665,6 +710,23 @@ mod tests {
         assert!(dst.join("sub/inside").symlink_metadata().is_ok());
         assert!(dst.join("sub/outside").symlink_metadata().is_err());
         assert!(dst.join("abs").symlink_metadata().is_err());
+    }
+
+    #[test]
+    fn cpu_time_counts_the_process_and_its_reaped_children() {
+        let stat = "42 (make -C (x)) Z 1 42 42 0 -1 4194560 100 200 0 0 30 10 150 60 20 0 1 0";
+        assert_eq!(cpu_from_stat(stat, 100.0), Some(2.5));
+        assert_eq!(cpu_from_stat("42 (make) Z 1", 100.0), None);
+    }
+
+    #[test]
+    fn a_step_reports_the_cpu_its_children_burnt() {
+        let t = tempfile::tempdir().unwrap();
+        let mut log = File::create(t.path().join("make.log")).unwrap();
+        let burn = "(i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done); true";
+        let (code, cpu) = logged_step(&mut log, "burn", shell(burn, t.path())).unwrap();
+        assert_eq!(code, 0);
+        assert!(cpu.is_some_and(|c| c > 0.05), "{cpu:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod atomic;
 pub mod bmdeb;
 pub mod build;
+pub mod build_order;
 pub mod cli;
 pub mod conf;
 pub mod config;

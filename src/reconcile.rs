@@ -426,8 +426,10 @@ impl<'a> Executor<'a> {
     /// Builds, concurrently, every module of the plan that needs no other module of the plan
     /// (the rest are built in order afterwards). The builds share one make jobserver holding
     /// as many tokens as `-j` allows; each build holds one token while it runs (its make's
-    /// implicit job), so the jobs of all builds together never exceed the limit. Returns the
-    /// results by step index, to be recorded in plan order.
+    /// implicit job), so the jobs of all builds together never exceed the limit. Tokens go to
+    /// the builds longest expected first (see `build_order`): one build starts only once every
+    /// longer one has its token. Returns the results by step index, to be recorded in plan
+    /// order.
     fn build_independent(&self, plan: &Plan) -> BTreeMap<usize, Result<()>> {
         let Jobs::Limit(limit) = self.ctx.jobs else {
             return BTreeMap::new();
@@ -469,32 +471,40 @@ impl<'a> Executor<'a> {
                 builds.len()
             ),
         );
+        let expected: Vec<f64> = builds
+            .iter()
+            .map(|(_, job, _)| {
+                crate::build_order::expected_secs(&self.ctx.tree, &job.module, &job.source_dir())
+            })
+            .collect();
         let results = std::thread::scope(|scope| {
-            let running: Vec<_> = builds
-                .iter()
-                .map(|(i, job, facts)| {
-                    let client = &client;
-                    let handle = scope.spawn(move || {
-                        let token = client.acquire().map_err(|e| {
-                            Error::io("take a job token from", "the make jobserver", e)
-                        })?;
-                        let result =
-                            build::with_jobserver(client, || lifecycle::build_one(job, facts));
-                        drop(token);
-                        result
-                    });
-                    (*i, handle)
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|(i, handle)| {
-                    let result = handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (i, result)
-                })
-                .collect()
+            let mut results = BTreeMap::new();
+            let mut running = Vec::new();
+            for k in crate::build_order::longest_first(&expected) {
+                let (i, job, facts) = &builds[k];
+                let token = match client.acquire() {
+                    Ok(token) => token,
+                    Err(e) => {
+                        let e = Error::io("take a job token from", "the make jobserver", e);
+                        results.insert(*i, Err(e));
+                        continue;
+                    }
+                };
+                let client = &client;
+                let handle = scope.spawn(move || {
+                    let result = build::with_jobserver(client, || lifecycle::build_one(job, facts));
+                    drop(token);
+                    result
+                });
+                running.push((*i, handle));
+            }
+            for (i, handle) in running {
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                results.insert(i, result);
+            }
+            results
         });
         let _ = fs::remove_dir(build::private_builds_dir(&self.ctx.tree.root));
         results
