@@ -39,9 +39,20 @@ pub fn evaluate(
 ) -> Result<std::result::Result<Directives, Declined>> {
     let mut texts = Vec::with_capacity(files.len());
     for f in files {
-        texts.push((f.as_path(), std::fs::read(f).ctx("read", f)?));
+        texts.push((f.as_path(), read(f).ctx("read", f)?));
     }
     Ok(evaluate_texts(&texts, names, ctx))
+}
+
+/// A dkms.conf's bytes without the size probe `fs::read` makes: they are small, and status
+/// reads one per build.
+fn read(f: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(8 * 1024);
+    std::fs::File::open(f)?
+        .take(u64::MAX)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// [`evaluate`] on file contents already read (`(path, bytes)` in order).
