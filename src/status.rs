@@ -404,8 +404,8 @@ impl Reader<'_> {
     }
 
     /// The line for one `K/A` whose `module/` exists, or `None` when DKMS would not call it
-    /// built (a module of dkms.conf is missing from `module/`). Files of `module/` are looked
-    /// up in the snapshot's listing of it.
+    /// built (a module of dkms.conf is missing from `module/`). Each expected file is
+    /// stat'ed once.
     fn build_entry(
         &self,
         mv: &ModuleVersion,
@@ -415,25 +415,28 @@ impl Reader<'_> {
     ) -> Option<Entry> {
         let (m, v, k, a) = (&mv.name, &mv.version, &b.kernel, &b.arch);
         let moddir = self.tree.built_modules_dir(m, v, k, a);
-        let listed = b.module_files.as_deref().unwrap_or_default();
         let expected = self.expected(mv, b, warning);
         let files: Vec<(String, Option<PathBuf>)> = match &expected {
             Expected::Conf(entries) => {
-                let plain = |e: &ModuleEntry| has_file(listed, &format!("{}.ko", e.dest_name));
-                if !entries.iter().all(plain) {
+                let plain: Vec<Option<PathBuf>> = entries
+                    .iter()
+                    .map(|e| {
+                        Some(moddir.join(format!("{}.ko", e.dest_name))).filter(|p| p.exists())
+                    })
+                    .collect();
+                if plain.iter().any(Option::is_none) {
                     let sticky = self.sticky_compression(seen);
-                    if entries
-                        .iter()
-                        .any(|e| listed_module(listed, &moddir, &e.dest_name, || sticky).is_none())
-                    {
+                    if entries.iter().zip(&plain).any(|(e, p)| {
+                        p.is_none() && packed(&moddir, &e.dest_name, sticky).is_none()
+                    }) {
                         return None;
                     }
                 }
                 entries
                     .iter()
-                    .map(|e| {
-                        let file =
-                            listed_module(listed, &moddir, &e.dest_name, || self.compression(k));
+                    .zip(plain)
+                    .map(|(e, p)| {
+                        let file = p.or_else(|| packed(&moddir, &e.dest_name, self.compression(k)));
                         (e.dest_name.clone(), file)
                     })
                     .collect()
@@ -518,11 +521,12 @@ impl Reader<'_> {
             .built_modules_dir(&mv.name, &mv.version, &b.kernel, &b.arch);
         let found = || {
             let mut seen = HashSet::new();
-            let files = b
-                .module_files
-                .iter()
+            let files = self
+                .tree
+                .built_module_files(&mv.name, &mv.version, &b.kernel, &b.arch)
+                .into_iter()
                 .flatten()
-                .filter_map(|f| Some((module_name(f)?, moddir.join(f))))
+                .filter_map(|f| Some((module_name(&f)?, moddir.join(&f))))
                 .filter(|(n, _)| seen.insert(n.clone()))
                 .collect();
             Expected::Found(files)
@@ -614,28 +618,14 @@ impl Reader<'_> {
     }
 }
 
-/// Whether a listing of `module/` holds `file`.
-fn has_file(listed: &[String], file: &str) -> bool {
-    listed.binary_search_by(|n| n.as_str().cmp(file)).is_ok()
+/// DKMS's compressed candidate: `dir/NAME.ko<suffix>` when the kernel has a suffix.
+fn packed(dir: &Path, name: &str, suffix: Option<&str>) -> Option<PathBuf> {
+    let p = dir.join(format!("{name}.ko{}", suffix?));
+    p.exists().then_some(p)
 }
 
-/// DKMS's `compressed_or_uncompressed` on a listed directory: `NAME.ko`, else
-/// `NAME.ko<suffix>` (suffix asked only then).
-fn listed_module(
-    listed: &[String],
-    dir: &Path,
-    name: &str,
-    suffix: impl FnOnce() -> Option<&'static str>,
-) -> Option<PathBuf> {
-    let plain = format!("{name}.ko");
-    if has_file(listed, &plain) {
-        return Some(dir.join(plain));
-    }
-    let packed = format!("{name}.ko{}", suffix()?);
-    has_file(listed, &packed).then(|| dir.join(packed))
-}
-
-/// The same lookup on disk, opening the file found.
+/// DKMS's `compressed_or_uncompressed` on disk (`NAME.ko`, else `NAME.ko<suffix>`, the
+/// suffix asked only then), opening the file found.
 fn open_module(
     dir: &Path,
     name: &str,

@@ -456,8 +456,9 @@ pub struct ModuleVersion {
 pub struct Build {
     pub kernel: String,
     pub arch: String,
-    /// The files of `module/`, `None` when it does not exist (an unfinished or foreign dir).
-    pub module_files: Option<Vec<String>>,
+    /// `module/` exists (else an unfinished or foreign dir). Its files are not listed here:
+    /// readers look up the names dkms.conf gives, which is cheaper than listing.
+    pub built: bool,
     /// `kernel-K-A` points here.
     pub installed: bool,
 }
@@ -465,7 +466,7 @@ pub struct Build {
 impl Build {
     /// `module/` exists.
     pub fn is_built(&self) -> bool {
-        self.module_files.is_some()
+        self.built
     }
 }
 
@@ -517,11 +518,11 @@ fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<ModuleVersion> {
                     let link = format!("kernel-{}-{}", k.name, a.name);
                     let installed =
                         has(&link) && installed_here(tree, name, &v.name, &k.name, &a, &kdir);
-                    let module_files = built_files(&kdir.join(&a.name).join("module"));
+                    let built = kdir.join(&a.name).join("module").is_dir();
                     builds.push(Build {
                         kernel: k.name.clone(),
                         arch: a.name,
-                        module_files,
+                        built,
                         installed,
                     });
                 }
@@ -545,21 +546,6 @@ fn installed_here(tree: &Tree, m: &str, v: &str, k: &str, a: &Listed, kdir: &Pat
         Ok(t) if t == Tree::installed_link_target(v, k, &a.name) => a.is_dir_in(kdir),
         Ok(_) => tree.is_installed_build(m, v, k, &a.name),
         Err(_) => false,
-    }
-}
-
-/// The sorted file names of a build's `module/`; `None` when it is not a directory.
-fn built_files(dir: &Path) -> Option<Vec<String>> {
-    match fs::read_dir(dir) {
-        Ok(rd) => {
-            let mut names: Vec<String> = rd
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect();
-            names.sort();
-            Some(names)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(Vec::new()),
-        Err(_) => None,
     }
 }
 
@@ -677,8 +663,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            foo.builds[0].module_files.as_deref(),
-            Some(&["foo.ko".to_string()][..])
+            t.built_module_files("foo", "1.0", "6.1.0-1-amd64", "x86_64"),
+            Some(vec!["foo.ko".to_string()])
         );
 
         let custom = Selection {
