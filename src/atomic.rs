@@ -2,6 +2,7 @@
 //! module tree is prepared under a hidden temporary name and made visible by one rename, so a
 //! kill -9 or power loss leaves either the old state or the new one, never a half-written file.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat2, RenameFlags};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// The marker in every temporary name rdkms creates, so leftovers can be recognised and removed.
 pub const TMP_MARK: &str = "rdkms-tmp";
@@ -96,40 +97,88 @@ pub fn replace_dir(staged: &Path, dest: &Path) -> Result<()> {
 /// Deletes a directory tree so that it disappears at once: renamed to a hidden name first,
 /// then removed. Symlinks inside (such as `source`) are removed, never followed.
 pub fn remove_dir(dir: &Path) -> Result<()> {
-    if fs::symlink_metadata(dir).is_err() {
-        return Ok(());
+    let mut removals = Removals::default();
+    removals.hide(dir)?;
+    removals.finish()
+}
+
+/// A batch of directory removals. `hide` renames each directory to a hidden name at once, so
+/// readers never see it again; `finish` makes the renames durable with one flush per parent
+/// directory (not one per removal) and only then deletes the contents, so a crash leaves each
+/// directory either whole under its name or hidden (and removed by `clean_leftovers`).
+#[derive(Debug, Default)]
+pub struct Removals {
+    hidden: Vec<PathBuf>,
+    parents: BTreeSet<PathBuf>,
+}
+
+impl Removals {
+    /// Renames `dir` (if it exists) to a hidden name in the same directory.
+    pub fn hide(&mut self, dir: &Path) -> Result<()> {
+        if fs::symlink_metadata(dir).is_err() {
+            return Ok(());
+        }
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let doomed = parent.join(format!(".{name}.{}.{TMP_MARK}", std::process::id()));
+        fs::rename(dir, &doomed).ctx("rename for removal", dir)?;
+        self.parents.insert(parent.to_path_buf());
+        self.hidden.push(doomed);
+        Ok(())
     }
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let doomed = parent.join(format!(".{name}.{}.{TMP_MARK}", std::process::id()));
-    fs::rename(dir, &doomed).ctx("rename for removal", dir)?;
-    sync_dir(parent)?;
-    fs::remove_dir_all(&doomed).ctx("remove", &doomed)
+
+    /// Flushes every renamed-from directory once, then deletes the hidden trees. A directory
+    /// hidden inside one hidden later is gone with it (and needs no flush of its own).
+    pub fn finish(self) -> Result<()> {
+        for parent in &self.parents {
+            match File::open(parent) {
+                Ok(d) => d.sync_all().ctx("sync directory", parent)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("sync directory", parent, e)),
+            }
+        }
+        for doomed in self.hidden.iter().rev() {
+            match fs::remove_dir_all(doomed) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", doomed, e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Removes rdkms's leftover temporary entries (from an interrupted run) directly inside `dir`.
 pub fn clean_leftovers(dir: &Path) {
+    sweep(dir);
+}
+
+/// `clean_leftovers`, returning the names of the subdirectories that are not hidden, from the
+/// same one listing.
+pub fn sweep(dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
+    let mut subdirs = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
         if name.starts_with('.') && name.ends_with(TMP_MARK) {
             let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => {
-                    let _ = fs::remove_dir_all(&p);
-                }
-                _ => {
-                    let _ = fs::remove_file(&p);
-                }
+            if is_dir {
+                let _ = fs::remove_dir_all(&p);
+            } else {
+                let _ = fs::remove_file(&p);
             }
+        } else if is_dir && !name.starts_with('.') {
+            subdirs.push(name.into_owned());
         }
     }
+    subdirs
 }
 
 #[cfg(test)]
@@ -149,6 +198,47 @@ mod tests {
         assert!(dest.join("module/new.ko").is_file());
         assert!(!dest.join("module/old.ko").exists());
         assert!(!staged.exists());
+    }
+
+    #[test]
+    fn removals_hide_at_once_and_delete_on_finish_even_when_nested() {
+        let t = tempfile::tempdir().unwrap();
+        let k = t.path().join("1.0/K");
+        for a in ["A1", "A2"] {
+            fs::create_dir_all(k.join(a).join("module")).unwrap();
+            fs::write(k.join(a).join("module/m.ko"), "ko").unwrap();
+        }
+        let other = t.path().join("2.0/K");
+        fs::create_dir_all(&other).unwrap();
+        let mut removals = Removals::default();
+        removals.hide(&k.join("A1")).unwrap();
+        removals.hide(&k).unwrap();
+        removals.hide(&other).unwrap();
+        removals.hide(&t.path().join("missing")).unwrap();
+        // Gone from view before the batch is finished; a crash here leaves hidden leftovers.
+        assert!(!k.exists() && !other.exists());
+        let hidden = |dir: &str| {
+            fs::read_dir(t.path().join(dir))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(TMP_MARK))
+                .count()
+        };
+        assert_eq!((hidden("1.0"), hidden("2.0")), (1, 1));
+        removals.finish().unwrap();
+        assert_eq!((hidden("1.0"), hidden("2.0")), (0, 0));
+    }
+
+    #[test]
+    fn sweep_lists_visible_subdirectories_and_removes_leftovers() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("K")).unwrap();
+        fs::create_dir(t.path().join(".hidden")).unwrap();
+        fs::create_dir(t.path().join(format!(".K.9.{TMP_MARK}"))).unwrap();
+        fs::write(t.path().join("file"), "").unwrap();
+        assert_eq!(sweep(t.path()), ["K"]);
+        assert!(!t.path().join(format!(".K.9.{TMP_MARK}")).exists());
+        assert!(t.path().join(".hidden").exists());
     }
 
     #[test]

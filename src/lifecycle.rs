@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::add::{self, AddOptions, SourcePath};
-use crate::atomic;
+use crate::atomic::{self, Removals};
 use crate::bmdeb::{self, BinaryPackage};
 use crate::build::{self, BuildInput, Jobs};
 use crate::cli::{Action, Invocation};
@@ -373,21 +373,21 @@ pub fn clean_leftovers(tree: &Tree) {
         }
         let _ = fs::remove_dir(&private);
     }
+    // One listing per directory: this walks the whole tree before every change.
     for m in subdirs(&tree.root) {
         let mdir = tree.module_dir(&m);
-        atomic::clean_leftovers(&mdir);
-        for v in subdirs(&mdir) {
+        for v in atomic::sweep(&mdir) {
             let vdir = mdir.join(&v);
-            atomic::clean_leftovers(&vdir);
-            for k in subdirs(&vdir) {
+            for k in atomic::sweep(&vdir) {
                 if NOT_KERNELS.contains(&k.as_str()) {
                     continue;
                 }
                 let kdir = vdir.join(k);
-                atomic::clean_leftovers(&kdir);
                 // A kernel dir that only held an interrupted staging dir would look like a
                 // kernel to `remove`; an empty one is never meaningful.
-                let _ = fs::remove_dir(&kdir);
+                if atomic::sweep(&kdir).is_empty() {
+                    let _ = fs::remove_dir(&kdir);
+                }
             }
         }
     }
@@ -504,6 +504,21 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
 
 /// Uninstalls, then deletes `<tree>/M/V/K/A` (and `K` when empty); the module stays added.
 pub fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+    let mut removals = Removals::default();
+    let result = unbuild_into(job, facts, changes, &mut removals);
+    removals.finish()?;
+    result
+}
+
+/// `unbuild_one` for a batch: the build directory is hidden at once, and made durable and
+/// deleted with the rest of the batch by `Removals::finish`. When `A` is the only build of
+/// `K`, `K` goes in one rename.
+pub fn unbuild_into(
+    job: &Job<'_>,
+    facts: &KernelFacts,
+    changes: &mut Changes,
+    removals: &mut Removals,
+) -> Result<()> {
     let conf = job.conf(facts)?;
     let t = &job.ctx.tree;
     if job.is_installed(facts, &conf) {
@@ -519,12 +534,12 @@ pub fn unbuild_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         ));
         return Ok(());
     }
-    atomic::remove_dir(&build_dir)?;
     let kernel_dir = t.version_dir(&job.module, &job.version).join(&facts.kernel);
-    if subdirs(&kernel_dir).is_empty() {
-        atomic::remove_dir(&kernel_dir)?;
+    if subdirs(&kernel_dir).iter().all(|a| *a == facts.arch) {
+        removals.hide(&kernel_dir)
+    } else {
+        removals.hide(&build_dir)
     }
-    Ok(())
 }
 
 /// `remove`'s last step: delete `<tree>/M/V` when no kernel is left in it (never the sources

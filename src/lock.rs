@@ -52,7 +52,8 @@ impl TreeLock {
                             waited_secs: waited.as_secs(),
                         });
                     }
-                    if !told {
+                    // A holder that recorded nothing is a `ReadLock`, gone in a moment.
+                    if !told && holder_record(&mut file).is_some() {
                         eprintln!(
                             "rdkms: waiting for {} (held by {})",
                             path.display(),
@@ -87,6 +88,25 @@ impl Drop for TreeLock {
     }
 }
 
+/// A shared hold on the tree's lock, for a command that first reads and plans and changes
+/// nothing unless it has work: no `TreeLock` holder can be half-way through a change while it
+/// is held. It writes nothing to the lock file, so the apt fingerprint (which watches that
+/// file) stays valid.
+#[derive(Debug)]
+pub struct ReadLock {
+    _file: File,
+}
+
+impl ReadLock {
+    /// Takes the shared lock without waiting; None when a writer holds the lock or the lock
+    /// file does not exist yet (the caller then takes the `TreeLock`).
+    pub fn try_acquire(paths: &Paths) -> Option<ReadLock> {
+        let file = File::open(TreeLock::path(paths)).ok()?;
+        file.try_lock_shared().ok()?;
+        Some(ReadLock { _file: file })
+    }
+}
+
 /// The lock timeout from `--lock-timeout SECONDS` (or `RDKMS_LOCK_TIMEOUT`).
 pub fn timeout(seconds: Option<u64>) -> Duration {
     seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT)
@@ -103,14 +123,16 @@ fn record_holder(file: &mut File) -> std::io::Result<()> {
 
 /// What the lock file says about its holder, for messages.
 fn holder(file: &mut File) -> String {
+    holder_record(file).unwrap_or_else(|| "an unknown process".to_string())
+}
+
+/// The holder's "pid N: command line", if one is recorded.
+fn holder_record(file: &mut File) -> Option<String> {
     let mut text = String::new();
-    let read = file
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_to_string(&mut text));
-    match read {
-        Ok(_) if !text.trim().is_empty() => text.trim().to_string(),
-        _ => "an unknown process".to_string(),
-    }
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_string(&mut text))
+        .ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

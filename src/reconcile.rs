@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::add::{self, AddOptions};
-use crate::atomic;
+use crate::atomic::{self, Removals};
 use crate::build::{self, Jobs};
 use crate::cli::{Action, Invocation};
 use crate::config::Paths;
@@ -231,15 +231,32 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             return Ok(code);
         }
     }
-    // A reconcile with nothing to do neither takes the lock nor touches the tree.
-    if req.scope == Scope::All && action == Action::Reconcile {
-        let (snap, plan) = plan_now(&ctx, &arch, &req);
-        if plan.is_noop() && !plan.autoinstall_disabled {
-            let mut exec = Executor::new(&ctx, &mut reporter, false);
-            exec.run(&plan, &snap);
-            reporter.summaries();
-            store_fingerprint(&ctx.paths, &reporter);
-            return Ok(reporter.exit_code(policy));
+    // Plan first without the lock (only keeping writers out while reading): a run with nothing
+    // to change neither takes the lock nor writes to the tree. A run that has work plans again
+    // under the lock, so a change made in between (another command's `add`) is not missed.
+    // Not for common_postinst (it adds first) nor kernel_prerm (it nearly always has work).
+    if !matches!(action, Action::CommonPostinst | Action::KernelPrerm) {
+        if let Some(reading) = lock::ReadLock::try_acquire(&ctx.paths) {
+            let (snap, plan) = plan_now(&ctx, &arch, &req);
+            if changes_nothing(&plan, &report::failures(&ctx.paths), &snap.arch) {
+                announce(&plan, &mut reporter);
+                let mut exec = Executor::new(&ctx, &mut reporter, false);
+                exec.run(&plan, &snap);
+                let (missing_headers, prerm_failed) = (exec.missing_headers, exec.prerm_failed);
+                reporter.summaries();
+                drop(reading);
+                if req.scope == Scope::All {
+                    store_fingerprint(&ctx.paths, &reporter);
+                }
+                return exit_status(
+                    action,
+                    hook,
+                    (&missing_headers, prerm_failed),
+                    &reporter,
+                    policy,
+                    &ctx.paths,
+                );
+            }
         }
     }
 
@@ -253,6 +270,61 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         add_for_postinst(inv, &ctx, &lock)?;
     }
     let (snap, plan) = plan_now(&ctx, &arch, &req);
+    announce(&plan, &mut reporter);
+    let mut exec = Executor::new(&ctx, &mut reporter, true);
+    exec.run(&plan, &snap);
+    exec.finish_removals();
+    let (missing_headers, prerm_failed) = (exec.missing_headers, exec.prerm_failed);
+    reporter.summaries();
+    drop(lock);
+    if req.scope == Scope::All {
+        store_fingerprint(&ctx.paths, &reporter);
+    }
+    exit_status(
+        action,
+        hook,
+        (&missing_headers, prerm_failed),
+        &reporter,
+        policy,
+        &ctx.paths,
+    )
+}
+
+/// Whether executing `plan` would leave the disk as it is: it only reports (modules skipped
+/// that have no failure note to forget, failures already remembered exactly so, kernels
+/// without headers).
+fn changes_nothing(plan: &Plan, remembered: &[FailureNote], arch: &str) -> bool {
+    plan.steps.iter().all(|step| match step {
+        Step::NoHeaders { .. } => true,
+        Step::Skip { module, kernel, .. } => !remembered
+            .iter()
+            .any(|n| &n.module == module && &n.kernel == kernel),
+        Step::Fail {
+            module,
+            version,
+            kernel,
+            reason,
+        } => remembered.iter().any(|n| {
+            (&n.module, &n.version, &n.kernel, &n.reason) == (module, version, kernel, reason)
+                && n.arch == arch
+                && n.code == fail_code(reason)
+                && !n.critical
+        }),
+        _ => false,
+    })
+}
+
+/// The exit status a planned failure is remembered with.
+fn fail_code(reason: &str) -> i32 {
+    if reason.contains("BUILD_DEPENDS") || reason.contains("dependenc") {
+        DEPENDENCY_EXIT
+    } else {
+        8
+    }
+}
+
+/// Says why the plan builds nothing, when the machine says so.
+fn announce(plan: &Plan, reporter: &mut Reporter) {
     if plan.autoinstall_disabled {
         reporter.say(
             Severity::Info,
@@ -265,16 +337,18 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             &format!("kernel {k} is not installed (no image, no modules); nothing to build for it"),
         );
     }
-    let mut exec = Executor::new(&ctx, &mut reporter, true);
-    exec.run(&plan, &snap);
-    let missing_headers = exec.missing_headers.clone();
-    let prerm_failed = exec.prerm_failed;
-    reporter.summaries();
-    drop(lock);
-    if req.scope == Scope::All {
-        store_fingerprint(&ctx.paths, &reporter);
-    }
+}
 
+/// A hook command's exit status, from the kernels without headers and whether a prerm removal
+/// failed.
+fn exit_status(
+    action: Action,
+    hook: bool,
+    (missing_headers, prerm_failed): (&[String], bool),
+    reporter: &Reporter,
+    policy: report::Policy,
+    paths: &Paths,
+) -> Result<i32> {
     Ok(match (action, hook) {
         (Action::KernelPrerm, true) => 0,
         (Action::KernelPrerm, false) if prerm_failed => PRERM_FAILURE_EXIT,
@@ -283,7 +357,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             if let Some(kernel) = missing_headers.first() {
                 return Err(Error::MissingHeaders {
                     kernel: kernel.clone(),
-                    dir: ctx.paths.kernel_build_dir(kernel),
+                    dir: paths.kernel_build_dir(kernel),
                 });
             }
             if reporter.any_failure() {
@@ -378,6 +452,11 @@ struct Executor<'a> {
     prerm_failed: bool,
     /// Write failure notes into the tree (only under the lock).
     remember: bool,
+    /// The build directories purged so far, made durable and deleted together at the end.
+    removals: Removals,
+    /// Facts of the kernels purged from, probed once: purging changes none that matters
+    /// (uninstalling looks for every compression), and probing reads the kernel's module index.
+    purge_facts: BTreeMap<(String, String), KernelFacts>,
 }
 
 impl<'a> Executor<'a> {
@@ -393,6 +472,8 @@ impl<'a> Executor<'a> {
             missing_headers: Vec::new(),
             prerm_failed: false,
             remember,
+            removals: Removals::default(),
+            purge_facts: BTreeMap::new(),
         }
     }
 
@@ -691,11 +772,7 @@ impl<'a> Executor<'a> {
                 kernel,
                 reason,
             } => {
-                let code = if reason.contains("BUILD_DEPENDS") || reason.contains("dependenc") {
-                    DEPENDENCY_EXIT
-                } else {
-                    8
-                };
+                let code = fail_code(reason);
                 let arch = snap.arch.clone();
                 let outcome = Outcome::Failed {
                     code,
@@ -799,10 +876,18 @@ impl<'a> Executor<'a> {
     /// depmod. When the dkms.conf cannot be read (its source is gone), the build's own files
     /// say what to delete.
     fn purge(&mut self, module: &str, version: &str, kernel: &str, arch: &str) -> Result<()> {
-        let facts = self.facts(kernel, arch);
+        let key = (kernel.to_string(), arch.to_string());
+        let facts = match self.purge_facts.get(&key) {
+            Some(facts) => facts.clone(),
+            None => {
+                let facts = self.facts(kernel, arch);
+                self.purge_facts.insert(key, facts.clone());
+                facts
+            }
+        };
         let job = self.job(module, version);
         let mut scratch = Changes::default();
-        match lifecycle::unbuild_one(&job, &facts, &mut scratch) {
+        match lifecycle::unbuild_into(&job, &facts, &mut scratch, &mut self.removals) {
             Ok(()) => Ok(()),
             Err(e) if job.conf(&facts).is_err() => {
                 self.ctx.console.say(format!(
@@ -811,13 +896,19 @@ impl<'a> Executor<'a> {
                 purge_without_conf(
                     &self.ctx.paths,
                     &self.ctx.tree,
-                    module,
-                    version,
-                    kernel,
-                    arch,
+                    (module, version, kernel, arch),
+                    &mut self.removals,
                 )
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the purges durable and deletes the purged directories (see `Removals`).
+    fn finish_removals(&mut self) {
+        if let Err(e) = std::mem::take(&mut self.removals).finish() {
+            self.prerm_failed = true;
+            self.reporter.failure(None, false, &e.to_string());
         }
     }
 
@@ -860,10 +951,8 @@ impl<'a> Executor<'a> {
 fn purge_without_conf(
     paths: &Paths,
     tree: &Tree,
-    module: &str,
-    version: &str,
-    kernel: &str,
-    arch: &str,
+    (module, version, kernel, arch): (&str, &str, &str, &str),
+    removals: &mut Removals,
 ) -> Result<()> {
     let build = tree.build_dir(module, version, kernel, arch);
     let link = tree.installed_link(module, kernel, arch);
@@ -891,14 +980,18 @@ fn purge_without_conf(
         }
         fs::remove_file(&link).ctx("delete", &link)?;
     }
-    if build.exists() {
-        atomic::remove_dir(&build)?;
-    }
     let kernel_dir = tree.version_dir(module, version).join(kernel);
-    if fs::read_dir(&kernel_dir).is_ok_and(|mut d| d.next().is_none()) {
-        atomic::remove_dir(&kernel_dir)?;
+    let only_build = fs::read_dir(&kernel_dir).is_ok_and(|d| {
+        d.flatten().all(|e| {
+            e.file_name().to_str() == Some(arch)
+                || e.file_name().to_string_lossy().ends_with(atomic::TMP_MARK)
+        })
+    });
+    if only_build {
+        removals.hide(&kernel_dir)
+    } else {
+        removals.hide(&build)
     }
-    Ok(())
 }
 
 /// After purging a kernel: removes the dkms install directories it left empty and, for a kernel
@@ -935,4 +1028,86 @@ fn has_module_files(dir: &Path) -> bool {
         .into_iter()
         .flatten()
         .any(|e| e.file_type().is_file() && e.file_name().to_string_lossy().contains(".ko"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::SkipReason;
+
+    fn note(module: &str, reason: &str) -> FailureNote {
+        FailureNote {
+            module: module.into(),
+            version: "1.0".into(),
+            kernel: "K".into(),
+            arch: "x86_64".into(),
+            code: fail_code(reason),
+            reason: reason.into(),
+            critical: false,
+        }
+    }
+
+    fn plan(steps: Vec<Step>) -> Plan {
+        Plan {
+            steps,
+            ..Plan::default()
+        }
+    }
+
+    fn fail(module: &str, reason: &str) -> Step {
+        Step::Fail {
+            module: module.into(),
+            version: "1.0".into(),
+            kernel: "K".into(),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn only_plans_that_write_nothing_change_nothing() {
+        let a = "x86_64";
+        assert!(changes_nothing(&plan(vec![]), &[], a));
+        let headers = Step::NoHeaders {
+            kernel: "K".into(),
+            package: "linux-headers-K".into(),
+        };
+        assert!(changes_nothing(&plan(vec![headers]), &[], a));
+        let skip = Step::Skip {
+            module: "alpha".into(),
+            version: "1.0".into(),
+            kernel: "K".into(),
+            reason: SkipReason::NoAutoinstall,
+        };
+        assert!(changes_nothing(
+            &plan(vec![skip.clone()]),
+            &[note("beta", "x")],
+            a
+        ));
+        // Skipping forgets the module's failure note on that kernel.
+        assert!(!changes_nothing(
+            &plan(vec![skip]),
+            &[note("alpha", "x")],
+            a
+        ));
+        let cycle = "BUILD_DEPENDS cycle";
+        let remembered = [note("alpha", cycle)];
+        assert!(changes_nothing(
+            &plan(vec![fail("alpha", cycle)]),
+            &remembered,
+            a
+        ));
+        assert!(!changes_nothing(
+            &plan(vec![fail("alpha", "other")]),
+            &remembered,
+            a
+        ));
+        assert!(!changes_nothing(&plan(vec![fail("alpha", cycle)]), &[], a));
+        assert!(!changes_nothing(
+            &plan(vec![fail("alpha", cycle)]),
+            &remembered,
+            "i686"
+        ));
+        let depmod = Step::Depmod { kernel: "K".into() };
+        assert!(!changes_nothing(&plan(vec![depmod]), &[], a));
+    }
 }
