@@ -2,11 +2,12 @@
 //! module tree is prepared under a hidden temporary name and made visible by one rename, so a
 //! kill -9 or power loss leaves either the old state or the new one, never a half-written file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::fcntl::{renameat2, RenameFlags};
 
@@ -105,7 +106,7 @@ pub fn remove_dir(dir: &Path) -> Result<()> {
 /// A batch of directory removals. `hide` renames each directory to a hidden name at once, so
 /// readers never see it again; `finish` makes the renames durable with one flush per parent
 /// directory (not one per removal) and only then deletes the contents, so a crash leaves each
-/// directory either whole under its name or hidden (and removed by `clean_leftovers`).
+/// directory either whole under its name or hidden (and removed by `sweep`).
 #[derive(Debug, Default)]
 pub struct Removals {
     hidden: Vec<PathBuf>,
@@ -151,13 +152,24 @@ impl Removals {
     }
 }
 
-/// Removes rdkms's leftover temporary entries (from an interrupted run) directly inside `dir`.
-pub fn clean_leftovers(dir: &Path) {
-    sweep(dir);
+/// Removes rdkms's leftover temporary entries (from an interrupted run) directly inside `dir`,
+/// if this process has not swept it yet. Leftovers come only from
+/// an interrupted run, and every writer holds the tree lock, so none appear while this
+/// process runs: uninstalling a thousand modules from one `updates/dkms` lists it once, not
+/// a thousand times.
+pub fn clean_leftovers_once(dir: &Path) {
+    static SWEPT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if swept
+        .get_or_insert_with(HashSet::new)
+        .insert(dir.to_path_buf())
+    {
+        sweep(dir);
+    }
 }
 
-/// `clean_leftovers`, returning the names of the subdirectories that are not hidden, from the
-/// same one listing.
+/// Removes rdkms's leftovers directly inside `dir`; returns the names of the subdirectories
+/// that are not hidden, from the same listing.
 pub fn sweep(dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
@@ -261,7 +273,7 @@ mod tests {
         fs::write(t.path().join(format!(".x.ko.abc.{TMP_MARK}")), "").unwrap();
         fs::create_dir(t.path().join(format!(".A.1.{TMP_MARK}"))).unwrap();
         fs::write(t.path().join("keep.ko"), "").unwrap();
-        clean_leftovers(t.path());
+        clean_leftovers_once(t.path());
         let left: Vec<_> = fs::read_dir(t.path()).unwrap().flatten().collect();
         assert_eq!(left.len(), 1);
     }

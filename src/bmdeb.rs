@@ -409,6 +409,9 @@ pub fn owner<'a>(
     packages: &'a [BinaryPackage],
     file: &Path,
 ) -> Option<&'a BinaryPackage> {
+    if packages.is_empty() {
+        return None;
+    }
     let real = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let file = real(file);
     packages

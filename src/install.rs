@@ -168,7 +168,7 @@ impl Placement<'_> {
                     .say("   - No original module exists within this kernel");
             }
             let dir = self.dest_dir(&m.install_location)?;
-            atomic::clean_leftovers(&dir);
+            atomic::clean_leftovers_once(&dir);
             self.console.say(" - Installation");
             self.console
                 .say(format!("   - Installing to {}/", dir.display()));
@@ -277,7 +277,7 @@ impl Placement<'_> {
                             Err(e) => return Err(Error::io("delete", p, e)),
                         }
                     }
-                    atomic::clean_leftovers(&dir);
+                    atomic::clean_leftovers_once(&dir);
                     remove_empty_dirs(&dir, &f.modules_dir);
                 }
                 None => self.console.say(format!(
