@@ -359,7 +359,7 @@ impl Lexer {
                         Some('\n') => self.bump(),
                         Some(e) => {
                             self.bump();
-                            push(&mut w, Part::Quoted(e.to_string()));
+                            push_char(&mut w, e, true);
                             w.quoted = true;
                         }
                         None => return Err(self.no("backslash at the end of the file")),
@@ -404,7 +404,7 @@ impl Lexer {
                 _ => {
                     self.bump();
                     after_colon = c == ':';
-                    push(&mut w, Part::Bare(c.to_string()));
+                    push_char(&mut w, c, false);
                 }
             }
             tilde_position = after_colon;
@@ -430,7 +430,7 @@ impl Lexer {
                         Some('\n') => self.bump(),
                         Some(e @ ('$' | '`' | '"' | '\\')) => {
                             self.bump();
-                            push(w, Part::Quoted(e.to_string()));
+                            push_char(w, e, true);
                         }
                         Some(_) => push(w, Part::Quoted("\\".into())),
                     }
@@ -442,7 +442,7 @@ impl Lexer {
                 }
                 Some(c) => {
                     self.bump();
-                    push(w, Part::Quoted(c.to_string()));
+                    push_char(w, c, true);
                 }
             }
         }
@@ -511,6 +511,16 @@ fn push(w: &mut Word, part: Part) {
             a.push_str(&b)
         }
         (_, part) => w.parts.push(part),
+    }
+}
+
+/// Appends one character of literal text, without a string of its own when it extends the
+/// previous part (most characters of a dkms.conf go through here).
+fn push_char(w: &mut Word, c: char, quoted: bool) {
+    match (w.parts.last_mut(), quoted) {
+        (Some(Part::Quoted(a)), true) | (Some(Part::Bare(a)), false) => a.push(c),
+        (_, true) => w.parts.push(Part::Quoted(c.to_string())),
+        (_, false) => w.parts.push(Part::Bare(c.to_string())),
     }
 }
 
