@@ -279,7 +279,7 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
             );
         }
         let lines = crate::par::map(&modules, 32, |i, mv| {
-            reader.module_lines(mv, &seen[..before[i]])
+            reader.module_lines(mv, &seen, before[i])
         });
         for (entries, warning) in lines {
             if let Some((key, text)) = warning {
@@ -375,14 +375,19 @@ type Pending = Option<((String, String), String)>;
 
 impl Reader<'_> {
     /// The lines of one module version: one per built kernel, else `M/V: added`. `seen` holds
-    /// the kernels whose built test ran earlier in this listing.
-    fn module_lines(&self, mv: &ModuleVersion, seen: &[&str]) -> (Vec<Entry>, Pending) {
-        let mut seen = seen.to_vec();
+    /// the kernels of every built test of this listing in order, this module's starting at
+    /// `before`.
+    fn module_lines(
+        &self,
+        mv: &ModuleVersion,
+        seen: &[&str],
+        before: usize,
+    ) -> (Vec<Entry>, Pending) {
         let mut warning = None;
         let mut out = Vec::new();
-        for build in mv.builds.iter().filter(|b| b.is_built()) {
-            seen.push(&build.kernel);
-            if let Some(e) = self.build_entry(mv, build, &seen, &mut warning) {
+        for (j, build) in mv.builds.iter().filter(|b| b.is_built()).enumerate() {
+            let seen = &seen[..before + j + 1];
+            if let Some(e) = self.build_entry(mv, build, seen, &mut warning) {
                 out.push(e);
             }
         }
