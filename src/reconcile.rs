@@ -235,48 +235,38 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     // to change neither takes the lock nor writes to the tree. A run that has work plans again
     // under the lock, so a change made in between (another command's `add`) is not missed.
     // Not for common_postinst (it adds first) nor kernel_prerm (it nearly always has work).
-    if !matches!(action, Action::CommonPostinst | Action::KernelPrerm) {
-        if let Some(reading) = lock::ReadLock::try_acquire(&ctx.paths) {
+    let quiet = if matches!(action, Action::CommonPostinst | Action::KernelPrerm) {
+        None
+    } else {
+        lock::ReadLock::try_acquire(&ctx.paths).and_then(|reading| {
             let (snap, plan) = plan_now(&ctx, &arch, &req);
-            if changes_nothing(&plan, &report::failures(&ctx.paths), &snap.arch) {
-                announce(&plan, &mut reporter);
-                let mut exec = Executor::new(&ctx, &mut reporter, false);
-                exec.run(&plan, &snap);
-                let (missing_headers, prerm_failed) = (exec.missing_headers, exec.prerm_failed);
-                reporter.summaries();
-                drop(reading);
-                if req.scope == Scope::All {
-                    store_fingerprint(&ctx.paths, &reporter);
-                }
-                return exit_status(
-                    action,
-                    hook,
-                    (&missing_headers, prerm_failed),
-                    &reporter,
-                    policy,
-                    &ctx.paths,
-                );
+            changes_nothing(&plan, &report::failures(&ctx.paths), &snap.arch)
+                .then_some((reading, snap, plan))
+        })
+    };
+    let (held, snap, plan, writes) = match quiet {
+        Some((reading, snap, plan)) => (Held::Read { _shared: reading }, snap, plan, false),
+        None => {
+            let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
+            if inv.cli.from_apt && fingerprint::matches(&ctx.paths) {
+                return Ok(0);
             }
+            fingerprint::invalidate(&ctx.paths)?;
+            lifecycle::clean_leftovers(&ctx.tree);
+            if action == Action::CommonPostinst {
+                add_for_postinst(inv, &ctx, &lock)?;
+            }
+            let (snap, plan) = plan_now(&ctx, &arch, &req);
+            (Held::Write { _tree: lock }, snap, plan, true)
         }
-    }
-
-    let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
-    if inv.cli.from_apt && fingerprint::matches(&ctx.paths) {
-        return Ok(0);
-    }
-    fingerprint::invalidate(&ctx.paths)?;
-    lifecycle::clean_leftovers(&ctx.tree);
-    if action == Action::CommonPostinst {
-        add_for_postinst(inv, &ctx, &lock)?;
-    }
-    let (snap, plan) = plan_now(&ctx, &arch, &req);
+    };
     announce(&plan, &mut reporter);
-    let mut exec = Executor::new(&ctx, &mut reporter, true);
+    let mut exec = Executor::new(&ctx, &mut reporter, writes);
     exec.run(&plan, &snap);
     exec.finish_removals();
     let (missing_headers, prerm_failed) = (exec.missing_headers, exec.prerm_failed);
     reporter.summaries();
-    drop(lock);
+    drop(held);
     if req.scope == Scope::All {
         store_fingerprint(&ctx.paths, &reporter);
     }
@@ -288,6 +278,13 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         policy,
         &ctx.paths,
     )
+}
+
+/// The lock a run holds while it executes its plan: shared for a plan that changes nothing,
+/// the tree lock otherwise. Released before the fingerprint is stored.
+enum Held {
+    Read { _shared: lock::ReadLock },
+    Write { _tree: TreeLock },
 }
 
 /// Whether executing `plan` would leave the disk as it is: it only reports (modules skipped
