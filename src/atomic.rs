@@ -64,14 +64,23 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Points the symlink `link` at `target`, replacing any previous link in one rename.
-pub fn symlink(target: &Path, link: &Path) -> Result<()> {
-    let dir = link.parent().unwrap_or(Path::new("."));
-    let name = link
+/// `path`'s directory and the hidden temporary name beside it (`.NAME.PID.rdkms-tmp`), which
+/// every reader skips and `sweep` removes.
+fn hidden_sibling(path: &Path) -> (&Path, PathBuf) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.{TMP_MARK}", std::process::id()));
+    (
+        dir,
+        dir.join(format!(".{name}.{}.{TMP_MARK}", std::process::id())),
+    )
+}
+
+/// Points the symlink `link` at `target`, replacing any previous link in one rename.
+pub fn symlink(target: &Path, link: &Path) -> Result<()> {
+    let (dir, tmp) = hidden_sibling(link);
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).ctx("create symlink", &tmp)?;
     fs::rename(&tmp, link).ctx("rename symlink into place", link)?;
@@ -119,12 +128,7 @@ impl Removals {
         if fs::symlink_metadata(dir).is_err() {
             return Ok(());
         }
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let doomed = parent.join(format!(".{name}.{}.{TMP_MARK}", std::process::id()));
+        let (parent, doomed) = hidden_sibling(dir);
         fs::rename(dir, &doomed).ctx("rename for removal", dir)?;
         self.parents.insert(parent.to_path_buf());
         self.hidden.push(doomed);
