@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{arch, Sandbox};
@@ -56,17 +55,6 @@ fn module(sb: &Sandbox, name: &str, version: &str, extra: &[&str]) {
         .success();
 }
 
-fn ko(sb: &Sandbox, k: &str, name: &str) -> PathBuf {
-    sb.modules_dir(k)
-        .join("updates/dkms")
-        .join(format!("{name}.ko"))
-}
-
-fn status(sb: &Sandbox) -> String {
-    let out = sb.rdkms(["status"]).assert().success().get_output().clone();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -100,7 +88,7 @@ fn new_kernel_gets_every_module_with_one_depmod_and_no_stdout() {
         "{err}"
     );
     for k in [K1, K2] {
-        assert!(ko(&sb, k, "alpha").is_file() && ko(&sb, k, "beta").is_file());
+        assert!(sb.installed_ko(k, "alpha").is_file() && sb.installed_ko(k, "beta").is_file());
     }
     let calls = sb.depmod_calls();
     assert_eq!(
@@ -124,7 +112,7 @@ fn removed_kernel_is_purged_and_the_module_stays_for_the_others() {
     kernel(&sb, K2, true);
     module(&sb, "alpha", "1.0", &[]);
     sb.rdkms(["reconcile"]).assert().success();
-    assert!(ko(&sb, K1, "alpha").is_file());
+    assert!(sb.installed_ko(K1, "alpha").is_file());
     remove_kernel_package(&sb, K1);
     let depmods_before = sb.depmod_calls().len();
     sb.rdkms(["reconcile", "--hook"])
@@ -137,13 +125,13 @@ fn removed_kernel_is_purged_and_the_module_stays_for_the_others() {
         sb.listing(&sb.modules_dir(K1))
     );
     assert!(!sb.tree().join("alpha/1.0").join(K1).exists());
-    assert!(ko(&sb, K2, "alpha").is_file());
+    assert!(sb.installed_ko(K2, "alpha").is_file());
     assert_eq!(
         sb.depmod_calls().len(),
         depmods_before,
         "no depmod for a gone kernel"
     );
-    let st = status(&sb);
+    let st = sb.status();
     assert!(
         st.contains(&format!("alpha/1.0, {K2}, {}: installed", arch())),
         "{st}"
@@ -167,13 +155,13 @@ fn prerm_unbuilds_that_kernel_only_keeps_the_module_and_runs_no_depmod() {
         .get_output()
         .clone();
     assert!(stderr_of(&out).contains(&format!("removing module alpha/1.0 for kernel {K1}")));
-    assert!(!ko(&sb, K1, "alpha").exists());
+    assert!(!sb.installed_ko(K1, "alpha").exists());
     assert!(!sb.modules_dir(K1).join("updates").exists());
     assert!(
         sb.modules_dir(K1).join("kernel").is_dir(),
         "the kernel's own files stay"
     );
-    assert!(ko(&sb, K2, "alpha").is_file());
+    assert!(sb.installed_ko(K2, "alpha").is_file());
     assert!(sb.tree().join("alpha/1.0/source").exists());
     assert_eq!(sb.depmod_calls().len(), depmods);
     // A module built for that kernel only stays registered too.
@@ -199,7 +187,7 @@ fn headers_arriving_after_the_image_build_then_and_update_that_initramfs_once() 
         .get_output()
         .clone();
     assert!(stderr_of(&out).contains(&format!("install linux-headers-{K1}")));
-    assert!(!ko(&sb, K1, "zfs").exists());
+    assert!(!sb.installed_ko(K1, "zfs").exists());
     // Without --hook, DKMS's autoinstall fails with the missing-headers exit code.
     sb.rdkms(["autoinstall", "-k", K1])
         .assert()
@@ -210,7 +198,7 @@ fn headers_arriving_after_the_image_build_then_and_update_that_initramfs_once() 
         .assert()
         .success()
         .stdout("");
-    assert!(ko(&sb, K1, "zfs").is_file() && ko(&sb, K1, "spl").is_file());
+    assert!(sb.installed_ko(K1, "zfs").is_file() && sb.installed_ko(K1, "spl").is_file());
     assert_eq!(sb.initramfs_calls(), [format!("-u -k {K1}")]);
     assert!(sb
         .listing(&sb.tree().join(".rdkms-initramfs-pending"))
@@ -244,7 +232,7 @@ fn remake_initrd_updates_each_changed_kernel_once_and_leaves_postinst_to_the_ker
     sb.rdkms(["kernel_postinst", "--hook", "-k", k4])
         .assert()
         .success();
-    assert!(ko(&sb, k4, "zfs").is_file());
+    assert!(sb.installed_ko(k4, "zfs").is_file());
     assert_eq!(sb.initramfs_calls().len(), 2, "no call for {k4}");
 }
 
@@ -288,7 +276,7 @@ fn package_upgrade_replaces_the_old_version_on_every_kernel() {
     module(&sb, "alpha", "1.10", &[]);
     fs::write(sb.root().join("usr/src/alpha-1.10/stamp"), "new").unwrap();
     sb.rdkms(["reconcile"]).assert().success();
-    let st = status(&sb);
+    let st = sb.status();
     let a = arch();
     for k in [K1, K2] {
         assert!(
@@ -299,7 +287,7 @@ fn package_upgrade_replaces_the_old_version_on_every_kernel() {
             !st.contains(&format!("alpha/1.9, {k}, {a}: installed")),
             "{st}"
         );
-        let ko = common::fake_kernel::read_ko(&ko(&sb, k, "alpha"));
+        let ko = common::fake_kernel::read_ko(&sb.installed_ko(k, "alpha"));
         assert_eq!(ko.stamp, "new");
     }
 }
@@ -325,7 +313,7 @@ fn common_postinst_adds_and_builds_for_every_kernel_with_headers() {
     .success()
     .stdout("")
     .stderr(predicate::str::contains(format!("linux-headers-{K3}")));
-    assert!(ko(&sb, K1, "pkg").is_file() && ko(&sb, K2, "pkg").is_file());
+    assert!(sb.installed_ko(K1, "pkg").is_file() && sb.installed_ko(K2, "pkg").is_file());
     sb.rdkms(["common_postinst", "--hook", "-m", "pkg", "-v", ""])
         .assert()
         .code(1);
@@ -366,7 +354,7 @@ fn common_postinst_loads_the_package_tarball_when_there_is_one() {
     .assert()
     .success()
     .stdout("");
-    assert!(ko(&sb, K1, "tarred").is_file());
+    assert!(sb.installed_ko(K1, "tarred").is_file());
     assert!(sb.root().join("usr/src/tarred-1.0/dkms.conf").is_file());
 }
 
@@ -388,7 +376,7 @@ fn one_failing_module_never_stops_the_others_and_the_policy_decides_the_exit() {
         err.contains("bad/1 for") && err.contains("FAILED (exit 10)"),
         "{err}"
     );
-    assert!(ko(&sb, K1, "good").is_file());
+    assert!(sb.installed_ko(K1, "good").is_file());
     // The failure is remembered and shown by plan.
     sb.rdkms(["plan"])
         .assert()
@@ -433,14 +421,14 @@ fn no_autoinstall_is_honoured_and_disabled_modules_are_skipped() {
         .assert()
         .success()
         .stderr(predicate::str::contains("has been disabled"));
-    assert!(!ko(&sb, K1, "alpha").exists());
+    assert!(!sb.installed_ko(K1, "alpha").exists());
     fs::remove_file(sb.root().join("etc/dkms/no-autoinstall")).unwrap();
     sb.rdkms(["reconcile", "--hook"]).assert().success().stderr(
         predicate::str::contains("manual/1 for")
             .and(predicate::str::contains("skipped: AUTOINSTALL is not set")),
     );
-    assert!(ko(&sb, K1, "alpha").is_file());
-    assert!(!ko(&sb, K1, "manual").exists());
+    assert!(sb.installed_ko(K1, "alpha").is_file());
+    assert!(!sb.installed_ko(K1, "manual").exists());
 }
 
 #[test]
@@ -467,9 +455,9 @@ fn build_exclusive_skip_satisfies_dependents_and_build_depends_orders_builds() {
     assert!(at("zz-base/1 for") < at("aa-top/1 for"));
     assert!(err.contains("arm-only/1 for") && err.contains("skipped: BUILD_EXCLUSIVE"));
     for m in ["zz-base", "aa-top", "user"] {
-        assert!(ko(&sb, K1, m).is_file(), "{m}");
+        assert!(sb.installed_ko(K1, m).is_file(), "{m}");
     }
-    assert!(!ko(&sb, K1, "arm-only").exists());
+    assert!(!sb.installed_ko(K1, "arm-only").exists());
 }
 
 #[test]
@@ -481,7 +469,7 @@ fn apt_hook_is_a_no_op_until_something_changes() {
         .assert()
         .success()
         .stdout("");
-    assert!(ko(&sb, K1, "alpha").is_file());
+    assert!(sb.installed_ko(K1, "alpha").is_file());
     // The state just changed; once it is older than the timestamp granularity, a quiet
     // reconcile stores the fingerprint and apt's calls return at once.
     std::thread::sleep(Duration::from_millis(2100));
@@ -496,5 +484,5 @@ fn apt_hook_is_a_no_op_until_something_changes() {
     // A new kernel arrives without its hook having run: the apt hook builds for it.
     kernel(&sb, K2, true);
     sb.rdkms(["reconcile", "--from-apt"]).assert().success();
-    assert!(ko(&sb, K2, "alpha").is_file());
+    assert!(sb.installed_ko(K2, "alpha").is_file());
 }

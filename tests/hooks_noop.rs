@@ -38,17 +38,6 @@ fn module(sb: &Sandbox, name: &str, version: &str) {
         .success();
 }
 
-fn ko(sb: &Sandbox, k: &str, name: &str) -> PathBuf {
-    sb.modules_dir(k)
-        .join("updates/dkms")
-        .join(format!("{name}.ko"))
-}
-
-fn status(sb: &Sandbox) -> String {
-    let out = sb.rdkms(["status"]).assert().success().get_output().clone();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn lock_file(sb: &Sandbox) -> PathBuf {
     sb.tree().join(".rdkms.lock")
 }
@@ -62,7 +51,7 @@ fn noop_autoinstall_takes_no_lock_and_writes_nothing() {
     let sb = sandbox(&[K1]);
     module(&sb, "alpha", "1.0");
     sb.rdkms(["autoinstall", "-k", K1]).assert().success();
-    assert!(ko(&sb, K1, "alpha").is_file());
+    assert!(sb.installed_ko(K1, "alpha").is_file());
     // A stored fingerprint: a run that takes the lock marks it invalid first.
     let fingerprint = sb.tree().join(".rdkms-fingerprint");
     let record = "rdkms-fingerprint-1 0123456789abcdef\n";
@@ -100,8 +89,10 @@ fn module_added_after_a_noop_run_is_built_by_the_next_one() {
     sb.rdkms(["autoinstall", "--hook", "-k", K1])
         .assert()
         .success();
-    assert!(ko(&sb, K1, "beta").is_file());
-    assert!(status(&sb).contains(&format!("beta/2.0, {K1}, {}: installed", arch())));
+    assert!(sb.installed_ko(K1, "beta").is_file());
+    assert!(sb
+        .status()
+        .contains(&format!("beta/2.0, {K1}, {}: installed", arch())));
     // A run with work still takes the lock and invalidates the fingerprint.
     assert!(fs::read_to_string(&fingerprint)
         .unwrap()
@@ -144,8 +135,8 @@ fn prerm_removes_every_build_of_the_kernel_and_status_agrees() {
         .success()
         .stdout("");
     for m in ["alpha", "beta", "gamma"] {
-        assert!(!ko(&sb, K1, m).exists(), "{m}");
-        assert!(ko(&sb, K2, m).is_file(), "{m}");
+        assert!(!sb.installed_ko(K1, m).exists(), "{m}");
+        assert!(sb.installed_ko(K2, m).is_file(), "{m}");
         let mdir = sb.tree().join(m);
         assert!(!mdir.join("1.0").join(K1).exists(), "{m}");
         assert!(
@@ -162,7 +153,7 @@ fn prerm_removes_every_build_of_the_kernel_and_status_agrees() {
         .filter(|p| p.contains("rdkms-tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let st = status(&sb);
+    let st = sb.status();
     assert!(!st.contains(K1), "{st}");
     for m in ["alpha", "beta", "gamma"] {
         assert!(

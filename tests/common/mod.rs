@@ -141,6 +141,24 @@ impl Sandbox {
         self.root().join("lib/modules").join(kernel)
     }
 
+    /// Where install puts module `name` for `kernel`: `updates/dkms/NAME.ko`.
+    pub fn installed_ko(&self, kernel: &str, name: &str) -> PathBuf {
+        self.modules_dir(kernel)
+            .join("updates/dkms")
+            .join(format!("{name}.ko"))
+    }
+
+    /// `rdkms status`, which must succeed.
+    pub fn status(&self) -> String {
+        let out = self
+            .rdkms(["status"])
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `<tree>/M/V/K/<arch>`.
     pub fn built(&self, module: &str, version: &str, kernel: &str) -> PathBuf {
         self.tree()
