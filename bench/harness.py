@@ -27,7 +27,7 @@ CORPUS = REPO / "tests/corpus/work/src"
 HELLO = REPO / "examples/hello-dkms"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
-# The three corpus packages that do not compile against the 6.1.0-56 headers
+# The three corpus packages that do not compile against the Debian 12 headers
 # (docs/dkms-baseline.md); the baseline's 27-module figures are for the others.
 FAILING = {"librem_ec_acpi", "lttng-modules", "openrazer-driver"}
 

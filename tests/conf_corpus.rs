@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conf_support::{context, real_confs, repo, skip, REAL_KERNEL};
+use conf_support::{context, real_confs, repo, real_kernel, skip};
 use rdkms::conf::{self, bash, static_eval, Directives, EvalContext, EvalMode, DKMS_CONF_NAMES};
 
 /// Debian's dkms, whose own `safe_source` the last test runs.
@@ -100,8 +100,8 @@ fn kernels(tmp: &Path) -> Vec<(String, PathBuf)> {
     .unwrap();
     vec![
         (
-            REAL_KERNEL.to_string(),
-            PathBuf::from(format!("/lib/modules/{REAL_KERNEL}/build")),
+            real_kernel(),
+            PathBuf::from(format!("/lib/modules/{}/build", real_kernel())),
         ),
         ("5.10.0-1-amd64".to_string(), old),
     ]
@@ -250,11 +250,12 @@ fn corpus_figures() {
     if cases.is_empty() {
         return;
     }
-    let ksrc = PathBuf::from(format!("/lib/modules/{REAL_KERNEL}/build"));
+    let kernel = real_kernel();
+    let ksrc = PathBuf::from(format!("/lib/modules/{kernel}/build"));
     let (mut on_static, mut on_bash) = (Vec::new(), Vec::new());
     let mut bash_on_static_files = Vec::new();
     for case in &cases {
-        let ctx = context(&case.files[0], REAL_KERNEL, &ksrc);
+        let ctx = context(&case.files[0], &kernel, &ksrc);
         let bash_time = time(5, || {
             bash::evaluate(&case.files, DKMS_CONF_NAMES, &ctx).unwrap();
         });

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use conf_support::REAL_KERNEL;
+use conf_support::real_kernel;
 
 const VALID: &str =
     "PACKAGE_NAME=m\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME=m\nDEST_MODULE_LOCATION=/extra\n";
@@ -40,7 +40,7 @@ fn show(sb: &Sandbox, env: &[(&str, &str)]) -> std::process::Output {
         .arg(&sb.root)
         .args(["conf", "show"])
         .arg(&sb.conf)
-        .args(["-k", REAL_KERNEL])
+        .args(["-k", &real_kernel()])
         .env_remove("RDKMS_CONF_EVAL")
         .env_remove("RDKMS_CONF_TIMEOUT")
         .timeout(Duration::from_secs(60));
@@ -295,7 +295,7 @@ fn a_conf_printing_to_stdout_is_read_correctly() {
         .arg(&sb.root)
         .args(["conf", "show", "--json"])
         .arg(&sb.conf)
-        .args(["-k", REAL_KERNEL])
+        .args(["-k", &real_kernel()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -8,6 +8,10 @@ use rdkms::conf::model::Target;
 use rdkms::conf::{Directives, DkmsConf, EvalPath};
 use rdkms::version::ver_cmp;
 
+/// A kernel name as data: these models are evaluated in memory, nothing is read from
+/// /lib/modules for it (the version-order tests below likewise only compare names).
+const KERNEL: &str = "6.1.0-56-amd64";
+
 fn target(kernel: &str, config: &Path) -> Target {
     Target {
         kernel: kernel.into(),
@@ -42,7 +46,7 @@ fn model_for(extra: &[(&str, usize, &str)], kernel: &str) -> DkmsConf {
 }
 
 fn model(extra: &[(&str, usize, &str)]) -> DkmsConf {
-    model_for(extra, "6.1.0-56-amd64")
+    model_for(extra, KERNEL)
 }
 
 #[test]
@@ -93,7 +97,7 @@ fn make_match_last_matching_index_wins() {
         ("MAKE", 3, "five"),
         ("MAKE_MATCH", 3, "^5\\."),
     ];
-    assert_eq!(model_for(&conf, "6.1.0-56-amd64").make, "six-one");
+    assert_eq!(model_for(&conf, KERNEL).make, "six-one");
     assert_eq!(model_for(&conf, "6.2.0-1-amd64").make, "six");
     assert_eq!(model_for(&conf, "5.10.0-1-amd64").make, "five");
     assert_eq!(model_for(&conf, "4.19.0-1-amd64").make, "default");
@@ -104,7 +108,7 @@ fn make_zero_is_the_default_only_without_make_match_zero() {
     let conf = [("MAKE", 0, "zero"), ("MAKE_MATCH", 0, "^5\\.")];
     assert_eq!(model_for(&conf, "5.10.0-1-amd64").make, "zero");
     assert_eq!(
-        model_for(&conf, "6.1.0-56-amd64").make,
+        model_for(&conf, KERNEL).make,
         "make -C /ksrc M=/var/lib/dkms/p/1/build",
         "MAKE_MATCH[0] set and not matching: DKMS's generic make"
     );
@@ -161,7 +165,7 @@ fn autoinstall_values() {
     let bad = DkmsConf::from_directives(
         &directives(&[("AUTOINSTALL", 0, "true")]),
         Path::new("dkms.conf"),
-        &target("6.1.0-56-amd64", Path::new("/x")),
+        &target(KERNEL, Path::new("/x")),
         EvalPath::Static,
     );
     assert!(bad.is_err());
@@ -174,7 +178,7 @@ fn build_exclusive_kernel_and_arch_are_regexes() {
         0,
         "^(5\\.[6-9]\\.|5\\.[1-9][0-9]\\.|[6-9]\\.)",
     )];
-    assert_eq!(model_for(&k, "6.1.0-56-amd64").excluded, None);
+    assert_eq!(model_for(&k, KERNEL).excluded, None);
     assert_eq!(model_for(&k, "5.10.0-1-amd64").excluded, None);
     assert!(model_for(&k, "5.4.0-1-amd64").excluded.is_some());
     assert!(
@@ -236,7 +240,7 @@ fn build_exclusive_config_reads_the_kernel_config() {
         DkmsConf::from_directives(
             &directives(&[("BUILD_EXCLUSIVE_CONFIG", 0, want)]),
             Path::new("dkms.conf"),
-            &target("6.1.0-56-amd64", config),
+            &target(KERNEL, config),
             EvalPath::Static,
         )
         .unwrap()

@@ -257,19 +257,17 @@ const REAL: [(&str, &str, &str); 6] = [
     ("examples/hello-dkms", "hello", "1.0"),
 ];
 
-const REAL_KERNEL: &str = "6.1.0-56-amd64";
-
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// A root with the real kernel's headers and modules dir and the real packages added.
-fn real_root() -> Sandbox {
+fn real_root(kernel: &str) -> Sandbox {
     let sb = Sandbox::new();
-    let kdir = common::real_kernel_dir(sb.root(), REAL_KERNEL);
+    let kdir = common::real_kernel_dir(sb.root(), kernel);
     fs::create_dir_all(kdir.join("kernel")).unwrap();
     fs::create_dir_all(sb.root().join("boot")).unwrap();
-    fs::write(sb.root().join(format!("boot/vmlinuz-{REAL_KERNEL}")), "").unwrap();
+    fs::write(sb.root().join(format!("boot/vmlinuz-{kernel}")), "").unwrap();
     for (dir, name, version) in REAL {
         let dest = sb.root().join(format!("usr/src/{name}-{version}"));
         let copied = Command::new("cp")
@@ -301,15 +299,14 @@ fn real_modules_rebuild_concurrently_for_a_new_kernel() {
     if skip_unless(nix::unistd::geteuid().is_root(), "the real tier needs root") {
         return;
     }
-    let headers = Path::new("/usr/src")
-        .join(format!("linux-headers-{REAL_KERNEL}"))
-        .join("Makefile");
+    let kernel = common::headers_kernel();
     if skip_unless(
-        headers.is_file(),
-        "the 6.1.0-56-amd64 headers are not installed",
+        kernel.is_some(),
+        "no kernel headers in /usr/src/linux-headers-* (install linux-headers-amd64)",
     ) {
         return;
     }
+    let kernel = kernel.unwrap();
     let corpus = REAL
         .iter()
         .all(|(d, _, _)| repo(d).join("dkms.conf").is_file());
@@ -319,7 +316,7 @@ fn real_modules_rebuild_concurrently_for_a_new_kernel() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // One module at a time, as before: each `rdkms build` with make -j<cores>.
-    let one_by_one = real_root();
+    let one_by_one = real_root(&kernel);
     let mut individual = Vec::new();
     for (_, name, version) in REAL {
         let start = Instant::now();
@@ -328,7 +325,7 @@ fn real_modules_rebuild_concurrently_for_a_new_kernel() {
                 "build",
                 &format!("{name}/{version}"),
                 "-k",
-                REAL_KERNEL,
+                &kernel,
                 "-q",
             ])
             .assert()
@@ -338,11 +335,11 @@ fn real_modules_rebuild_concurrently_for_a_new_kernel() {
     let sum: f64 = individual.iter().map(|(_, t)| t).sum();
     let longest = individual.iter().map(|(_, t)| *t).fold(0.0, f64::max);
 
-    let sb = real_root();
+    let sb = real_root(&kernel);
     let cpu_before = children_cpu();
     let start = Instant::now();
     let out = sb
-        .rdkms(["kernel_postinst", "-k", REAL_KERNEL])
+        .rdkms(["kernel_postinst", "-k", &kernel])
         .output()
         .unwrap();
     let wall = start.elapsed().as_secs_f64();
@@ -354,10 +351,10 @@ fn real_modules_rebuild_concurrently_for_a_new_kernel() {
         "{stderr}"
     );
     for (_, name, version) in REAL {
-        let built = sb.tree().join(name).join(version).join(REAL_KERNEL);
+        let built = sb.tree().join(name).join(version).join(&kernel);
         assert!(built.is_dir(), "{name} was not built: {stderr}");
     }
-    let installed = sb.listing(&sb.modules_dir(REAL_KERNEL).join("updates/dkms"));
+    let installed = sb.listing(&sb.modules_dir(&kernel).join("updates/dkms"));
     for m in ["acpi_call", "v4l2loopback", "vpoll", "tp_smapi", "hello"] {
         assert!(
             installed.iter().any(|f| f.starts_with(&format!("{m}.ko"))),

@@ -8,8 +8,23 @@ use std::path::{Path, PathBuf};
 use rdkms::conf::model::Target;
 use rdkms::conf::{EvalContext, EvalMode, LoadRequest};
 
-/// The kernel every conf is read for first: the headers installed on the test machine.
-pub const REAL_KERNEL: &str = "6.1.0-56-amd64";
+/// The kernel every conf is read for first: the newest one whose headers are installed
+/// (`/lib/modules/K/build/Makefile`), so confs that read the kernel's `.config` see a real one.
+/// Kernel ABIs move every few weeks, so it is looked up, never written down. Without headers it
+/// is a made-up name: the evaluation tests only need a string, and tests that need the headers
+/// check for them.
+pub fn real_kernel() -> String {
+    let mut kernels: Vec<String> = std::fs::read_dir("/lib/modules")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("build/Makefile").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    kernels.sort_by(|a, b| rdkms::version::ver_cmp(a, b));
+    kernels.pop().unwrap_or_else(|| "6.1.0-0-amd64".to_string())
+}
 
 /// Panics under CI (the prerequisite must be there), otherwise reports the skip.
 pub fn skip(why: &str) {

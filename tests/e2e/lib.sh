@@ -31,6 +31,19 @@ check() {
     return 0
 }
 
+# tools_present TOOL:PACKAGE...: true when every TOOL is on PATH; names each missing one and
+# the package that brings it.
+tools_present() {
+    local t missing=0
+    for t in "$@"; do
+        if ! command -v "${t%%:*}" >/dev/null; then
+            echo "missing: ${t%%:*} (apt-get install ${t#*:})" >&2
+            missing=1
+        fi
+    done
+    return "$missing"
+}
+
 # require WHAT CMD...: like check, but a failure ends the step (the steps run under set -e).
 require() {
     local what=$1

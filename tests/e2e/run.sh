@@ -204,7 +204,7 @@ s_host() {
     local lk=(-o DPkg::Lock::Timeout=600) pkgs=(debootstrap busybox-static cpio bc zstd)
     command -v dpkg-buildpackage >/dev/null || pkgs+=(dpkg-dev)
     command -v dh >/dev/null || pkgs+=(debhelper)
-    command -v dh_dkms >/dev/null || pkgs+=(dkms) # dh_dkms, to build the REMAKE_INITRD package
+    command -v dh_dkms >/dev/null || pkgs+=(dh-dkms) # to build the REMAKE_INITRD package
     apt-get "${lk[@]}" update -q
     apt-get "${lk[@]}" install -y -q --no-install-recommends --no-upgrade "${pkgs[@]}"
     if ! command -v qemu-system-x86_64 >/dev/null; then
@@ -234,7 +234,8 @@ s_host() {
         fi
     fi
     require "host tools present (debootstrap, busybox, dh_dkms, qemu)" \
-        command -v debootstrap busybox dh_dkms qemu-system-x86_64
+        tools_present debootstrap:debootstrap busybox:busybox-static dh_dkms:dh-dkms \
+        dpkg-buildpackage:dpkg-dev dh:debhelper cpio:cpio qemu-system-x86_64:qemu-system-x86
 }
 
 s_package() {
