@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conf_support::{context, real_confs, repo, real_kernel, skip};
+use conf_support::{context, real_confs, real_kernel, repo, skip};
 use rdkms::conf::{self, bash, static_eval, Directives, EvalContext, EvalMode, DKMS_CONF_NAMES};
 
 /// Debian's dkms, whose own `safe_source` the last test runs.

@@ -321,13 +321,7 @@ fn real_modules_rebuild_concurrently_for_a_new_kernel() {
     for (_, name, version) in REAL {
         let start = Instant::now();
         one_by_one
-            .rdkms([
-                "build",
-                &format!("{name}/{version}"),
-                "-k",
-                &kernel,
-                "-q",
-            ])
+            .rdkms(["build", &format!("{name}/{version}"), "-k", &kernel, "-q"])
             .assert()
             .success();
         individual.push((name, start.elapsed().as_secs_f64()));
