@@ -14,9 +14,8 @@ use crate::error::{Error, Result};
     name = "rdkms",
     about = "Build, install and track out-of-tree kernel modules (DKMS-compatible)",
     disable_version_flag = true,
-    override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]\n\n\
-        Actions: add build install uninstall unbuild remove status conf show\n\
-        Hooks: autoinstall reconcile plan kernel_postinst kernel_prerm common_postinst"
+    disable_help_flag = true,
+    override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]"
 )]
 pub struct Cli {
     /// The action word, NAME/VERSION, a source directory or a dkms.conf path, in any order.
@@ -192,6 +191,7 @@ pub enum Action {
     Mkdeb,
     Mktarball,
     Ldtarball,
+    Doctor,
 }
 
 impl Action {
@@ -219,6 +219,7 @@ impl Action {
             "mkdeb" => Action::Mkdeb,
             "mktarball" => Action::Mktarball,
             "ldtarball" => Action::Ldtarball,
+            "doctor" => Action::Doctor,
             _ => return None,
         })
     }
@@ -244,6 +245,7 @@ impl Action {
             Action::Mkdeb => "mkdeb",
             Action::Mktarball => "mktarball",
             Action::Ldtarball => "ldtarball",
+            Action::Doctor => "doctor",
         }
     }
 }
@@ -284,6 +286,8 @@ impl Invocation {
             version = cli.version.clone();
         }
         let words = std::mem::take(&mut cli.words);
+        // The first bare word taken as a module name: a mistyped action when none is found.
+        let mut first_unknown = None;
         for word in words {
             if action.is_none() && operands.is_empty() {
                 if let Some(a) = Action::from_word(&word) {
@@ -313,6 +317,9 @@ impl Invocation {
                 // Any other existing file is an archive (ldtarball), as in DKMS.
                 cli.archive = Some(path);
             } else if module.is_none() {
+                if action.is_none() && !word.contains('/') && !path.exists() {
+                    first_unknown = Some(word.clone());
+                }
                 let (m, v) = split_module(&word);
                 module = m;
                 if v.is_some() {
@@ -321,6 +328,9 @@ impl Invocation {
             } else {
                 operands.push(word);
             }
+        }
+        if let (None, Some(word)) = (action, &first_unknown) {
+            return Err(Error::Usage(crate::help::unknown_action(word)));
         }
         if action == Some(Action::ConfShow) {
             if operands.first().map(String::as_str) != Some("show") {

@@ -15,8 +15,10 @@ pub mod copyright;
 pub mod date;
 pub mod deb;
 pub mod depmod;
+pub mod doctor;
 pub mod error;
 pub mod fingerprint;
+pub mod help;
 pub mod host;
 pub mod initramfs;
 pub mod install;
@@ -24,6 +26,7 @@ pub mod inventory;
 pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
+pub mod manpage;
 pub mod mkdeb;
 pub mod par;
 pub mod plan;
@@ -60,6 +63,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Mkdeb => mkdeb::run(&inv),
         Action::Mktarball => tarball::make(&inv),
         Action::Ldtarball => tarball::load(&inv),
+        Action::Doctor => doctor::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
         Action::Autoinstall
