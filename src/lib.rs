@@ -30,6 +30,7 @@ pub mod manpage;
 pub mod mkdeb;
 pub mod par;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
 pub mod registered;
 pub mod report;
@@ -51,6 +52,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         println!("rdkms-{}", env!("CARGO_PKG_VERSION"));
         return Ok(0);
     }
+    progress::init(&inv.cli);
     let Some(action) = inv.action else {
         return Err(Error::Usage(
             "No action specified; try rdkms status, rdkms build NAME/VERSION or rdkms --help."

@@ -526,6 +526,7 @@ pub fn unbuild_into(
         job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
     }
+    build::remove_kept_build(&t.version_dir(&job.module, &job.version).join("build"));
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
     if !job.is_built(facts, &conf) && !build_dir.is_dir() {
         job.ctx.console.say(format!(
