@@ -212,6 +212,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     fs::create_dir_all(&version_dir).ctx("create", &version_dir)?;
     std::os::unix::fs::symlink(input.source_dir, version_dir.join("source"))
         .ctx("create symlink", version_dir.join("source"))?;
+    let sources = crate::sources::fingerprint(input.source_dir);
     copy_source(input.source_dir, &private.build_dir, input.console)?;
 
     let kept = input
@@ -220,7 +221,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         .join("build");
     let failed_log = kept.join("make.log");
     let result = compile(input, &conf, &private, &failed_log)
-        .and_then(|()| store(input, &conf, &private, signer.as_ref()));
+        .and_then(|()| store(input, &conf, &private, signer.as_ref(), &sources));
     if let Err(e) = result {
         keep_failed_build(&private, &input.tree.root, &kept, input.console);
         return Err(e);
@@ -556,6 +557,7 @@ fn store(
     conf: &DkmsConf,
     private: &PrivateBuild,
     signer: Option<&Signer>,
+    sources: &str,
 ) -> Result<()> {
     let f = input.facts;
     let kernel_dir = input
@@ -596,6 +598,8 @@ fn store(
             .ctx("sync", &staged)?;
     }
     fs::copy(&private.log_path, log_dir.join("make.log")).ctx("copy", &private.log_path)?;
+    let record = log_dir.join(crate::sources::FINGERPRINT_FILE);
+    fs::write(&record, format!("{sources}\n")).ctx("write", &record)?;
     if f.config.is_file() {
         fs::copy(&f.config, log_dir.join(".config")).ctx("copy", &f.config)?;
     }

@@ -313,6 +313,13 @@ impl Invocation {
             let is_src = path.is_dir() && path.join("dkms.conf").is_file();
             if (is_conf || is_src) && source_path.is_none() {
                 source_path = Some(path);
+            } else if looks_like_path(&word) && !path.is_file() && source_path.is_none() {
+                // `./mods`, `mods/`, `/opt/drv`: meant as a directory, never as NAME/VERSION;
+                // the command says what is wrong with it (missing, or no dkms.conf).
+                if !path.exists() {
+                    return Err(Error::SourceMissing { path });
+                }
+                source_path = Some(path);
             } else if path.is_file() && cli.archive.is_none() {
                 // Any other existing file is an archive (ldtarball), as in DKMS.
                 cli.archive = Some(path);
@@ -363,6 +370,17 @@ impl Invocation {
             cli,
         })
     }
+}
+
+/// A word written as a path: starting with `/`, `./` or `../`, or ending with `/` (a
+/// NAME/VERSION never does; DKMS would misread these as module `.` or an empty version).
+fn looks_like_path(word: &str) -> bool {
+    word.starts_with('/')
+        || word.starts_with("./")
+        || word.starts_with("../")
+        || word == "."
+        || word == ".."
+        || (word.ends_with('/') && word.len() > 1)
 }
 
 /// Splits `name/version` at the first `/`, as DKMS does.

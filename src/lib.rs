@@ -36,6 +36,7 @@ pub mod registered;
 pub mod report;
 pub mod script;
 pub mod signing;
+pub mod sources;
 pub mod status;
 pub mod tarball;
 pub mod tool;
@@ -46,6 +47,17 @@ pub use error::{Error, Result};
 
 use cli::{Action, Invocation};
 
+/// `--root DIR` is a directory, or can become one: its parent exists.
+fn root_usable(root: &std::path::Path) -> bool {
+    if root.exists() {
+        return root.is_dir();
+    }
+    let parent = std::path::absolute(root)
+        .ok()
+        .and_then(|r| r.parent().map(std::path::Path::to_path_buf));
+    parent.is_some_and(|p| p.is_dir())
+}
+
 /// Runs one parsed command line and returns the process exit status.
 pub fn run(inv: Invocation) -> Result<i32> {
     if inv.cli.print_version {
@@ -53,6 +65,13 @@ pub fn run(inv: Invocation) -> Result<i32> {
         return Ok(0);
     }
     progress::init(&inv.cli);
+    // A new tree may start in a new directory, but not below a mistyped path.
+    if let Some(root) = inv.cli.root.as_deref().filter(|r| !root_usable(r)) {
+        return Err(Error::Usage(format!(
+            "--root {}: no such directory. Fix the path, or create the directory first to start a new tree there.",
+            root.display()
+        )));
+    }
     let Some(action) = inv.action else {
         return Err(Error::Usage(
             "No action specified; try rdkms status, rdkms build NAME/VERSION or rdkms --help."

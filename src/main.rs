@@ -25,7 +25,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let result = rdkms::cli::Invocation::from_cli(cli).and_then(rdkms::run);
+    let result = rdkms::cli::Invocation::from_cli(cli)
+        .and_then(rdkms::run)
+        .map_err(rdkms::Error::for_user);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
