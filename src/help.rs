@@ -447,16 +447,21 @@ pub fn handle(args: &[OsString]) -> Option<i32> {
     Some(0)
 }
 
-/// The hidden package-build commands: `generate-man DIR`, `generate-completions DIR`.
+/// The hidden package-build commands: `generate-man DIR`, `generate-completions DIR
+/// [COMPLETER]` (the binary the scripts call back, default /usr/sbin/rdkms).
 fn generate(kind: &str, words: &[&str]) -> i32 {
-    let Some(dir) = words.iter().filter(|w| !w.starts_with('-')).nth(1) else {
+    let mut operands = words.iter().filter(|w| !w.starts_with('-')).skip(1);
+    let Some(dir) = operands.next() else {
         eprintln!("Error! Usage: rdkms {kind} DIR");
         return 2;
     };
     let dir = Path::new(dir);
     let result = match kind {
         "generate-man" => crate::manpage::write_man(dir),
-        _ => crate::manpage::write_completions(dir, "/usr/sbin/rdkms"),
+        _ => crate::manpage::write_completions(
+            dir,
+            operands.next().copied().unwrap_or("/usr/sbin/rdkms"),
+        ),
     };
     match result {
         Ok(()) => 0,
