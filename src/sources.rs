@@ -1,45 +1,52 @@
 //! Whether a module's sources changed since a build: each build records a fingerprint of the
-//! sources it was made from (every file's path, size and modification time), so `build` and
-//! `install` rebuild after `add DIR --force` replaced the sources of an already built version
-//! instead of keeping the old modules.
+//! sources it was made from (every file's path and content), so `build` and `install` rebuild
+//! after `add DIR --force` replaced the sources of an already built version instead of keeping
+//! the old modules. Content, not times: identical sources give identical trees.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The file in a build's `log/` directory that holds the fingerprint.
 pub const FINGERPRINT_FILE: &str = ".rdkms-sources";
 
-/// A fingerprint of the directory tree at `dir` (symlinks not followed), as 16 hex digits.
-pub fn fingerprint(dir: &Path) -> String {
-    let mut entries: Vec<(PathBuf, u64, i64, i64)> = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-        .filter(|e| !e.file_type().is_dir())
-        .filter_map(|e| {
-            let md = e.path().symlink_metadata().ok()?;
-            let rel = e.path().strip_prefix(dir).ok()?.to_path_buf();
-            Some((rel, md.size(), md.mtime(), md.mtime_nsec()))
-        })
-        .collect();
-    entries.sort();
-    // FNV-1a: stable across Rust versions, unlike std's DefaultHasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
+/// FNV-1a, 64 bits: stable across Rust versions, unlike std's DefaultHasher.
+struct Fnv(u64);
+
+impl Fnv {
+    fn feed(&mut self, bytes: &[u8]) {
         for b in bytes {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
-    };
-    for (path, size, secs, nsecs) in &entries {
-        feed(path.as_os_str().as_encoded_bytes());
-        feed(&[0]);
-        feed(&size.to_le_bytes());
-        feed(&secs.to_le_bytes());
-        feed(&nsecs.to_le_bytes());
     }
-    format!("{hash:016x}")
+}
+
+/// A fingerprint of the files below `dir` (symlinks by their target), as 16 hex digits.
+pub fn fingerprint(dir: &Path) -> String {
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let walk = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name();
+    for e in walk.into_iter().flatten() {
+        let Ok(rel) = e.path().strip_prefix(dir) else {
+            continue;
+        };
+        let kind = e.file_type();
+        let content = if kind.is_file() {
+            fs::read(e.path()).unwrap_or_default()
+        } else if kind.is_symlink() {
+            fs::read_link(e.path())
+                .map(|t| t.into_os_string().into_encoded_bytes())
+                .unwrap_or_default()
+        } else {
+            continue;
+        };
+        hash.feed(rel.as_os_str().as_encoded_bytes());
+        hash.feed(&[0]);
+        hash.feed(&(content.len() as u64).to_le_bytes());
+        hash.feed(&content);
+    }
+    format!("{:016x}", hash.0)
 }
 
 /// Whether the build whose log directory is `log_dir` was made from other sources than the ones
