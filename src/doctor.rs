@@ -351,7 +351,7 @@ fn secure_boot(paths: &Paths, out: &mut Vec<Finding>) {
     if paths.root != Path::new("/") {
         out.push(note(
             format!(
-                "not checked under --root {} (it is the running machine's state)",
+                "Secure Boot: not checked under --root {} (it is the running machine's state)",
                 paths.root.display()
             ),
             None,
