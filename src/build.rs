@@ -220,8 +220,8 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         .version_dir(input.module, input.version)
         .join("build");
     let failed_log = kept.join("make.log");
-    let result = compile(input, &conf, &private, &failed_log)
-        .and_then(|()| store(input, &conf, &private, signer.as_ref(), &sources));
+    let result = compile(input, &conf, &private, &failed_log, &sources)
+        .and_then(|()| store(input, &conf, &private, signer.as_ref()));
     if let Err(e) = result {
         keep_failed_build(&private, &input.tree.root, &kept, input.console);
         return Err(e);
@@ -282,6 +282,7 @@ fn compile(
     conf: &DkmsConf,
     private: &PrivateBuild,
     failed_log: &Path,
+    sources: &str,
 ) -> Result<()> {
     let started = Instant::now();
     // CPU seconds of the logged steps; None once one could not be measured.
@@ -417,7 +418,13 @@ fn compile(
         wall: started.elapsed().as_secs_f64(),
         cpu,
     };
-    writeln!(log, "{}", time.trailer()).ctx("write", &private.log_path)?;
+    writeln!(
+        log,
+        "{}\n{}",
+        crate::sources::trailer(sources),
+        time.trailer()
+    )
+    .ctx("write", &private.log_path)?;
     Ok(())
 }
 
@@ -557,7 +564,6 @@ fn store(
     conf: &DkmsConf,
     private: &PrivateBuild,
     signer: Option<&Signer>,
-    sources: &str,
 ) -> Result<()> {
     let f = input.facts;
     let kernel_dir = input
@@ -598,8 +604,6 @@ fn store(
             .ctx("sync", &staged)?;
     }
     fs::copy(&private.log_path, log_dir.join("make.log")).ctx("copy", &private.log_path)?;
-    let record = log_dir.join(crate::sources::FINGERPRINT_FILE);
-    fs::write(&record, format!("{sources}\n")).ctx("write", &record)?;
     if f.config.is_file() {
         fs::copy(&f.config, log_dir.join(".config")).ctx("copy", &f.config)?;
     }

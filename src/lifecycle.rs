@@ -445,12 +445,11 @@ fn sources_changed(job: &Job<'_>, facts: &KernelFacts) -> bool {
     let Ok(source) = fs::canonicalize(job.source_dir()) else {
         return false;
     };
-    let log_dir = job
+    let log = job
         .ctx
         .tree
-        .build_dir(&job.module, &job.version, &facts.kernel, &facts.arch)
-        .join("log");
-    let changed = crate::sources::changed_since_build(&log_dir, &source);
+        .make_log(&job.module, &job.version, &facts.kernel, &facts.arch);
+    let changed = crate::sources::changed_since_build(&log, &source);
     if changed {
         job.ctx.console.say(format!(
             "The sources of {}/{} changed since it was built for kernel {} ({}); building again.",

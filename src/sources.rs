@@ -1,13 +1,19 @@
 //! Whether a module's sources changed since a build: each build records a fingerprint of the
-//! sources it was made from (every file's path and content), so `build` and `install` rebuild
-//! after `add DIR --force` replaced the sources of an already built version instead of keeping
-//! the old modules. Content, not times: identical sources give identical trees.
+//! sources it was made from (every file's path and content) as a trailer line of its make.log
+//! (the tree keeps DKMS's layout), so `build` and `install` rebuild after `add DIR --force`
+//! replaced the sources of an already built version instead of keeping the old modules.
+//! Content, not times: identical sources give identical trees.
 
 use std::fs;
 use std::path::Path;
 
-/// The file in a build's `log/` directory that holds the fingerprint.
-pub const FINGERPRINT_FILE: &str = ".rdkms-sources";
+/// The make.log line that records the fingerprint.
+const TRAILER: &str = "# rdkms sources:";
+
+/// The make.log trailer line for a fingerprint.
+pub fn trailer(fingerprint: &str) -> String {
+    format!("{TRAILER} {fingerprint}")
+}
 
 /// FNV-1a, 64 bits: stable across Rust versions, unlike std's DefaultHasher.
 struct Fnv(u64);
@@ -49,13 +55,16 @@ pub fn fingerprint(dir: &Path) -> String {
     format!("{:016x}", hash.0)
 }
 
-/// Whether the build whose log directory is `log_dir` was made from other sources than the ones
-/// in `source_dir` now. A build without a recorded fingerprint (made by DKMS or an older rdkms)
+/// Whether the build whose make.log is `log` was made from other sources than the ones in
+/// `source_dir` now. A build without a recorded fingerprint (made by DKMS or an older rdkms)
 /// counts as current.
-pub fn changed_since_build(log_dir: &Path, source_dir: &Path) -> bool {
-    match fs::read_to_string(log_dir.join(FINGERPRINT_FILE)) {
-        Ok(recorded) => recorded.trim() != fingerprint(source_dir),
-        Err(_) => false,
+pub fn changed_since_build(log: &Path, source_dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(log) else {
+        return false;
+    };
+    match text.lines().rev().find_map(|l| l.strip_prefix(TRAILER)) {
+        Some(recorded) => recorded.trim() != fingerprint(source_dir),
+        None => false,
     }
 }
 
@@ -76,8 +85,15 @@ mod tests {
     #[test]
     fn builds_without_a_record_count_as_current() {
         let t = tempfile::tempdir().unwrap();
-        assert!(!changed_since_build(&t.path().join("log"), t.path()));
-        fs::write(t.path().join(FINGERPRINT_FILE), "0000000000000000\n").unwrap();
-        assert!(changed_since_build(t.path(), t.path()));
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let log = t.path().join("make.log");
+        assert!(!changed_since_build(&log, &src));
+        fs::write(&log, "make output\n").unwrap();
+        assert!(!changed_since_build(&log, &src));
+        fs::write(&log, format!("{}\n", trailer(&fingerprint(&src)))).unwrap();
+        assert!(!changed_since_build(&log, &src));
+        fs::write(&log, format!("{}\n", trailer("0000000000000000"))).unwrap();
+        assert!(changed_since_build(&log, &src));
     }
 }
