@@ -199,7 +199,8 @@ impl Action {
     /// module names.
     const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
 
-    fn from_word(word: &str) -> Option<Action> {
+    /// The action a word names, if any.
+    pub fn from_word(word: &str) -> Option<Action> {
         Some(match word {
             "add" => Action::Add,
             "build" => Action::Build,
