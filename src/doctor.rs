@@ -147,6 +147,27 @@ pub fn diagnose(ctx: &Ctx) -> Vec<Finding> {
             });
         }
     }
+    for m in &snap.modules {
+        for v in &m.versions {
+            let kept = ctx.tree.version_dir(&m.name, &v.version).join("build");
+            if kept.join("make.log").is_file() {
+                out.push(Finding {
+                    check: "modules",
+                    severity: Severity::Note,
+                    message: format!(
+                        "a failed build of {}/{} is kept in {} for inspection",
+                        m.name,
+                        v.version,
+                        kept.display()
+                    ),
+                    fix: Some(format!(
+                        "read {}; the next successful build or unbuild removes it",
+                        kept.join("make.log").display()
+                    )),
+                });
+            }
+        }
+    }
     installed_file_findings(paths, &mut out);
     writable_sources(ctx, &mut out);
     for k in &snap.initramfs_pending {

@@ -326,6 +326,11 @@ fn a_failed_build_keeps_its_tree_and_a_readable_log_until_the_next_success() {
         !s.tree().join(".rdkms-build").exists(),
         "no empty leftovers"
     );
+    let doctor = s.rdkms(["doctor"]).output().unwrap();
+    assert!(text(&doctor.stdout).contains(&format!(
+        "note     a failed build of bad/1.0 is kept in {} for inspection",
+        kept.display()
+    )));
 
     fs::remove_file(s.root().join("usr/src/bad-1.0/fail")).unwrap();
     s.rdkms(["build", "bad/1.0", "-k", K]).assert().success();
