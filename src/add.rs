@@ -104,7 +104,8 @@ pub fn ensure_added(
     }
     let staged = version_dir.join(format!(".source.rdkms-{}", std::process::id()));
     let _ = fs::remove_file(&staged);
-    std::os::unix::fs::symlink(&source_dir, &staged).ctx("create symlink", &staged)?;
+    let target = link_target(paths, &version_dir, &source_dir);
+    std::os::unix::fs::symlink(&target, &staged).ctx("create symlink", &staged)?;
     if let Err(e) = fs::rename(&staged, &link) {
         let _ = fs::remove_file(&staged);
         return Err(Error::io("replace", &link, e));
@@ -115,6 +116,32 @@ pub fn ensure_added(
         None => 0,
     };
     Ok(Added::New { post_add_status })
+}
+
+/// What the `source` link points at. On the real system DKMS's absolute path. Under `--root`,
+/// a relative path when both ends lie inside the root: it resolves to the same directory from
+/// the host and inside the root used as a chroot or image (an absolute path with the root in
+/// it would break there). Falls back to the absolute path if a symlink in the dkms tree's path
+/// would make `..` lead elsewhere.
+fn link_target(paths: &Paths, version_dir: &Path, source_dir: &Path) -> PathBuf {
+    if paths.root == Path::new("/")
+        || !source_dir.starts_with(&paths.root)
+        || !version_dir.starts_with(&paths.root)
+        || fs::canonicalize(version_dir).ok().as_deref() != Some(version_dir)
+    {
+        return source_dir.to_path_buf();
+    }
+    let from: Vec<Component> = version_dir.components().collect();
+    let to: Vec<Component> = source_dir.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    rel
 }
 
 /// A source directory given on the command line (or its dkms.conf), with the NAME and VERSION

@@ -508,6 +508,10 @@ impl Builder {
                 }
             }
         }
+        // A tarball is for others to load, like DKMS's (umask 022): not the temp file's 0600.
+        tmp.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .ctx("set permissions of", tmp.path())?;
         tmp.as_file().sync_all().ctx("sync", tmp.path())?;
         tmp.persist(dest)
             .map_err(|e| Error::io("move into place", dest, e.error))?;

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -179,6 +180,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     let f = input.facts;
     let parent = private_builds_dir(&input.tree.root);
     fs::create_dir_all(&parent).ctx("create", &parent)?;
+    let _parent_guard = PrivateParent(&parent);
     let root = tempfile::Builder::new()
         .prefix(&format!("{}-{}-", f.kernel, f.arch))
         .tempdir_in(&parent)
@@ -210,19 +212,20 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     fs::create_dir_all(&version_dir).ctx("create", &version_dir)?;
     std::os::unix::fs::symlink(input.source_dir, version_dir.join("source"))
         .ctx("create symlink", version_dir.join("source"))?;
+    let sources = crate::sources::fingerprint(input.source_dir);
     copy_source(input.source_dir, &private.build_dir, input.console)?;
 
-    let failed_log = input
+    let kept = input
         .tree
         .version_dir(input.module, input.version)
-        .join("build")
-        .join("make.log");
-    let result = compile(input, &conf, &private, &failed_log);
-    if result.is_err() {
-        keep_failed_log(&private.log_path, &failed_log);
+        .join("build");
+    let failed_log = kept.join("make.log");
+    let result = compile(input, &conf, &private, &failed_log, &sources)
+        .and_then(|()| store(input, &conf, &private, signer.as_ref()));
+    if let Err(e) = result {
+        keep_failed_build(&private, &input.tree.root, &kept, input.console);
+        return Err(e);
     }
-    result?;
-    store(input, &conf, &private, signer.as_ref())?;
     let stored_log = input
         .tree
         .make_log(input.module, input.version, &f.kernel, &f.arch);
@@ -246,16 +249,30 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
             }
         }
     }
-    let _ = fs::remove_file(&failed_log);
-    if let Some(dir) = failed_log.parent() {
-        let _ = fs::remove_dir(dir);
-    }
-    drop(private);
-    // Concurrent builds still use it; whoever started them removes it afterwards.
-    if shared_jobserver().is_none() {
-        let _ = fs::remove_dir(&parent);
-    }
+    remove_kept_build(&kept);
     Ok(())
+}
+
+/// Removes `<tree>/.rdkms-build` once empty. Concurrent builds still use it; whoever started
+/// them removes it afterwards.
+fn remove_private_parent(parent: &Path) {
+    if shared_jobserver().is_none() {
+        let _ = fs::remove_dir(parent);
+    }
+}
+
+/// A successful build (or an unbuild) makes the tree kept from a failed one obsolete.
+pub fn remove_kept_build(kept: &Path) {
+    let _ = fs::remove_dir_all(kept);
+}
+
+/// Removes `<tree>/.rdkms-build` when the build that created it ends, however it ends.
+struct PrivateParent<'a>(&'a Path);
+
+impl Drop for PrivateParent<'_> {
+    fn drop(&mut self) {
+        remove_private_parent(self.0);
+    }
 }
 
 /// Patches, PRE_BUILD, MAKE and the check that every module was produced, all logged; a
@@ -265,6 +282,7 @@ fn compile(
     conf: &DkmsConf,
     private: &PrivateBuild,
     failed_log: &Path,
+    sources: &str,
 ) -> Result<()> {
     let started = Instant::now();
     // CPU seconds of the logged steps; None once one could not be measured.
@@ -360,11 +378,22 @@ fn compile(
     if let Some(cc) = f.make_cc() {
         cmd.env("CC", cc);
     }
+    let line = crate::progress::building(input.module, input.version, &f.kernel, &f.arch);
+    let log_start = log.metadata().map_or(0, |m| m.len());
     let (status, make_cpu) = logged_step(&mut log, &make.command, cmd)?;
+    drop(line);
+    if console.verbose && status == 0 {
+        show_since(console, &private.log_path, log_start);
+    }
     cpu = cpu.zip(make_cpu).map(|(a, b)| a + b);
     progress.done(&make.command, status);
     if status != 0 {
-        show_tail(console, &private.log_path, failed_log);
+        show_tail(
+            console,
+            &private.log_path,
+            failed_log,
+            (private.root.path(), &input.tree.root),
+        );
         return Err(Error::BuildFailed {
             kernel: f.kernel.clone(),
             arch: f.arch.clone(),
@@ -389,7 +418,13 @@ fn compile(
         wall: started.elapsed().as_secs_f64(),
         cpu,
     };
-    writeln!(log, "{}", time.trailer()).ctx("write", &private.log_path)?;
+    writeln!(
+        log,
+        "{}\n{}",
+        crate::sources::trailer(sources),
+        time.trailer()
+    )
+    .ctx("write", &private.log_path)?;
     Ok(())
 }
 
@@ -462,8 +497,22 @@ fn cpu_from_stat(stat: &str, ticks_per_sec: f64) -> Option<f64> {
     Some(ticks?.iter().sum::<f64>() / ticks_per_sec)
 }
 
-/// Prints the last 20 lines of the log and where the whole log is kept.
-fn show_tail(console: &Console, log: &Path, kept_at: &Path) {
+/// `--verbose`: make's output, which otherwise stays in the log (a failure shows its tail).
+fn show_since(console: &Console, log: &Path, offset: u64) {
+    let text = fs::read(log).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(0).min(text.len());
+    for l in String::from_utf8_lossy(&text[start..]).lines() {
+        console.say(l);
+    }
+}
+
+/// Prints the last 20 lines of the log and where the whole log is kept, with the private
+/// build directory's paths shown as where the build tree is kept (`moved`: from, to).
+fn show_tail(console: &Console, log: &Path, kept_at: &Path, moved: (&Path, &Path)) {
+    let (from, to) = (
+        format!("{}/", moved.0.display()),
+        format!("{}/", moved.1.display()),
+    );
     let lines: Vec<String> = File::open(log)
         .map(|f| {
             std::io::BufReader::new(f)
@@ -478,16 +527,33 @@ fn show_tail(console: &Console, log: &Path, kept_at: &Path) {
         .collect();
     console.say(format!("Last lines of {}:", kept_at.display()));
     for l in &body[body.len().saturating_sub(20)..] {
-        console.say(format!("  {l}"));
+        console.say(format!("  {}", l.replace(&from, &to)));
     }
 }
 
-/// Keeps a failed build's log at `<tree>/M/V/build/make.log` (DKMS's location).
-fn keep_failed_log(log: &Path, dest: &Path) {
-    if let (Ok(bytes), Some(dir)) = (fs::read(log), dest.parent()) {
-        if fs::create_dir_all(dir).is_ok() {
-            let _ = atomic::write_file(dest, &bytes);
-        }
+/// Keeps a failed build for inspection where DKMS leaves it: the build tree moves to
+/// `<tree>/M/V/build` (same file system: one rename) with its make.log, readable by everyone
+/// like DKMS's; paths in the log are rewritten from the private directory to the kept one.
+fn keep_failed_build(private: &PrivateBuild, tree_root: &Path, kept: &Path, console: &Console) {
+    let log = fs::read(&private.log_path).unwrap_or_default();
+    let from = format!("{}/", private.root.path().display());
+    let to = format!("{}/", tree_root.display());
+    let log = String::from_utf8_lossy(&log).replace(&from, &to);
+    let _ = fs::remove_dir_all(kept);
+    if let Some(dir) = kept.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    if fs::rename(&private.build_dir, kept).is_err() {
+        let _ = fs::create_dir_all(kept);
+    }
+    let log_path = kept.join("make.log");
+    if fs::write(&log_path, log).is_ok() {
+        let _ = fs::set_permissions(&log_path, fs::Permissions::from_mode(0o644));
+        console.say(format!(
+            "The failed build is kept in {} (its log: {}); the next successful build or unbuild removes it.",
+            kept.display(),
+            log_path.display()
+        ));
     }
 }
 
@@ -525,7 +591,12 @@ fn store(
             run_quiet(Command::new("strip").arg("-g").arg(&staged), input.console);
         }
         if let Some(signer) = signer {
-            signer.sign(&staged, input.console);
+            let name = module_file_name(&m.dest_name, Compression::None);
+            let shown = input
+                .tree
+                .built_modules_dir(input.module, input.version, &f.kernel, &f.arch)
+                .join(name);
+            signer.sign(&staged, &shown, input.console);
         }
         let staged = compress(&staged, f.compression, input.console);
         File::open(&staged)

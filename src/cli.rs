@@ -14,9 +14,8 @@ use crate::error::{Error, Result};
     name = "rdkms",
     about = "Build, install and track out-of-tree kernel modules (DKMS-compatible)",
     disable_version_flag = true,
-    override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]\n\n\
-        Actions: add build install uninstall unbuild remove status conf show\n\
-        Hooks: autoinstall reconcile plan kernel_postinst kernel_prerm common_postinst"
+    disable_help_flag = true,
+    override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]"
 )]
 pub struct Cli {
     /// The action word, NAME/VERSION, a source directory or a dkms.conf path, in any order.
@@ -192,6 +191,7 @@ pub enum Action {
     Mkdeb,
     Mktarball,
     Ldtarball,
+    Doctor,
 }
 
 impl Action {
@@ -199,7 +199,8 @@ impl Action {
     /// module names.
     const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
 
-    fn from_word(word: &str) -> Option<Action> {
+    /// The action a word names, if any.
+    pub fn from_word(word: &str) -> Option<Action> {
         Some(match word {
             "add" => Action::Add,
             "build" => Action::Build,
@@ -219,6 +220,7 @@ impl Action {
             "mkdeb" => Action::Mkdeb,
             "mktarball" => Action::Mktarball,
             "ldtarball" => Action::Ldtarball,
+            "doctor" => Action::Doctor,
             _ => return None,
         })
     }
@@ -244,6 +246,7 @@ impl Action {
             Action::Mkdeb => "mkdeb",
             Action::Mktarball => "mktarball",
             Action::Ldtarball => "ldtarball",
+            Action::Doctor => "doctor",
         }
     }
 }
@@ -284,6 +287,8 @@ impl Invocation {
             version = cli.version.clone();
         }
         let words = std::mem::take(&mut cli.words);
+        // The first bare word taken as a module name: a mistyped action when none is found.
+        let mut first_unknown = None;
         for word in words {
             if action.is_none() && operands.is_empty() {
                 if let Some(a) = Action::from_word(&word) {
@@ -309,10 +314,20 @@ impl Invocation {
             let is_src = path.is_dir() && path.join("dkms.conf").is_file();
             if (is_conf || is_src) && source_path.is_none() {
                 source_path = Some(path);
+            } else if looks_like_path(&word) && !path.is_file() && source_path.is_none() {
+                // `./mods`, `mods/`, `/opt/drv`: meant as a directory, never as NAME/VERSION;
+                // the command says what is wrong with it (missing, or no dkms.conf).
+                if !path.exists() {
+                    return Err(Error::SourceMissing { path });
+                }
+                source_path = Some(path);
             } else if path.is_file() && cli.archive.is_none() {
                 // Any other existing file is an archive (ldtarball), as in DKMS.
                 cli.archive = Some(path);
             } else if module.is_none() {
+                if action.is_none() && !word.contains('/') && !path.exists() {
+                    first_unknown = Some(word.clone());
+                }
                 let (m, v) = split_module(&word);
                 module = m;
                 if v.is_some() {
@@ -321,6 +336,9 @@ impl Invocation {
             } else {
                 operands.push(word);
             }
+        }
+        if let (None, Some(word)) = (action, &first_unknown) {
+            return Err(Error::Usage(crate::help::unknown_action(word)));
         }
         if action == Some(Action::ConfShow) {
             if operands.first().map(String::as_str) != Some("show") {
@@ -353,6 +371,17 @@ impl Invocation {
             cli,
         })
     }
+}
+
+/// A word written as a path: starting with `/`, `./` or `../`, or ending with `/` (a
+/// NAME/VERSION never does; DKMS would misread these as module `.` or an empty version).
+fn looks_like_path(word: &str) -> bool {
+    word.starts_with('/')
+        || word.starts_with("./")
+        || word.starts_with("../")
+        || word == "."
+        || word == ".."
+        || (word.ends_with('/') && word.len() > 1)
 }
 
 /// Splits `name/version` at the first `/`, as DKMS does.

@@ -41,16 +41,21 @@ impl Paths {
 
     /// The layout for a command line: `--root` (or `RDKMS_ROOT`) first, then explicit tree options,
     /// which are taken as given (relative to the working directory), not under the root.
+    /// Relative paths are made absolute first: builds run make in other directories.
     pub fn from_cli(cli: &Cli) -> Paths {
-        let mut paths = Paths::under(cli.root.clone().unwrap_or_else(|| PathBuf::from("/")));
+        let root = cli
+            .root
+            .as_deref()
+            .map_or_else(|| PathBuf::from("/"), absolute);
+        let mut paths = Paths::under(root);
         if let Some(d) = &cli.dkms_tree {
-            paths.dkms_tree = d.clone();
+            paths.dkms_tree = absolute(d);
         }
         if let Some(d) = &cli.source_tree {
-            paths.source_tree = d.clone();
+            paths.source_tree = absolute(d);
         }
         if let Some(d) = &cli.install_tree {
-            paths.install_tree = d.clone();
+            paths.install_tree = absolute(d);
         }
         paths
     }
@@ -64,6 +69,23 @@ impl Paths {
     pub fn kernel_build_dir(&self, kernel: &str) -> PathBuf {
         self.install_tree.join(kernel).join("build")
     }
+}
+
+/// `dir` made absolute against the working directory, `.`/`..` and trailing slashes resolved
+/// lexically (symlinks are kept: `--root` may be a link to where the tree lives).
+fn absolute(dir: &Path) -> PathBuf {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Joins an absolute system path under `root` (`/` stays a no-op prefix).

@@ -1,7 +1,13 @@
 //! Human output of the mutating commands: DKMS-like progress lines on stderr, silenced by `-q`,
 //! with the exact commands shown under `--verbose`. Kept apart so the engine never prints directly.
 
+use std::cell::RefCell;
 use std::io::Write;
+
+thread_local! {
+    /// The description of a step begun while progress lines are drawn (see `Console::begin`).
+    static PENDING: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// Where progress messages go and how chatty they are.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,7 +26,7 @@ impl Console {
             let mut text = String::with_capacity(line.len() + 1);
             text.push_str(line);
             text.push('\n');
-            let _ = std::io::stderr().write_all(text.as_bytes());
+            crate::progress::write_stderr(&text);
         }
     }
 
@@ -43,8 +49,11 @@ impl Console {
     }
 
     /// Starts a step printed as `Description...` and finished by [`Console::done`].
+    /// While progress lines are drawn the step is printed whole when it ends, as one line.
     pub fn begin(&self, description: impl AsRef<str>) {
-        if !self.quiet {
+        if crate::progress::active() {
+            PENDING.with(|p| *p.borrow_mut() = Some(description.as_ref().to_string()));
+        } else if !self.quiet {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "{}...", description.as_ref());
             let _ = err.flush();
@@ -53,9 +62,13 @@ impl Console {
 
     /// Ends a step started by [`Console::begin`] with ` done.` or the bad exit status.
     pub fn done(&self, status: Option<i32>) {
+        let begun = PENDING
+            .with(|p| p.borrow_mut().take())
+            .map(|d| format!("{d}..."))
+            .unwrap_or_default();
         match status {
-            None | Some(0) => self.say(" done."),
-            Some(code) => self.say(format!("(bad exit status: {code})")),
+            None | Some(0) => self.say(format!("{begun} done.")),
+            Some(code) => self.say(format!("{begun}(bad exit status: {code})")),
         }
     }
 }

@@ -185,6 +185,10 @@ pub enum Error {
         waited_secs: u64,
     },
 
+    /// A non-root user hit a permission error on the system's trees.
+    #[error("Permission denied on {path}: this command needs root. Run it with sudo, or use --root DIR on a tree you own.", path = .path.display())]
+    NeedsRoot { path: PathBuf },
+
     /// An I/O operation failed; the path tells where.
     #[error("{op} {path}: {source}", path = .path.display())]
     Io {
@@ -228,7 +232,21 @@ impl Error {
             Error::ToolFailed { .. } => 1,
             Error::NoConfInSource { .. } => 9,
             Error::LockTimeout { .. } => 75,
+            Error::NeedsRoot { .. } => 1,
             Error::Io { .. } => 1,
+        }
+    }
+
+    /// A permission error of a non-root user becomes `NeedsRoot` (one line saying what to do).
+    pub fn for_user(self) -> Self {
+        match self {
+            Error::Io { path, source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied
+                    && !nix::unistd::geteuid().is_root() =>
+            {
+                Error::NeedsRoot { path }
+            }
+            other => other,
         }
     }
 

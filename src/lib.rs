@@ -15,8 +15,10 @@ pub mod copyright;
 pub mod date;
 pub mod deb;
 pub mod depmod;
+pub mod doctor;
 pub mod error;
 pub mod fingerprint;
+pub mod help;
 pub mod host;
 pub mod initramfs;
 pub mod install;
@@ -24,14 +26,17 @@ pub mod inventory;
 pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
+pub mod manpage;
 pub mod mkdeb;
 pub mod par;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
 pub mod registered;
 pub mod report;
 pub mod script;
 pub mod signing;
+pub mod sources;
 pub mod status;
 pub mod tarball;
 pub mod tool;
@@ -42,11 +47,30 @@ pub use error::{Error, Result};
 
 use cli::{Action, Invocation};
 
+/// `--root DIR` is a directory, or can become one: its parent exists.
+fn root_usable(root: &std::path::Path) -> bool {
+    if root.exists() {
+        return root.is_dir();
+    }
+    let parent = std::path::absolute(root)
+        .ok()
+        .and_then(|r| r.parent().map(std::path::Path::to_path_buf));
+    parent.is_some_and(|p| p.is_dir())
+}
+
 /// Runs one parsed command line and returns the process exit status.
 pub fn run(inv: Invocation) -> Result<i32> {
     if inv.cli.print_version {
         println!("rdkms-{}", env!("CARGO_PKG_VERSION"));
         return Ok(0);
+    }
+    progress::init(&inv.cli);
+    // A new tree may start in a new directory, but not below a mistyped path.
+    if let Some(root) = inv.cli.root.as_deref().filter(|r| !root_usable(r)) {
+        return Err(Error::Usage(format!(
+            "--root {}: no such directory. Fix the path, or create the directory first to start a new tree there.",
+            root.display()
+        )));
     }
     let Some(action) = inv.action else {
         return Err(Error::Usage(
@@ -60,6 +84,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Mkdeb => mkdeb::run(&inv),
         Action::Mktarball => tarball::make(&inv),
         Action::Ldtarball => tarball::load(&inv),
+        Action::Doctor => doctor::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
         Action::Autoinstall

@@ -420,7 +420,7 @@ fn add_options(inv: &Invocation) -> AddOptions {
 /// one build path of `install`, `mkbmdeb` and everything else that needs built modules.
 pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
     let conf = job.conf(facts)?;
-    if !job.is_built(facts, &conf) {
+    if !job.is_built(facts, &conf) || sources_changed(job, facts) {
         build_now(job, facts)?;
     }
     Ok(conf)
@@ -429,7 +429,7 @@ pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
 /// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
 pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
     let conf = job.conf(facts)?;
-    if job.is_built(facts, &conf) && !job.ctx.force {
+    if job.is_built(facts, &conf) && !job.ctx.force && !sources_changed(job, facts) {
         job.ctx.console.say(format!(
             "Module {}/{} already built for kernel {} ({}), skip. You may override by specifying --force.",
             job.module, job.version, facts.kernel, facts.arch
@@ -437,6 +437,26 @@ pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         return Ok(());
     }
     build_now(job, facts)
+}
+
+/// Whether the build for `facts` was made from other sources than the added ones now (after
+/// `add DIR --force`); says so, since the build then runs again.
+fn sources_changed(job: &Job<'_>, facts: &KernelFacts) -> bool {
+    let Ok(source) = fs::canonicalize(job.source_dir()) else {
+        return false;
+    };
+    let log = job
+        .ctx
+        .tree
+        .make_log(&job.module, &job.version, &facts.kernel, &facts.arch);
+    let changed = crate::sources::changed_since_build(&log, &source);
+    if changed {
+        job.ctx.console.say(format!(
+            "The sources of {}/{} changed since it was built for kernel {} ({}); building again.",
+            job.module, job.version, facts.kernel, facts.arch
+        ));
+    }
+    changed
 }
 
 fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
@@ -460,11 +480,16 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
 
 /// Builds if needed, then installs unless already installed (`--force` reinstalls).
 pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
-    let conf = ensure_built(job, facts)?;
+    let conf = job.conf(facts)?;
+    // Rebuilt from changed sources: the installed copy is stale, so it is replaced.
+    let rebuilt = job.is_built(facts, &conf) && sources_changed(job, facts);
+    if rebuilt || !job.is_built(facts, &conf) {
+        build_now(job, facts)?;
+    }
     let source = job.source_dir();
     let place = job.placement(facts, &conf, &source)?;
     if job.is_installed(facts, &conf) {
-        if !job.ctx.force {
+        if !job.ctx.force && !rebuilt {
             job.ctx.console.say(format!(
                 "Module {}/{} already installed on kernel {} ({}), skip. You may override by specifying --force.",
                 job.module, job.version, facts.kernel, facts.arch
@@ -526,6 +551,7 @@ pub fn unbuild_into(
         job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
     }
+    build::remove_kept_build(&t.version_dir(&job.module, &job.version).join("build"));
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
     if !job.is_built(facts, &conf) && !build_dir.is_dir() {
         job.ctx.console.say(format!(

@@ -7,6 +7,13 @@ fn main() -> ExitCode {
     if rdkms::fingerprint::apt_noop(std::env::args_os().skip(1)) {
         return ExitCode::SUCCESS;
     }
+    clap_complete::CompleteEnv::with_factory(rdkms::help::command)
+        .var(rdkms::manpage::COMPLETE_VAR)
+        .complete();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = rdkms::help::handle(&args) {
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let cli = match <rdkms::cli::Cli as clap::Parser>::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -18,7 +25,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let result = rdkms::cli::Invocation::from_cli(cli).and_then(rdkms::run);
+    let result = rdkms::cli::Invocation::from_cli(cli)
+        .and_then(rdkms::run)
+        .map_err(rdkms::Error::for_user);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

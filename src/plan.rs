@@ -167,6 +167,10 @@ pub struct Plan {
     pub autoinstall_disabled: bool,
     /// The requested kernel is not installed (no image, no modules): nothing is built for it.
     pub kernel_not_installed: Option<String>,
+    /// Kernels with headers but neither image nor modules (`reconcile` builds nothing for them
+    /// until the image arrives); listed so that "Nothing to do." is not a mystery.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers_without_image: Vec<String>,
     pub steps: Vec<Step>,
 }
 
@@ -212,6 +216,9 @@ pub fn plan(snap: &Snapshot, req: &Request) -> Plan {
         Scope::All => {
             for k in snap.kernels.iter().filter(|k| !k.installed()) {
                 purge_kernel(snap, &k.version, true, &mut plan.steps);
+                if k.has_headers {
+                    plan.headers_without_image.push(k.version.clone());
+                }
             }
         }
         Scope::Prerm(kernel) => purge_kernel(snap, kernel, false, &mut plan.steps),
@@ -672,6 +679,12 @@ impl fmt::Display for Plan {
             writeln!(
                 f,
                 "Kernel {k} is not installed (no /boot/vmlinuz-{k}, no /lib/modules/{k}/kernel); nothing to build for it."
+            )?;
+        }
+        for k in &self.headers_without_image {
+            writeln!(
+                f,
+                "Kernel {k} has headers but is not installed (no /boot/vmlinuz-{k}, no /lib/modules/{k}/kernel); nothing is built for it until its image is installed."
             )?;
         }
         if self.steps.is_empty() {

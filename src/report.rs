@@ -157,7 +157,7 @@ impl Reporter {
     /// Prints one line (prefixed `rdkms: ` on stderr) and sends it to syslog.
     pub fn say(&self, severity: Severity, text: &str) {
         if !self.quiet {
-            eprintln!("rdkms: {text}");
+            crate::progress::write_stderr(&format!("rdkms: {text}\n"));
         }
         if let Some(sock) = &self.syslog {
             // user facility (1) * 8 + severity; no timestamp: syslog daemons add the time.

@@ -72,8 +72,24 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         directive_overrides: inv.cli.directives.clone(),
         mode: mode_from_env(),
     };
-    let evaluation = conf::read(&req)?;
-    let conf = conf::model(&req, &evaluation)?;
+    let mut req = req;
+    let mut evaluation = conf::read(&req)?;
+    let mut conf = conf::model(&req, &evaluation)?;
+    // The directory name only guesses NAME and VERSION; builds use PACKAGE_NAME and
+    // PACKAGE_VERSION, so `M=` (the default MAKE's build directory) is shown for those.
+    if (conf.package_name.as_str(), conf.package_version.as_str())
+        != (req.module.as_str(), req.module_version.as_str())
+    {
+        req.module = conf.package_name.clone();
+        req.module_version = conf.package_version.clone();
+        req.target.build_dir = paths
+            .dkms_tree
+            .join(&req.module)
+            .join(&req.module_version)
+            .join("build");
+        evaluation = conf::read(&req)?;
+        conf = conf::model(&req, &evaluation)?;
+    }
     if inv.cli.json {
         let out = serde_json::json!({
             "file": conf.file,
@@ -110,6 +126,10 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         );
     }
     println!("make: {}", conf.make);
+    println!(
+        "build directory: {} (a private copy while building; a failed build is kept there)",
+        req.target.build_dir.display()
+    );
     if !conf.patches.is_empty() {
         println!("patches: {}", conf.patches.join(" "));
     }
