@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::{arch, Sandbox};
+use nix::fcntl::{Flock, FlockArg};
 
 const K1: &str = "6.1.0-1-amd64";
 const K2: &str = "6.1.0-2-amd64";
@@ -107,11 +108,11 @@ fn noop_check_waits_for_a_writer_holding_the_lock() {
     // Another command is half-way through a change: what the tree shows cannot be trusted,
     // so even a run that looks like a no-op waits for the lock (and here gives up at once).
     let held = OpenOptions::new().write(true).open(lock_file(&sb)).unwrap();
-    held.lock().unwrap();
+    let held = Flock::lock(held, FlockArg::LockExclusive).unwrap();
     sb.rdkms(["autoinstall", "-k", K1, "--lock-timeout", "0"])
         .assert()
         .code(75);
-    held.unlock().unwrap();
+    drop(held);
     sb.rdkms(["autoinstall", "-k", K1, "--lock-timeout", "0"])
         .assert()
         .success();
