@@ -8,6 +8,7 @@ pub mod bmdeb;
 pub mod build;
 pub mod build_order;
 pub mod cli;
+pub mod compress;
 pub mod conf;
 pub mod config;
 pub mod console;
