@@ -66,6 +66,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Autoinstall
         | Action::KernelPostinst
         | Action::KernelPrerm
+        | Action::KernelPreinst
         | Action::Reconcile
         | Action::Plan
         | Action::CommonPostinst => reconcile::run(action, &inv),
