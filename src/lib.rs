@@ -26,6 +26,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
+pub mod mok;
 pub mod par;
 pub mod plan;
 pub mod reconcile;

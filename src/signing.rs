@@ -1,5 +1,6 @@
 //! Module signing as Debian 12's dkms does it: the kernel's `sign-file`, a machine owner key
-//! (MOK) kept in the dkms tree and created on first use, the kernel config's signature hash.
+//! (MOK) kept in the dkms tree and created on first use (in-process, `mok.rs`), the kernel
+//! config's signature hash.
 //! Without a `sign-file` the modules are simply not signed.
 
 use std::fs;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::console::Console;
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::kernel::KernelFacts;
 
 /// Everything needed to sign the modules of one build.
@@ -138,64 +139,26 @@ impl Signer {
     }
 }
 
-/// Creates the missing MOK pair with DKMS's messages; false when it cannot be made.
+/// Creates the missing MOK pair with DKMS's messages; false (after one warning naming the
+/// cause and the fix) when it cannot be made.
 fn generate_noisily(key: &Path, cert: &Path, console: &Console) -> Result<bool> {
     console.say("Certificate or key are missing, generating self signed certificate for MOK...");
-    let made = generate(key, cert)?;
-    if !made {
-        console.say(format!(
-            "Key file {} not found and can't be generated, modules won't be signed",
-            key.display()
-        ));
+    let made = crate::mok::KeyPair::generate()
+        .map_err(|e| e.to_string())
+        .and_then(|pair| pair.write(key, cert).map_err(|e| e.to_string()));
+    match made {
+        Ok(()) => Ok(true),
+        Err(why) => {
+            console.warn(format!(
+                "cannot create the MOK key pair {} + {} ({why}), modules won't be signed; \
+                 fix the cause or name an existing pair with mok_signing_key= and \
+                 mok_certificate= in /etc/dkms/framework.conf",
+                key.display(),
+                cert.display()
+            ));
+            Ok(false)
+        }
     }
-    Ok(made)
-}
-
-/// Creates the MOK pair with openssl (key PEM, mode 0600; certificate DER), each written under a
-/// temporary name and renamed. Returns false when openssl fails.
-fn generate(key: &Path, cert: &Path) -> Result<bool> {
-    let dir = key.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).ctx("create", dir)?;
-    if let Some(d) = cert.parent() {
-        fs::create_dir_all(d).ctx("create", d)?;
-    }
-    let tmp_key = dir.join(format!(
-        ".mok.key.{}.{}",
-        std::process::id(),
-        crate::atomic::TMP_MARK
-    ));
-    let tmp_cert = dir.join(format!(
-        ".mok.pub.{}.{}",
-        std::process::id(),
-        crate::atomic::TMP_MARK
-    ));
-    let status = Command::new("openssl")
-        .args(["req", "-new", "-x509", "-nodes", "-days", "36500"])
-        .args([
-            "-subj",
-            "/CN=DKMS module signing key",
-            "-newkey",
-            "rsa:2048",
-        ])
-        .arg("-keyout")
-        .arg(&tmp_key)
-        .args(["-outform", "DER", "-out"])
-        .arg(&tmp_cert)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) || !tmp_key.is_file() || !tmp_cert.is_file() {
-        let _ = fs::remove_file(&tmp_key);
-        let _ = fs::remove_file(&tmp_cert);
-        return Ok(false);
-    }
-    fs::set_permissions(&tmp_key, fs::Permissions::from_mode(0o600))
-        .ctx("set permissions of", &tmp_key)?;
-    fs::rename(&tmp_key, key).ctx("rename into place", key)?;
-    fs::rename(&tmp_cert, cert).ctx("rename into place", cert)?;
-    crate::atomic::sync_dir(dir)?;
-    Ok(true)
 }
 
 #[cfg(test)]
