@@ -202,7 +202,9 @@ impl Placement<'_> {
 
     /// Debian's version sanity check, simplified: with exactly one same-named module in the
     /// kernel tree, refuse to replace a newer one and skip an identical one (same version and
-    /// srcversion). Returns whether to install. Unreadable modinfo means "cannot tell": install.
+    /// srcversion; for a module with neither, as DKMS 3.2.2 decides, the same bytes — so
+    /// tp-smapi-dkms's unversioned hdaps replaces the kernel's own). Returns whether to
+    /// install. Unreadable modinfo means "cannot tell": install.
     fn version_check(&self, m: &ModuleEntry, ours: &Path) -> bool {
         let f = self.facts;
         let existing = same_named(&f.modules_dir, &m.dest_name);
@@ -228,7 +230,8 @@ impl Placement<'_> {
             ));
             return false;
         }
-        if their == our {
+        let unversioned = our.version.is_empty() && our.srcversion.is_empty();
+        if their == our && (!unversioned || same_bytes(theirs, ours)) {
             self.console.say(format!(
                 "Module version {} for {}.ko\nexactly matches what is already found in kernel {}.\nDKMS will not replace this module.\nYou may override by specifying --force.",
                 our.version, m.dest_name, f.kernel
@@ -363,6 +366,11 @@ fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
         .filter(|e| wanted.iter().any(|w| e.file_name() == w.as_str()))
         .map(|e| e.into_path())
         .collect()
+}
+
+/// Whether two module files hold the same module, compressed or not.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    fs::read(a).is_ok_and(|x| fs::read(b).is_ok_and(|y| x == y))
 }
 
 /// The version fields of a module file.
