@@ -18,6 +18,7 @@ use crate::config::Paths;
 use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::{module_file_name, Compression, KernelFacts};
+use crate::original::Originals;
 use crate::script::{Output, Script};
 use crate::tree::Tree;
 use crate::version::ver_cmp;
@@ -163,9 +164,18 @@ impl Placement<'_> {
             if had_link {
                 self.console
                     .say("   - This kernel never originally had a module by this name");
-            } else if same_named(&f.modules_dir, &m.dest_name).is_empty() {
-                self.console
-                    .say("   - No original module exists within this kernel");
+            } else {
+                let same = same_named(&f.modules_dir, &m.dest_name);
+                if same.is_empty() {
+                    self.console
+                        .say("   - No original module exists within this kernel");
+                }
+                self.originals().set_aside(
+                    &m.dest_name,
+                    &m.install_location,
+                    &same,
+                    self.console,
+                )?;
             }
             let dir = self.dest_dir(&m.install_location)?;
             atomic::clean_leftovers_once(&dir);
@@ -289,11 +299,17 @@ impl Placement<'_> {
                 )),
             }
             self.console.say(" - Original module");
-            self.console
-                .say("   - No original module was found for this module on this kernel.");
-            self.console
-                .say("   - Use the dkms install command to reinstall any previous module version.");
+            if self.originals().backup.is_dir() {
+                self.originals().restore(&m.dest_name, self.console)?;
+            } else {
+                self.console
+                    .say("   - No original module was found for this module on this kernel.");
+                self.console.say(
+                    "   - Use the dkms install command to reinstall any previous module version.",
+                );
+            }
         }
+        self.originals().forget()?;
         let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
         match fs::remove_file(&link) {
             Ok(()) => {}
@@ -312,6 +328,19 @@ impl Placement<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The kernel's own modules this version set aside on this kernel (DKMS 3.2.2).
+    fn originals(&self) -> Originals<'_> {
+        Originals {
+            backup: self.tree.original_module_dir(
+                self.module,
+                &self.facts.kernel,
+                &self.facts.arch,
+            ),
+            modules_dir: &self.facts.modules_dir,
+            root: &self.paths.root,
+        }
     }
 
     /// The existing `<location>/NAME.ko*` an installed binary module package owns, if any.

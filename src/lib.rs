@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
 pub mod mok;
+pub mod original;
 pub mod par;
 pub mod plan;
 pub mod reconcile;
