@@ -18,6 +18,7 @@ pub mod deb;
 pub mod depmod;
 pub mod error;
 pub mod fingerprint;
+pub mod framework;
 pub mod host;
 pub mod initramfs;
 pub mod install;

@@ -31,6 +31,23 @@ pub struct SigningConfig {
 }
 
 impl SigningConfig {
+    /// The settings as DKMS reads them: the environment, overridden by framework.conf and
+    /// framework.conf.d/*.conf (which DKMS sources after the environment is set).
+    pub fn load(paths: &crate::config::Paths) -> SigningConfig {
+        let mut cfg = SigningConfig::from_env();
+        let settings = crate::framework::settings(paths);
+        let set = |n: &str| {
+            settings
+                .get(n)
+                .map(|(v, _)| PathBuf::from(v))
+                .filter(|v| !v.as_os_str().is_empty())
+        };
+        cfg.sign_file = set("sign_file").or(cfg.sign_file);
+        cfg.key = set("mok_signing_key").or(cfg.key);
+        cfg.cert = set("mok_certificate").or(cfg.cert);
+        cfg
+    }
+
     /// The settings DKMS takes from the environment.
     pub fn from_env() -> SigningConfig {
         let var = |n: &str| {
@@ -59,7 +76,15 @@ impl Signer {
         facts: &KernelFacts,
         console: &Console,
     ) -> Result<Option<Signer>> {
-        let sign_file = cfg.sign_file.clone().unwrap_or_else(|| {
+        // DKMS expands these lazily, so `${kernelver}` in a value names the kernel being built.
+        let expand = |p: &PathBuf| {
+            PathBuf::from(
+                p.to_string_lossy()
+                    .replace("${kernelver}", &facts.kernel)
+                    .replace("$kernelver", &facts.kernel),
+            )
+        };
+        let sign_file = cfg.sign_file.as_ref().map(expand).unwrap_or_else(|| {
             let series = facts.kernel.rsplit_once('.').map_or("", |(s, _)| s);
             let kbuild = crate::config::rooted(
                 root,
@@ -81,10 +106,15 @@ impl Signer {
             ));
             return Ok(None);
         }
-        let key = cfg.key.clone().unwrap_or_else(|| dkms_tree.join("mok.key"));
+        let key = cfg
+            .key
+            .as_ref()
+            .map(expand)
+            .unwrap_or_else(|| dkms_tree.join("mok.key"));
         let cert = cfg
             .cert
-            .clone()
+            .as_ref()
+            .map(expand)
             .unwrap_or_else(|| dkms_tree.join("mok.pub"));
         console.say(format!("Signing key: {}", key.display()));
         console.say(format!("Public certificate (MOK): {}", cert.display()));
@@ -184,6 +214,38 @@ mod tests {
         quiet: true,
         verbose: false,
     };
+
+    #[test]
+    fn framework_conf_d_names_the_key_pair_with_kernelver() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = crate::config::Paths::under(t.path());
+        let d = paths.etc_dkms.join("framework.conf.d");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join("mok.conf"),
+            "mok_signing_key=/keys/${kernelver}.key\nmok_certificate=\"/keys/c.der\"\n",
+        )
+        .unwrap();
+        let cfg = SigningConfig::load(&paths);
+        assert_eq!(cfg.key, Some(PathBuf::from("/keys/${kernelver}.key")));
+        assert_eq!(cfg.cert, Some(PathBuf::from("/keys/c.der")));
+        let tool = t.path().join("sign-file");
+        fs::write(&tool, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        let key = t.path().join("6.1.0-9-amd64.key");
+        fs::write(&key, "").unwrap();
+        fs::write(t.path().join("c.der"), "").unwrap();
+        let cfg = SigningConfig {
+            sign_file: Some(tool),
+            key: Some(t.path().join("${kernelver}.key")),
+            cert: Some(t.path().join("c.der")),
+        };
+        let f = facts(t.path(), "");
+        let s = Signer::prepare(&cfg, t.path(), t.path(), &f, &QUIET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.key, key);
+    }
 
     #[test]
     fn no_sign_file_means_no_signing() {
