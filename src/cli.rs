@@ -184,6 +184,7 @@ pub enum Action {
     Autoinstall,
     KernelPostinst,
     KernelPrerm,
+    KernelPreinst,
     Reconcile,
     Plan,
     CommonPostinst,
@@ -197,7 +198,7 @@ pub enum Action {
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
+    const FUTURE: &'static [&'static str] = &["match", "generate_mok"];
 
     /// The action a word names, if any.
     pub fn from_word(word: &str) -> Option<Action> {
@@ -213,6 +214,7 @@ impl Action {
             "autoinstall" => Action::Autoinstall,
             "kernel_postinst" => Action::KernelPostinst,
             "kernel_prerm" => Action::KernelPrerm,
+            "kernel_preinst" => Action::KernelPreinst,
             "reconcile" => Action::Reconcile,
             "plan" => Action::Plan,
             "common_postinst" => Action::CommonPostinst,
@@ -239,6 +241,7 @@ impl Action {
             Action::Autoinstall => "autoinstall",
             Action::KernelPostinst => "kernel_postinst",
             Action::KernelPrerm => "kernel_prerm",
+            Action::KernelPreinst => "kernel_preinst",
             Action::Reconcile => "reconcile",
             Action::Plan => "plan",
             Action::CommonPostinst => "common_postinst",

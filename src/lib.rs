@@ -8,6 +8,7 @@ pub mod bmdeb;
 pub mod build;
 pub mod build_order;
 pub mod cli;
+pub mod compress;
 pub mod conf;
 pub mod config;
 pub mod console;
@@ -18,6 +19,7 @@ pub mod depmod;
 pub mod doctor;
 pub mod error;
 pub mod fingerprint;
+pub mod framework;
 pub mod help;
 pub mod host;
 pub mod initramfs;
@@ -28,6 +30,8 @@ pub mod lifecycle;
 pub mod lock;
 pub mod manpage;
 pub mod mkdeb;
+pub mod mok;
+pub mod original;
 pub mod par;
 pub mod plan;
 pub mod progress;
@@ -90,6 +94,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Autoinstall
         | Action::KernelPostinst
         | Action::KernelPrerm
+        | Action::KernelPreinst
         | Action::Reconcile
         | Action::Plan
         | Action::CommonPostinst => reconcile::run(action, &inv),
