@@ -245,6 +245,14 @@ pub const ACTIONS: &[ActionDoc] = &[
         example: "rdkms reconcile",
     },
     ActionDoc {
+        name: "kernel_preinst",
+        group: Group::Hooks,
+        about: "What /etc/kernel/preinst.d/dkms runs before a kernel is reinstalled in place",
+        operand: Operand::None,
+        options: &["kernels"],
+        example: "rdkms kernel_preinst -k 6.1.0-13-amd64",
+    },
+    ActionDoc {
         name: "kernel_postinst",
         group: Group::Hooks,
         about: "What /etc/kernel/postinst.d/dkms runs after a kernel is installed",
