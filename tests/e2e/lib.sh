@@ -105,11 +105,12 @@ skip() {
     verdict FAIL "skipped: $2"
 }
 
-# The Debian archive URI the host's apt uses (no host name in this repository): the one serving
-# SUITE if the host has it, else the host's own release, whose mirror also carries SUITE.
+# mirror [SUITE]: the Debian archive URI the host's apt uses (no host name in this repository):
+# the one serving SUITE (default $SUITE) if the host has it, else the host's own release's,
+# which also carries SUITE.
 mirror() {
     apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' |
-        awk -v s="$SUITE" '$1 ~ /\/debian\/$/ { if ($2 == s) { print $1; found = 1; exit } any = any ? any : $1 }
+        awk -v s="${1:-$SUITE}" '$1 ~ /\/debian\/$/ { if ($2 == s) { print $1; found = 1; exit } any = any ? any : $1 }
             END { if (!found && any) print any }'
 }
 

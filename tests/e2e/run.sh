@@ -221,20 +221,22 @@ s_host() {
         qv=$(dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' qemu-utils 2>/dev/null |
             awk '$1 == "ii" { print $2 }')
         if [[ "$qv" == *bpo* ]]; then
-            # qemu-utils from backports is installed; bookworm's qemu-system-x86 would remove
-            # it. Take qemu-system-x86 from backports too, through a throw-away source list.
-            local tmp
+            # qemu-utils from backports is installed; the host release's qemu-system-x86 would
+            # remove it. Take qemu-system-x86 from the host's backports too, through a
+            # throw-away source list.
+            local tmp host
+            host=$(. /etc/os-release && echo "$VERSION_CODENAME")
             tmp=$(mktemp -d)
             cp /etc/apt/sources.list.d/*.sources "$tmp/" 2>/dev/null || true
             cp /etc/apt/sources.list.d/*.list "$tmp/" 2>/dev/null || true
             {
                 cat /etc/apt/sources.list 2>/dev/null || true
-                echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) $SUITE-backports main"
+                echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror "$host") $host-backports main"
             } >"$tmp/sources.list"
             local o=("${lk[@]}" -o "Dir::Etc::sourcelist=$tmp/sources.list" -o "Dir::Etc::sourceparts=$tmp")
             apt-get "${o[@]}" update -q
             apt-get "${o[@]}" install -y -q --no-install-recommends --no-remove \
-                -t "$SUITE-backports" qemu-system-x86
+                -t "$host-backports" qemu-system-x86
             rm -rf "$tmp"
             apt-get "${lk[@]}" update -q
         else
