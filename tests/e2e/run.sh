@@ -175,12 +175,16 @@ nothing_left() {
     ! find "$R/var/lib/dkms" -name "*$k*" | grep .
 }
 
-# newest ABI other than K1 with both image and headers in the archive
+# The newest ABI other than K1 of K1's kernel series (6.1 on Debian 12, 6.12 on 13) with both
+# image and headers in the archive. The series is kept because Debian 12 also carries 6.12
+# kernels, which its own *-dkms packages do not all build for.
 pick_second_kver() {
-    local k1=$1 k
+    local k1=$1 k series
+    series=$(echo "$k1" | cut -d. -f1,2)
     for k in $(cin apt-cache search --names-only '^linux-headers-[0-9][0-9.]*(-[0-9]+|\+deb[0-9]+)-amd64$' |
         awk '{ print $1 }' | sed 's/^linux-headers-//' | sort -rV); do
         [ "$k" = "$k1" ] && continue
+        [ "$(echo "$k" | cut -d. -f1,2)" = "$series" ] || continue
         if cin apt-cache show "linux-image-$k" >/dev/null 2>&1; then
             echo "$k"
             return 0
