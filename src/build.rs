@@ -547,15 +547,13 @@ fn store(
 
 /// Compresses a staged module in place; on failure keeps it uncompressed, as DKMS does.
 fn compress(file: &Path, compression: Compression, console: &Console) -> PathBuf {
-    let Some(mut cmd) = compression.command(file) else {
-        return file.to_path_buf();
-    };
-    let out = PathBuf::from(format!("{}{}", file.display(), compression.suffix()));
-    if run_quiet(&mut cmd, console) && out.is_file() {
-        out
-    } else {
+    crate::compress::compress_file(file, compression).unwrap_or_else(|e| {
+        console.warn(format!(
+            "cannot compress {} ({compression:?}): {e}; installing it uncompressed",
+            file.display()
+        ));
         file.to_path_buf()
-    }
+    })
 }
 
 /// Runs a helper tool, warning (not failing) when it does not succeed.

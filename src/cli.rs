@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
     disable_version_flag = true,
     override_usage = "rdkms ACTION [NAME/VERSION | SOURCE-DIR | dkms.conf] [OPTIONS]\n\n\
         Actions: add build install uninstall unbuild remove status conf show\n\
-        Hooks: autoinstall reconcile plan kernel_postinst kernel_prerm common_postinst"
+        Hooks: autoinstall reconcile plan kernel_postinst kernel_preinst kernel_prerm common_postinst"
 )]
 pub struct Cli {
     /// The action word, NAME/VERSION, a source directory or a dkms.conf path, in any order.
@@ -185,6 +185,7 @@ pub enum Action {
     Autoinstall,
     KernelPostinst,
     KernelPrerm,
+    KernelPreinst,
     Reconcile,
     Plan,
     CommonPostinst,
@@ -197,7 +198,7 @@ pub enum Action {
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
+    const FUTURE: &'static [&'static str] = &["match", "generate_mok"];
 
     fn from_word(word: &str) -> Option<Action> {
         Some(match word {
@@ -212,6 +213,7 @@ impl Action {
             "autoinstall" => Action::Autoinstall,
             "kernel_postinst" => Action::KernelPostinst,
             "kernel_prerm" => Action::KernelPrerm,
+            "kernel_preinst" => Action::KernelPreinst,
             "reconcile" => Action::Reconcile,
             "plan" => Action::Plan,
             "common_postinst" => Action::CommonPostinst,
@@ -237,6 +239,7 @@ impl Action {
             Action::Autoinstall => "autoinstall",
             Action::KernelPostinst => "kernel_postinst",
             Action::KernelPrerm => "kernel_prerm",
+            Action::KernelPreinst => "kernel_preinst",
             Action::Reconcile => "reconcile",
             Action::Plan => "plan",
             Action::CommonPostinst => "common_postinst",

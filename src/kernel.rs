@@ -35,30 +35,6 @@ impl Compression {
             Compression::Zstd => ".zst",
         }
     }
-
-    /// The command that compresses `file` in place into `file<suffix>` (Debian 12's options).
-    pub fn command(self, file: &Path) -> Option<Command> {
-        let mut cmd = match self {
-            Compression::None => return None,
-            Compression::Gzip => {
-                let mut c = Command::new("gzip");
-                c.arg("-9f");
-                c
-            }
-            Compression::Xz => {
-                let mut c = Command::new("xz");
-                c.arg("-f");
-                c
-            }
-            Compression::Zstd => {
-                let mut c = Command::new("zstd");
-                c.args(["-q", "-f", "--rm", "-T0", "-19"]);
-                c
-            }
-        };
-        cmd.arg(file);
-        Some(cmd)
-    }
 }
 
 /// The module file name `<name>.ko<suffix>`.

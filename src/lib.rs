@@ -8,6 +8,7 @@ pub mod bmdeb;
 pub mod build;
 pub mod build_order;
 pub mod cli;
+pub mod compress;
 pub mod conf;
 pub mod config;
 pub mod console;
@@ -65,6 +66,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Autoinstall
         | Action::KernelPostinst
         | Action::KernelPrerm
+        | Action::KernelPreinst
         | Action::Reconcile
         | Action::Plan
         | Action::CommonPostinst => reconcile::run(action, &inv),

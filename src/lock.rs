@@ -2,10 +2,13 @@
 //! writes (DKMS has none, which is how two `dkms autoinstall` runs break each other).
 //! Readers (`status`) never take it: writers stage and rename, so every read sees a whole state.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Paths;
 use crate::error::{Error, IoContext, Result};
@@ -19,7 +22,7 @@ pub const LOCK_FILE: &str = ".rdkms.lock";
 /// The held lock; released when dropped (or when the process dies: it is an flock).
 #[derive(Debug)]
 pub struct TreeLock {
-    file: File,
+    file: Flock<File>,
     path: PathBuf,
 }
 
@@ -39,33 +42,37 @@ impl TreeLock {
         let start = Instant::now();
         let mut told = false;
         let mut pause = Duration::from_millis(10);
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-                Err(TryLockError::WouldBlock) => {
+        // nix's flock rather than `File::try_lock`, which needs Rust 1.89 (Debian 13 has 1.85).
+        let mut file = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => break locked,
+                Err((_, e)) if e != Errno::EWOULDBLOCK => {
+                    return Err(Error::io("lock", &path, e.into()))
+                }
+                Err((mut unlocked, _)) => {
                     let waited = start.elapsed();
                     if waited >= timeout {
                         return Err(Error::LockTimeout {
+                            holder: holder(&mut unlocked),
                             path,
-                            holder: holder(&mut file),
                             waited_secs: waited.as_secs(),
                         });
                     }
                     // A holder that recorded nothing is a `ReadLock`, gone in a moment.
-                    if !told && holder_record(&mut file).is_some() {
+                    if !told && holder_record(&mut unlocked).is_some() {
                         eprintln!(
                             "rdkms: waiting for {} (held by {})",
                             path.display(),
-                            holder(&mut file)
+                            holder(&mut unlocked)
                         );
                         told = true;
                     }
                     std::thread::sleep(pause.min(timeout - waited));
                     pause = (pause * 2).min(Duration::from_millis(250));
+                    file = unlocked;
                 }
             }
-        }
+        };
         record_holder(&mut file).ctx("write", &path)?;
         Ok(TreeLock { file, path })
     }
@@ -94,7 +101,7 @@ impl Drop for TreeLock {
 /// file) stays valid.
 #[derive(Debug)]
 pub struct ReadLock {
-    _file: File,
+    _file: Flock<File>,
 }
 
 impl ReadLock {
@@ -102,7 +109,7 @@ impl ReadLock {
     /// file does not exist yet (the caller then takes the `TreeLock`).
     pub fn try_acquire(paths: &Paths) -> Option<ReadLock> {
         let file = File::open(TreeLock::path(paths)).ok()?;
-        file.try_lock_shared().ok()?;
+        let file = Flock::lock(file, FlockArg::LockSharedNonblock).ok()?;
         Some(ReadLock { _file: file })
     }
 }

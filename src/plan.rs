@@ -67,6 +67,10 @@ pub enum Scope {
     Kernel(String),
     /// `kernel_prerm -k K`: unbuild everything built for a kernel about to be removed.
     Prerm(String),
+    /// `kernel_preinst -k K`: unbuild the AUTOINSTALL modules built for a kernel whose package
+    /// is about to be replaced by a new build of the same version, so `kernel_postinst`
+    /// rebuilds them against the new headers (DKMS 3.2.2; a no-op on a first install).
+    Preinst(String),
 }
 
 /// A planning request.
@@ -187,6 +191,17 @@ impl Plan {
 /// all current costs no dkms.conf parsing at all.
 pub fn conf_queries(snap: &Snapshot, req: &Request) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
+    if let Scope::Preinst(kernel) = &req.scope {
+        for m in &snap.modules {
+            for v in m
+                .versions
+                .iter()
+                .filter(|v| v.built.iter().any(|(k, _)| k == kernel))
+            {
+                out.push((m.name.clone(), v.version.clone(), kernel.clone()));
+            }
+        }
+    }
     if snap.no_autoinstall {
         return out;
     }
@@ -215,6 +230,7 @@ pub fn plan(snap: &Snapshot, req: &Request) -> Plan {
             }
         }
         Scope::Prerm(kernel) => purge_kernel(snap, kernel, false, &mut plan.steps),
+        Scope::Preinst(kernel) => purge_autoinstall(snap, kernel, &mut plan.steps),
         Scope::Kernel(kernel) => {
             if !snap
                 .kernels
@@ -226,7 +242,7 @@ pub fn plan(snap: &Snapshot, req: &Request) -> Plan {
         }
     }
     if snap.no_autoinstall {
-        plan.autoinstall_disabled = !matches!(req.scope, Scope::Prerm(_));
+        plan.autoinstall_disabled = !matches!(req.scope, Scope::Prerm(_) | Scope::Preinst(_));
         return plan;
     }
     for k in target_kernels(snap, req) {
@@ -243,7 +259,7 @@ fn target_kernels<'a>(snap: &'a Snapshot, req: &Request) -> Vec<&'a Kernel> {
         .filter(|k| match &req.scope {
             Scope::All => true,
             Scope::Kernel(v) => &k.version == v,
-            Scope::Prerm(_) => false,
+            Scope::Prerm(_) | Scope::Preinst(_) => false,
         })
         .collect()
 }
@@ -300,6 +316,52 @@ fn purge_kernel(snap: &Snapshot, kernel: &str, gone: bool, steps: &mut Vec<Step>
         steps.push(Step::ForgetInitramfs {
             kernel: kernel.to_string(),
         });
+    }
+}
+
+/// `kernel_preinst`: purges the builds for `kernel` of the versions whose dkms.conf says
+/// AUTOINSTALL (only those are rebuilt by `kernel_postinst`); a conf that cannot be read fails
+/// that module and leaves its build in place.
+fn purge_autoinstall(snap: &Snapshot, kernel: &str, steps: &mut Vec<Step>) {
+    let mut all = Vec::new();
+    purge_kernel(snap, kernel, false, &mut all);
+    let conf = |module: &str, version: &str| {
+        snap.modules
+            .iter()
+            .filter(|m| m.name == module)
+            .flat_map(|m| &m.versions)
+            .find(|v| v.version == version)
+            .and_then(|v| v.conf.get(kernel))
+    };
+    let mut any = false;
+    for step in all {
+        match step {
+            Step::Purge {
+                ref module,
+                ref version,
+                ..
+            } => match conf(module, version) {
+                Some(Ok(facts)) if facts.autoinstall => {
+                    any = true;
+                    steps.push(step);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(reason)) => steps.push(Step::Fail {
+                    module: module.clone(),
+                    version: version.clone(),
+                    kernel: kernel.to_string(),
+                    reason: reason.clone(),
+                }),
+                None => steps.push(Step::Fail {
+                    module: module.clone(),
+                    version: version.clone(),
+                    kernel: kernel.to_string(),
+                    reason: "dkms.conf was not read".to_string(),
+                }),
+            },
+            Step::CleanKernel { .. } if !any => {}
+            other => steps.push(other),
+        }
     }
 }
 

@@ -145,6 +145,7 @@ fn request(inv: &Invocation, action: Action, paths: &Paths) -> Result<Request> {
         Action::Autoinstall if inv.kernels.is_empty() => Scope::Kernel(host::running_kernel()),
         Action::Autoinstall | Action::KernelPostinst => Scope::Kernel(one_kernel(inv, action)?),
         Action::KernelPrerm => Scope::Prerm(one_kernel(inv, action)?),
+        Action::KernelPreinst => Scope::Preinst(one_kernel(inv, action)?),
         other => {
             return Err(Error::Usage(format!(
                 "'{}' is not a hook command",
@@ -347,9 +348,12 @@ fn exit_status(
     paths: &Paths,
 ) -> Result<i32> {
     Ok(match (action, hook) {
-        (Action::KernelPrerm, true) => 0,
+        (Action::KernelPrerm | Action::KernelPreinst, true) => 0,
         (Action::KernelPrerm, false) if prerm_failed => PRERM_FAILURE_EXIT,
-        (Action::KernelPrerm, false) => 0,
+        (Action::KernelPreinst, false) if prerm_failed || reporter.any_failure() => {
+            PRERM_FAILURE_EXIT
+        }
+        (Action::KernelPrerm | Action::KernelPreinst, false) => 0,
         (Action::Autoinstall | Action::KernelPostinst, false) => {
             if let Some(kernel) = missing_headers.first() {
                 return Err(Error::MissingHeaders {

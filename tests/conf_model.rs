@@ -272,3 +272,37 @@ fn ver_orders_kernels_like_dkms() {
     assert_eq!(ver_cmp("6.1.0-56-amd64", "6.1"), Ordering::Greater);
     assert_eq!(ver_cmp("0.12.10", "0.12.7"), Ordering::Greater);
 }
+
+#[test]
+fn locations_are_judged_once_normalised() {
+    // mstflint-dkms: DEST_MODULE_LOCATION[0]="/kernel/../misc/" stays inside the module tree
+    // (DKMS 3.2.2 installs it); without the distribution override it installs to /misc/.
+    let m = model(&[
+        ("DEST_MODULE_LOCATION", 0, "/kernel/../misc/"),
+        ("BUILT_MODULE_LOCATION", 0, "src/./x/../"),
+    ]);
+    let e = &m.modules[0];
+    assert_eq!(e.dest_location, "/kernel/../misc/", "kept as written");
+    assert_eq!(e.install_location, "/updates/dkms");
+    assert_eq!(e.built_location, "src/");
+    let mut t = target("6.12.117+deb13-amd64", Path::new("/nonexistent/.config"));
+    t.location_override = None;
+    let d = directives(&[("DEST_MODULE_LOCATION", 0, "/kernel/../misc/")]);
+    let m = DkmsConf::from_directives(&d, Path::new("dkms.conf"), &t, EvalPath::Static).unwrap();
+    assert_eq!(m.modules[0].install_location, "/misc/");
+    // Real escapes stay refused.
+    for bad in [
+        "/kernel/../../etc",
+        "/updates/../../../x",
+        "/extra/a/../../../b/",
+    ] {
+        let d = directives(&[("DEST_MODULE_LOCATION", 0, bad)]);
+        let err = DkmsConf::from_directives(&d, Path::new("dkms.conf"), &t, EvalPath::Static)
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 8, "{bad}");
+        assert!(
+            err.to_string().contains("DEST_MODULE_LOCATION[0]"),
+            "{bad}: {err}"
+        );
+    }
+}

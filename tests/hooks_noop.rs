@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::{arch, Sandbox};
+use nix::fcntl::{Flock, FlockArg};
 
 const K1: &str = "6.1.0-1-amd64";
 const K2: &str = "6.1.0-2-amd64";
@@ -107,11 +108,11 @@ fn noop_check_waits_for_a_writer_holding_the_lock() {
     // Another command is half-way through a change: what the tree shows cannot be trusted,
     // so even a run that looks like a no-op waits for the lock (and here gives up at once).
     let held = OpenOptions::new().write(true).open(lock_file(&sb)).unwrap();
-    held.lock().unwrap();
+    let held = Flock::lock(held, FlockArg::LockExclusive).unwrap();
     sb.rdkms(["autoinstall", "-k", K1, "--lock-timeout", "0"])
         .assert()
         .code(75);
-    held.unlock().unwrap();
+    drop(held);
     sb.rdkms(["autoinstall", "-k", K1, "--lock-timeout", "0"])
         .assert()
         .success();
@@ -162,4 +163,37 @@ fn prerm_removes_every_build_of_the_kernel_and_status_agrees() {
         );
     }
     assert!(st.contains("solo/3: added"), "{st}");
+}
+
+#[test]
+fn preinst_unbuilds_only_autoinstall_modules_of_that_kernel() {
+    let sb = sandbox(&[K1, K2]);
+    module(&sb, "alpha", "1.0");
+    sb.source("manual", "2").conf("AUTOINSTALL=").create();
+    sb.rdkms(["add", "manual/2", "-q"]).assert().success();
+    sb.rdkms(["reconcile"]).assert().success();
+    for k in [K1, K2] {
+        sb.rdkms(["install", "manual/2", "-k", k, "-q"])
+            .assert()
+            .success();
+    }
+    // The kernel package of K1 is about to be replaced by a new build of the same version.
+    sb.rdkms(["kernel_preinst", "--hook", "-k", K1])
+        .assert()
+        .success()
+        .stdout("");
+    assert!(!sb.tree().join("alpha/1.0").join(K1).exists());
+    assert!(!sb.installed_ko(K1, "alpha").exists());
+    assert!(sb.installed_ko(K2, "alpha").is_file());
+    // DKMS 3.2.2 leaves what kernel_postinst would not rebuild.
+    assert!(sb.installed_ko(K1, "manual").is_file());
+    // kernel_postinst then rebuilds it; a second preinst of a fresh kernel is a no-op.
+    sb.rdkms(["kernel_postinst", "--hook", "-k", K1])
+        .assert()
+        .success();
+    assert!(sb.installed_ko(K1, "alpha").is_file());
+    sb.rdkms(["kernel_preinst", "--hook", "-k", "6.1.0-3-amd64"])
+        .assert()
+        .success()
+        .stdout("");
 }

@@ -257,7 +257,7 @@ fn plan_does_not_wait_for_the_tree_lock() {
     let r = Root::new();
     r.kernel(K1, true).module("alpha", "1.0", &[]);
     let lock = fs::File::create(r.path("var/lib/dkms/.rdkms.lock")).unwrap();
-    lock.lock().unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
     let start = std::time::Instant::now();
     let p = r.plan(&["--lock-timeout", "1"]);
     assert!(start.elapsed() < std::time::Duration::from_secs(1));

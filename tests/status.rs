@@ -441,7 +441,7 @@ fn status_works_while_the_tree_lock_is_held() {
         .write(true)
         .open(s.tree().join(".rdkms.lock"))
         .unwrap();
-    lock.lock().unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
     let t = std::time::Instant::now();
     assert_eq!(status(&s, &[]), "foo/1: added\n");
     assert!(t.elapsed() < std::time::Duration::from_secs(5));

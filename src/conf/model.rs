@@ -295,16 +295,15 @@ fn modules(
             }
             check_component(file, &format!("{what}[{i}]"), name)?;
         }
-        let mut built_location = get("BUILT_MODULE_LOCATION");
-        check_relative(
+        let mut built_location = check_relative(
             file,
             &format!("BUILT_MODULE_LOCATION[{i}]"),
-            &built_location,
+            &get("BUILT_MODULE_LOCATION"),
         )?;
         if !built_location.is_empty() && !built_location.ends_with('/') {
             built_location.push('/');
         }
-        check_relative(
+        let inside = check_relative(
             file,
             &format!("DEST_MODULE_LOCATION[{i}]"),
             dest_location.trim_start_matches('/'),
@@ -321,7 +320,7 @@ fn modules(
         let install_location = target
             .location_override
             .clone()
-            .unwrap_or_else(|| dest_location.clone());
+            .unwrap_or_else(|| format!("/{inside}"));
         out.push(ModuleEntry {
             built_name,
             built_location,
@@ -346,16 +345,37 @@ fn check_component(file: &Path, directive: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// A relative location must stay inside its tree: not absolute, no `..` component.
-fn check_relative(file: &Path, directive: &str, value: &str) -> Result<()> {
-    if value.starts_with('/') || value.split('/').any(|c| c == "..") {
-        return Err(Error::PathEscape {
-            file: file.to_path_buf(),
-            what: directive.to_string(),
-            value: value.to_string(),
-        });
+/// A relative location must stay inside its tree once normalised, as DKMS 3.2.2 accepts
+/// `kernel/../misc/` (mstflint-dkms): not absolute, and no `..` climbing above the top.
+/// Returns the normalised location (without `.` and `..`, trailing `/` kept).
+fn check_relative(file: &Path, directive: &str, value: &str) -> Result<String> {
+    normalise_relative(value).ok_or_else(|| Error::PathEscape {
+        file: file.to_path_buf(),
+        what: directive.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// `a/./b/../c/` → `a/c/`; `None` when the path is absolute or `..` leaves the top.
+fn normalise_relative(value: &str) -> Option<String> {
+    if value.starts_with('/') {
+        return None;
     }
-    Ok(())
+    let mut parts: Vec<&str> = Vec::new();
+    for c in value.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = parts.join("/");
+    if value.ends_with('/') && !out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
 }
 
 fn check_duplicates(file: &Path, modules: &[ModuleEntry]) -> Result<()> {
