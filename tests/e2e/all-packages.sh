@@ -105,7 +105,7 @@ trace() {
     cin dkms status >>"$l" 2>&1 || true
     if apt_in purge "$p" >>"$l" 2>&1; then
         clean=yes
-        if find "$R/lib/modules/$K/updates" -type f -name '*.ko*' | grep . >>"$l" ||
+        if find "$R/lib/modules/$K/updates" -type f -name '*.ko*' 2>/dev/null | grep . >>"$l" ||
             find "$R/var/lib/dkms" -mindepth 1 -maxdepth 1 ! -name '.*' ! -name 'mok.*' | grep . >>"$l"; then
             clean=no
         fi
