@@ -94,7 +94,8 @@ trace() {
     local p=$1 tool=$2 l=$LOGS/$2-$1.log res files ext=- signed=- clean=- f s0
     s0=$(date +%s)
     if apt_in install "$p" >"$l" 2>&1; then res=installed; else res="apt failed"; fi
-    files=$(find "$R/lib/modules/$K/updates" -type f -name '*.ko*' -printf '%P\n' 2>/dev/null | sort | paste -sd' ')
+    files=$({ find "$R/lib/modules/$K/updates" -type f -name '*.ko*' -printf '%P\n' 2>/dev/null || true; } |
+        sort | paste -sd' ')
     if [ -n "$files" ]; then
         ext=yes signed=yes
         for f in $files; do
