@@ -18,6 +18,7 @@ use crate::config::Paths;
 use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
 use crate::kernel::{module_file_name, Compression, KernelFacts};
+use crate::original::Originals;
 use crate::script::{Output, Script};
 use crate::tree::Tree;
 use crate::version::ver_cmp;
@@ -163,9 +164,18 @@ impl Placement<'_> {
             if had_link {
                 self.console
                     .say("   - This kernel never originally had a module by this name");
-            } else if same_named(&f.modules_dir, &m.dest_name).is_empty() {
-                self.console
-                    .say("   - No original module exists within this kernel");
+            } else {
+                let same = same_named(&f.modules_dir, &m.dest_name);
+                if same.is_empty() {
+                    self.console
+                        .say("   - No original module exists within this kernel");
+                }
+                self.originals().set_aside(
+                    &m.dest_name,
+                    &m.install_location,
+                    &same,
+                    self.console,
+                )?;
             }
             let dir = self.dest_dir(&m.install_location)?;
             atomic::clean_leftovers_once(&dir);
@@ -202,7 +212,9 @@ impl Placement<'_> {
 
     /// Debian's version sanity check, simplified: with exactly one same-named module in the
     /// kernel tree, refuse to replace a newer one and skip an identical one (same version and
-    /// srcversion). Returns whether to install. Unreadable modinfo means "cannot tell": install.
+    /// srcversion; for a module with neither, as DKMS 3.2.2 decides, the same bytes — so
+    /// tp-smapi-dkms's unversioned hdaps replaces the kernel's own). Returns whether to
+    /// install. Unreadable modinfo means "cannot tell": install.
     fn version_check(&self, m: &ModuleEntry, ours: &Path) -> bool {
         let f = self.facts;
         let existing = same_named(&f.modules_dir, &m.dest_name);
@@ -228,7 +240,8 @@ impl Placement<'_> {
             ));
             return false;
         }
-        if their == our {
+        let unversioned = our.version.is_empty() && our.srcversion.is_empty();
+        if their == our && (!unversioned || same_bytes(theirs, ours)) {
             self.console.say(format!(
                 "Module version {} for {}.ko\nexactly matches what is already found in kernel {}.\nDKMS will not replace this module.\nYou may override by specifying --force.",
                 our.version, m.dest_name, f.kernel
@@ -286,11 +299,17 @@ impl Placement<'_> {
                 )),
             }
             self.console.say(" - Original module");
-            self.console
-                .say("   - No original module was found for this module on this kernel.");
-            self.console
-                .say("   - Use the dkms install command to reinstall any previous module version.");
+            if self.originals().backup.is_dir() {
+                self.originals().restore(&m.dest_name, self.console)?;
+            } else {
+                self.console
+                    .say("   - No original module was found for this module on this kernel.");
+                self.console.say(
+                    "   - Use the dkms install command to reinstall any previous module version.",
+                );
+            }
         }
+        self.originals().forget()?;
         let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
         match fs::remove_file(&link) {
             Ok(()) => {}
@@ -309,6 +328,19 @@ impl Placement<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The kernel's own modules this version set aside on this kernel (DKMS 3.2.2).
+    fn originals(&self) -> Originals<'_> {
+        Originals {
+            backup: self.tree.original_module_dir(
+                self.module,
+                &self.facts.kernel,
+                &self.facts.arch,
+            ),
+            modules_dir: &self.facts.modules_dir,
+            root: &self.paths.root,
+        }
     }
 
     /// The existing `<location>/NAME.ko*` an installed binary module package owns, if any.
@@ -363,6 +395,11 @@ fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
         .filter(|e| wanted.iter().any(|w| e.file_name() == w.as_str()))
         .map(|e| e.into_path())
         .collect()
+}
+
+/// Whether two module files hold the same module, compressed or not.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    fs::read(a).is_ok_and(|x| fs::read(b).is_ok_and(|y| x == y))
 }
 
 /// The version fields of a module file.

@@ -103,7 +103,9 @@ impl KernelFacts {
         KernelFacts {
             kernel: kernel.to_string(),
             arch: arch.to_string(),
-            compression: detect_compression(&modules_dir),
+            compression: detect_compression(&modules_dir)
+                .or_else(|| configured_compression(&config))
+                .unwrap_or(Compression::None),
             modules_dir,
             source_dir,
             headers_present,
@@ -157,8 +159,9 @@ fn holds_headers(dir: &Path) -> bool {
 
 /// The compression the kernel's modules use, as DKMS finds it: from the suffixes listed in
 /// `modules.dep` (Debian 12's dkms) or, without one, from the module files themselves
-/// (upstream's `find`); zst beats xz beats gz when several appear.
-pub fn detect_compression(modules_dir: &Path) -> Compression {
+/// (upstream's `find`); zst beats xz beats gz when several appear. `None` when no module
+/// says (headers installed without the image).
+pub fn detect_compression(modules_dir: &Path) -> Option<Compression> {
     let mut seen = [false; 4];
     let mut note = |name: &str| {
         for (i, c) in Compression::ALL.iter().enumerate().skip(1) {
@@ -187,12 +190,30 @@ pub fn detect_compression(modules_dir: &Path) -> Compression {
             }
         }
     }
-    Compression::ALL
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(i, _)| seen[*i])
-        .map_or(Compression::None, |(_, c)| *c)
+    if !seen.iter().any(|s| *s) && !modules_dir.join("kernel").is_dir() {
+        return None;
+    }
+    Some(
+        Compression::ALL
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, _)| seen[*i])
+            .map_or(Compression::None, |(_, c)| *c),
+    )
+}
+
+/// Without the kernel's modules, the compression its config asks the kernel's own
+/// `modules_install` for (`CONFIG_MODULE_COMPRESS_XZ=y`, Debian 13), so modules built before the
+/// image is installed already match it.
+pub fn configured_compression(config: &Path) -> Option<Compression> {
+    let text = std::fs::read_to_string(config).ok()?;
+    text.lines().find_map(|l| match l.trim() {
+        "CONFIG_MODULE_COMPRESS_XZ=y" => Some(Compression::Xz),
+        "CONFIG_MODULE_COMPRESS_ZSTD=y" => Some(Compression::Zstd),
+        "CONFIG_MODULE_COMPRESS_GZIP=y" => Some(Compression::Gzip),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -207,7 +228,7 @@ mod tests {
             "kernel/a.ko.xz:\nkernel/b.ko.zst: kernel/a.ko.xz\n",
         )
         .unwrap();
-        assert_eq!(detect_compression(dir.path()), Compression::Zstd);
+        assert_eq!(detect_compression(dir.path()), Some(Compression::Zstd));
     }
 
     #[test]
@@ -216,10 +237,31 @@ mod tests {
         let k = dir.path().join("kernel/drivers");
         std::fs::create_dir_all(&k).unwrap();
         std::fs::write(k.join("x.ko.xz"), "").unwrap();
-        assert_eq!(detect_compression(dir.path()), Compression::Xz);
+        assert_eq!(detect_compression(dir.path()), Some(Compression::Xz));
         std::fs::remove_file(k.join("x.ko.xz")).unwrap();
         std::fs::write(k.join("x.ko"), "").unwrap();
-        assert_eq!(detect_compression(dir.path()), Compression::None);
+        assert_eq!(detect_compression(dir.path()), Some(Compression::None));
+    }
+
+    #[test]
+    fn headers_without_modules_take_the_compression_from_the_config() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::under(root.path());
+        let k = "6.12.117+deb13-amd64";
+        let build = paths.install_tree.join(k).join("build");
+        std::fs::create_dir_all(build.join("include")).unwrap();
+        std::fs::write(
+            build.join(".config"),
+            "CONFIG_MODULE_COMPRESS=y\n# CONFIG_MODULE_COMPRESS_GZIP is not set\nCONFIG_MODULE_COMPRESS_XZ=y\n",
+        )
+        .unwrap();
+        let probe = || KernelFacts::probe(&paths, k, "x86_64", &KernelOverrides::default());
+        assert_eq!(probe().compression, Compression::Xz);
+        // The kernel's own modules win once they are there.
+        let kernel = paths.install_tree.join(k).join("kernel");
+        std::fs::create_dir_all(&kernel).unwrap();
+        std::fs::write(kernel.join("a.ko"), "").unwrap();
+        assert_eq!(probe().compression, Compression::None);
     }
 
     #[test]

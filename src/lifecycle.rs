@@ -65,7 +65,7 @@ impl Ctx {
             },
             conf_override: inv.cli.conf.clone(),
             directives: inv.cli.directives.clone(),
-            signing: SigningConfig::from_env(),
+            signing: SigningConfig::load(&paths),
             paths,
             packages: OnceLock::new(),
         }

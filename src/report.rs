@@ -36,16 +36,7 @@ pub enum Policy {
 /// `framework.conf.d/*.conf` (last one wins), as plain `name=value` lines: no shell runs, so
 /// every hook (even apt's) can afford it. Returns a warning for an unknown value.
 pub fn policy(paths: &Paths) -> (Policy, Option<String>) {
-    let mut files = vec![paths.etc_dkms.join("framework.conf")];
-    if let Ok(rd) = std::fs::read_dir(paths.etc_dkms.join("framework.conf.d")) {
-        let mut more: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-            .collect();
-        more.sort();
-        files.extend(more);
-    }
+    let files = crate::framework::files(paths);
     let mut found: Option<(String, PathBuf)> = None;
     for f in files {
         let Ok(text) = std::fs::read_to_string(&f) else {

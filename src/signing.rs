@@ -1,5 +1,6 @@
 //! Module signing as Debian 12's dkms does it: the kernel's `sign-file`, a machine owner key
-//! (MOK) kept in the dkms tree and created on first use, the kernel config's signature hash.
+//! (MOK) kept in the dkms tree and created on first use (in-process, `mok.rs`), the kernel
+//! config's signature hash.
 //! Without a `sign-file` the modules are simply not signed.
 
 use std::fs;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::console::Console;
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::kernel::KernelFacts;
 
 /// Everything needed to sign the modules of one build.
@@ -30,6 +31,23 @@ pub struct SigningConfig {
 }
 
 impl SigningConfig {
+    /// The settings as DKMS reads them: the environment, overridden by framework.conf and
+    /// framework.conf.d/*.conf (which DKMS sources after the environment is set).
+    pub fn load(paths: &crate::config::Paths) -> SigningConfig {
+        let mut cfg = SigningConfig::from_env();
+        let settings = crate::framework::settings(paths);
+        let set = |n: &str| {
+            settings
+                .get(n)
+                .map(|(v, _)| PathBuf::from(v))
+                .filter(|v| !v.as_os_str().is_empty())
+        };
+        cfg.sign_file = set("sign_file").or(cfg.sign_file);
+        cfg.key = set("mok_signing_key").or(cfg.key);
+        cfg.cert = set("mok_certificate").or(cfg.cert);
+        cfg
+    }
+
     /// The settings DKMS takes from the environment.
     pub fn from_env() -> SigningConfig {
         let var = |n: &str| {
@@ -58,7 +76,15 @@ impl Signer {
         facts: &KernelFacts,
         console: &Console,
     ) -> Result<Option<Signer>> {
-        let sign_file = cfg.sign_file.clone().unwrap_or_else(|| {
+        // DKMS expands these lazily, so `${kernelver}` in a value names the kernel being built.
+        let expand = |p: &PathBuf| {
+            PathBuf::from(
+                p.to_string_lossy()
+                    .replace("${kernelver}", &facts.kernel)
+                    .replace("$kernelver", &facts.kernel),
+            )
+        };
+        let sign_file = cfg.sign_file.as_ref().map(expand).unwrap_or_else(|| {
             let series = facts.kernel.rsplit_once('.').map_or("", |(s, _)| s);
             let kbuild = crate::config::rooted(
                 root,
@@ -80,10 +106,15 @@ impl Signer {
             ));
             return Ok(None);
         }
-        let key = cfg.key.clone().unwrap_or_else(|| dkms_tree.join("mok.key"));
+        let key = cfg
+            .key
+            .as_ref()
+            .map(expand)
+            .unwrap_or_else(|| dkms_tree.join("mok.key"));
         let cert = cfg
             .cert
-            .clone()
+            .as_ref()
+            .map(expand)
             .unwrap_or_else(|| dkms_tree.join("mok.pub"));
         console.say(format!("Signing key: {}", key.display()));
         console.say(format!("Public certificate (MOK): {}", cert.display()));
@@ -138,64 +169,26 @@ impl Signer {
     }
 }
 
-/// Creates the missing MOK pair with DKMS's messages; false when it cannot be made.
+/// Creates the missing MOK pair with DKMS's messages; false (after one warning naming the
+/// cause and the fix) when it cannot be made.
 fn generate_noisily(key: &Path, cert: &Path, console: &Console) -> Result<bool> {
     console.say("Certificate or key are missing, generating self signed certificate for MOK...");
-    let made = generate(key, cert)?;
-    if !made {
-        console.say(format!(
-            "Key file {} not found and can't be generated, modules won't be signed",
-            key.display()
-        ));
+    let made = crate::mok::KeyPair::generate()
+        .map_err(|e| e.to_string())
+        .and_then(|pair| pair.write(key, cert).map_err(|e| e.to_string()));
+    match made {
+        Ok(()) => Ok(true),
+        Err(why) => {
+            console.warn(format!(
+                "cannot create the MOK key pair {} + {} ({why}), modules won't be signed; \
+                 fix the cause or name an existing pair with mok_signing_key= and \
+                 mok_certificate= in /etc/dkms/framework.conf",
+                key.display(),
+                cert.display()
+            ));
+            Ok(false)
+        }
     }
-    Ok(made)
-}
-
-/// Creates the MOK pair with openssl (key PEM, mode 0600; certificate DER), each written under a
-/// temporary name and renamed. Returns false when openssl fails.
-fn generate(key: &Path, cert: &Path) -> Result<bool> {
-    let dir = key.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).ctx("create", dir)?;
-    if let Some(d) = cert.parent() {
-        fs::create_dir_all(d).ctx("create", d)?;
-    }
-    let tmp_key = dir.join(format!(
-        ".mok.key.{}.{}",
-        std::process::id(),
-        crate::atomic::TMP_MARK
-    ));
-    let tmp_cert = dir.join(format!(
-        ".mok.pub.{}.{}",
-        std::process::id(),
-        crate::atomic::TMP_MARK
-    ));
-    let status = Command::new("openssl")
-        .args(["req", "-new", "-x509", "-nodes", "-days", "36500"])
-        .args([
-            "-subj",
-            "/CN=DKMS module signing key",
-            "-newkey",
-            "rsa:2048",
-        ])
-        .arg("-keyout")
-        .arg(&tmp_key)
-        .args(["-outform", "DER", "-out"])
-        .arg(&tmp_cert)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) || !tmp_key.is_file() || !tmp_cert.is_file() {
-        let _ = fs::remove_file(&tmp_key);
-        let _ = fs::remove_file(&tmp_cert);
-        return Ok(false);
-    }
-    fs::set_permissions(&tmp_key, fs::Permissions::from_mode(0o600))
-        .ctx("set permissions of", &tmp_key)?;
-    fs::rename(&tmp_key, key).ctx("rename into place", key)?;
-    fs::rename(&tmp_cert, cert).ctx("rename into place", cert)?;
-    crate::atomic::sync_dir(dir)?;
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -221,6 +214,38 @@ mod tests {
         quiet: true,
         verbose: false,
     };
+
+    #[test]
+    fn framework_conf_d_names_the_key_pair_with_kernelver() {
+        let t = tempfile::tempdir().unwrap();
+        let paths = crate::config::Paths::under(t.path());
+        let d = paths.etc_dkms.join("framework.conf.d");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join("mok.conf"),
+            "mok_signing_key=/keys/${kernelver}.key\nmok_certificate=\"/keys/c.der\"\n",
+        )
+        .unwrap();
+        let cfg = SigningConfig::load(&paths);
+        assert_eq!(cfg.key, Some(PathBuf::from("/keys/${kernelver}.key")));
+        assert_eq!(cfg.cert, Some(PathBuf::from("/keys/c.der")));
+        let tool = t.path().join("sign-file");
+        fs::write(&tool, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        let key = t.path().join("6.1.0-9-amd64.key");
+        fs::write(&key, "").unwrap();
+        fs::write(t.path().join("c.der"), "").unwrap();
+        let cfg = SigningConfig {
+            sign_file: Some(tool),
+            key: Some(t.path().join("${kernelver}.key")),
+            cert: Some(t.path().join("c.der")),
+        };
+        let f = facts(t.path(), "");
+        let s = Signer::prepare(&cfg, t.path(), t.path(), &f, &QUIET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.key, key);
+    }
 
     #[test]
     fn no_sign_file_means_no_signing() {

@@ -660,10 +660,8 @@ fn which(tool: &str) -> bool {
 
 #[test]
 fn modules_are_signed_with_a_generated_mok_when_the_kernel_has_sign_file() {
+    // The pair is made in-process: no openssl command is needed.
     let sb = sandbox();
-    if common::skip_unless(which("openssl"), "openssl is not installed") {
-        return;
-    }
     common::fake_kernel::add_sign_file(&sb.modules_dir(K).join("build"));
     sb.source("signed", "1.0").create();
     sb.rdkms(["install", "signed/1.0", "-k", K])
