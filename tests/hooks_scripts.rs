@@ -277,3 +277,97 @@ fn hooks_never_ask_uname_for_the_kernel() {
         assert!(mode & 0o111 != 0, "{script} is not executable");
     }
 }
+
+#[test]
+fn debian13_hooks_pass_the_argument_kernel_and_keep_stdout_empty() {
+    let cases = [
+        (
+            "hooks/preinst.d/dkms",
+            vec!["6.12.99+deb13-amd64", "/boot/vmlinuz-6.12.99+deb13-amd64"],
+            "kernel_preinst --hook -k 6.12.99+deb13-amd64|stdin=eof",
+        ),
+        (
+            "hooks/install.d/40-dkms.install",
+            vec![
+                "add",
+                "6.12.98+deb13-amd64",
+                "/boot/efi/abc/6.12.98+deb13-amd64",
+                "/boot/vmlinuz-6.12.98+deb13-amd64",
+            ],
+            "kernel_postinst --hook -k 6.12.98+deb13-amd64|stdin=eof",
+        ),
+        (
+            "hooks/install.d/40-dkms.install",
+            vec![
+                "remove",
+                "6.12.97+deb13-amd64",
+                "/boot/efi/abc/6.12.97+deb13-amd64",
+            ],
+            "kernel_prerm --hook -k 6.12.97+deb13-amd64|stdin=eof",
+        ),
+    ];
+    for (script, args, expected) in cases {
+        let stub = Stub::new(0);
+        let (code, stdout, stderr) = run_hook(&stub, &repo(script), &args);
+        assert_eq!(code, 0, "{script}: {stderr}");
+        assert_eq!(stdout, "", "{script} wrote to stdout");
+        assert_eq!(stub.calls(), vec![expected.to_string()], "{script}");
+        let text = fs::read_to_string(repo(script)).unwrap();
+        assert!(!text.contains("uname"), "{script} calls uname");
+    }
+}
+
+/// DKMS's preinst.d hook never fails a kernel's installation; the kernel-install plugin
+/// reports rdkms's verdict for add/remove and leaves other commands alone.
+#[test]
+fn preinst_never_fails_and_the_kernel_install_plugin_ignores_other_commands() {
+    let stub = Stub::new(11);
+    let (code, _, _) = run_hook(
+        &stub,
+        &repo("hooks/preinst.d/dkms"),
+        &["6.12.1+deb13-amd64"],
+    );
+    assert_eq!(code, 0);
+    let plugin = repo("hooks/install.d/40-dkms.install");
+    let (code, _, _) = run_hook(&stub, &plugin, &["add", "6.12.1+deb13-amd64", "/e"]);
+    assert_eq!(code, 11);
+    let calls = stub.calls().len();
+    let (code, stdout, _) = run_hook(&stub, &plugin, &["inspect", "6.12.1+deb13-amd64"]);
+    assert_eq!((code, stdout.as_str()), (0, ""));
+    assert_eq!(stub.calls().len(), calls, "inspect must not run rdkms");
+    for (script, args) in [
+        ("hooks/preinst.d/dkms", vec!["6.12.1+deb13-amd64"]),
+        (
+            "hooks/install.d/40-dkms.install",
+            vec!["add", "6.12.1+deb13-amd64", "/e"],
+        ),
+    ] {
+        let _guard = spawn_guard();
+        let out = Command::new(repo(script))
+            .args(&args)
+            .env("RDKMS_BIN", "/nonexistent/rdkms")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{script}");
+        assert!(out.stdout.is_empty(), "{script}");
+    }
+}
+
+/// Run outside a source tree and given no package, dkms-autopkgtest names what is missing
+/// before it touches the system (it would otherwise switch autoinstall off).
+#[test]
+fn dkms_autopkgtest_without_packages_says_so_and_changes_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let _guard = spawn_guard();
+    let out = Command::new(repo("hooks/dkms-autopkgtest"))
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("./debian/control") || stderr.contains("needs root"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -28,7 +28,16 @@ fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 rm -f "$out"/rdkms_*.deb "$out"/rdkms_*.buildinfo "$out"/rdkms_*.changes
-if ! (cd "$src" && dpkg-buildpackage -b -us -uc) >"$out/build.log" 2>&1; then
+# Debian's rustc when it is new enough (Debian 13), else rustup's through the build profile
+# (Debian 12; debian/rules).
+need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
+have=$(dpkg-query -W -f='${Version}' rustc 2>/dev/null || true)
+profile=()
+if [ -z "$have" ] || dpkg --compare-versions "$have" lt "$need"; then
+    profile=(-Ppkg.rdkms.rustup)
+fi
+echo "build-deb: rust-version $need, Debian's rustc ${have:-absent}: ${profile[*]:-system toolchain}"
+if ! (cd "$src" && dpkg-buildpackage -b -us -uc "${profile[@]}") >"$out/build.log" 2>&1; then
     tail -n 40 "$out/build.log" >&2
     echo "build-deb: dpkg-buildpackage failed, see $out/build.log" >&2
     exit 1

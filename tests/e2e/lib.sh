@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # The machinery of tests/e2e/run.sh: timed steps with one log each, PASS/FAIL checks that are
 # counted at the end, commands inside the chroot with a clean environment, and bind mounts that
-# are always undone. Sourced by run.sh; needs WORK, R (the chroot), LOGS and CACHE set.
+# are always undone, the chroot's apt sources and what its kernel expects of modules. Sourced by
+# run.sh and all-packages.sh; needs WORK, R (the chroot), LOGS, CACHE and SUITE set.
 
 # fd 3 is the console: step output goes to the step's log, verdicts and progress to fd 3.
 exec 3>&2
@@ -102,6 +103,52 @@ ok() {
 skip() {
     STEP=$1
     verdict FAIL "skipped: $2"
+}
+
+# mirror [SUITE]: the Debian archive URI the host's apt uses (no host name in this repository):
+# the one serving SUITE (default $SUITE) if the host has it, else the host's own release's,
+# which also carries SUITE.
+mirror() {
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' |
+        awk -v s="${1:-$SUITE}" '$1 ~ /\/debian\/$/ { if ($2 == s) { print $1; found = 1; exit } any = any ? any : $1 }
+            END { if (!found && any) print any }'
+}
+
+# The chroot's apt sources in deb822: SUITE and SUITE-updates from the host's Debian archive,
+# SUITE-security from its security archive, with the COMPONENTS given (default main).
+chroot_sources() {
+    local comps=${COMPONENTS:-main} uri
+    apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' | sort -u |
+        grep -E '/debian(-security)?/$' | while read -r uri; do
+        case "$uri" in
+            */debian-security/) printf 'Types: deb\nURIs: %s\nSuites: %s-security\n' "$uri" "$SUITE" ;;
+            *) printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\n' "$uri" "$SUITE" "$SUITE" ;;
+        esac
+        printf 'Components: %s\nSigned-By: %s\n\n' "$comps" /usr/share/keyrings/debian-archive-keyring.gpg
+    done | awk -v RS= -v ORS='\n\n' '!seen[$0]++'
+}
+
+# kconfig KVER NAME: the value of CONFIG_NAME in the chroot's kernel config (empty if unset).
+kconfig() {
+    sed -n "s/^CONFIG_$2=//p" "$R/boot/config-$1" | tr -d '"'
+}
+
+# module_ext KVER: how the kernel's own modules are stored, so how DKMS modules must be.
+module_ext() {
+    if [ "$(kconfig "$1" MODULE_COMPRESS_XZ)" = y ]; then
+        echo .ko.xz
+    elif [ "$(kconfig "$1" MODULE_COMPRESS_ZSTD)" = y ]; then
+        echo .ko.zst
+    elif [ "$(kconfig "$1" MODULE_COMPRESS_GZIP)" = y ]; then
+        echo .ko.gz
+    else
+        echo .ko
+    fi
+}
+
+# kver_of_meta: the ABI linux-image-amd64 points at, e.g. 6.1.0-56-amd64.
+kver_of_meta() {
+    cin dpkg-query -W -f='${Depends}\n' linux-image-amd64 | sed -E 's/^linux-image-([^ ,]+).*/\1/'
 }
 
 # cin CMD...: run CMD in the chroot with a clean environment (no host PATH, no CI variables).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end test of the rdkms Debian package on a real Debian 12 system built from scratch: a
+# End-to-end test of the rdkms Debian package on a real Debian 12 or 13 system built from scratch: a
 # debootstrapped chroot with real kernels and real *-dkms packages from the archive, driven
 # through their unmodified maintainer scripts and the kernel hooks, then a QEMU (TCG) boot of
 # the chroot's kernel that loads the modules rdkms built. Needs root and the Debian archive
@@ -13,7 +13,9 @@
 #              logs/ when something failed. KEEP=1 keeps everything.
 #   CACHE      kept between runs, never in the repository (default /var/tmp/rdkms-e2e-cache):
 #              the debootstrap tarball (refreshed weekly) and the chroot's downloaded .debs.
-#   SUITE      Debian suite (default bookworm)
+#   SUITE      Debian suite: bookworm (default, Debian 12) or trixie (Debian 13). The .deb is
+#              the same for both; what a kernel expects (compressed, signed modules) is read from
+#              the chroot kernel's config, the module-replacement rule of each dkms from SUITE.
 set -euo pipefail
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 
@@ -29,14 +31,19 @@ LOGS=$WORK/logs
 # The real module packages under test: package, DKMS module name, the kernel modules it installs.
 # They cover a BUILD_EXCLUSIVE_CONFIG conf, a conf that needs bash (v4l2loopback), AUTOINSTALL
 # in upper case (vpoll) and one package building three modules (tp-smapi). tp-smapi's third
-# module, hdaps, has an unversioned twin in the kernel, so the version sanity check keeps the
-# kernel's copy, exactly as Debian's dkms does (status then warns "Diff between built and
-# installed module").
+# module, hdaps, has an unversioned twin in the kernel: Debian 12's dkms keeps the kernel's copy
+# (status then warns "Diff between built and installed module"); Debian 13's dkms 3.2.2 installs
+# it and sets the kernel's copy aside ("Original modules exist"). rdkms must do as the
+# release's dkms does.
 PKGS=(acpi-call-dkms v4l2loopback-dkms vpoll-dkms tp-smapi-dkms)
 declare -A DKMS_NAME=([acpi-call-dkms]=acpi-call [v4l2loopback-dkms]=v4l2loopback
     [vpoll-dkms]=vpoll [tp-smapi-dkms]=tp_smapi)
 declare -A KMODS=([acpi-call-dkms]=acpi_call [v4l2loopback-dkms]=v4l2loopback
     [vpoll-dkms]=vpoll [tp-smapi-dkms]="thinkpad_ec tp_smapi")
+case "$SUITE" in
+    bookworm) HDAPS_FROM=kernel ;;
+    *) HDAPS_FROM=dkms KMODS[tp-smapi-dkms]+=" hdaps" ;;
+esac
 # Modules that load in a plain QEMU machine (tp_smapi needs ThinkPad hardware).
 BOOT_MODS="acpi_call v4l2loopback vpoll"
 
@@ -90,21 +97,12 @@ trap 'exit 130' INT
 
 ############################## helpers ##############################
 
-# First Debian archive URI the host's apt uses for SUITE (no host name in this repository).
-mirror() {
-    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' |
-        awk -v s="$SUITE" '$2 == s && $1 ~ /\/debian\/$/ { print $1; exit }'
-}
-
-# kver_of_meta: the ABI linux-image-amd64 points at, e.g. 6.1.0-56-amd64.
-kver_of_meta() {
-    cin dpkg-query -W -f='${Depends}\n' linux-image-amd64 | sed -E 's/^linux-image-([^ ,]+).*/\1/'
-}
-
-# modules_ok KVER MOD...: each module resolves through depmod to a file built for KVER.
+# modules_ok KVER MOD...: each module resolves through depmod to a file built for KVER, stored
+# the way that kernel stores its own modules, and signed (with the MOK) when it signs modules.
 modules_ok() {
-    local k=$1 m f vm
+    local k=$1 m f vm ext signer
     shift
+    ext=$(module_ext "$k")
     for m in "$@"; do
         f=$(cin modinfo -k "$k" -F filename "$m") || return 1
         case "$f" in /lib/modules/"$k"/updates/*) ;; *)
@@ -117,7 +115,18 @@ modules_ok() {
             echo "$f has vermagic $vm"
             return 1
         }
-        echo "ok: $f"
+        [[ "$f" == *"$ext" ]] || {
+            echo "$f: the kernel's modules end in $ext"
+            return 1
+        }
+        if [ "$(kconfig "$k" MODULE_SIG)" = y ]; then
+            signer=$(cin modinfo -F signer "$f")
+            [ "$signer" = "DKMS module signing key" ] || {
+                echo "$f: signer '$signer', not the MOK ('DKMS module signing key')"
+                return 1
+            }
+        fi
+        echo "ok: $f (signer: ${signer:-none})"
     done
 }
 
@@ -166,12 +175,16 @@ nothing_left() {
     ! find "$R/var/lib/dkms" -name "*$k*" | grep .
 }
 
-# newest ABI other than K1 with both image and headers in the archive
+# The newest ABI other than K1 of K1's kernel series (6.1 on Debian 12, 6.12 on 13) with both
+# image and headers in the archive. The series is kept because Debian 12 also carries 6.12
+# kernels, which its own *-dkms packages do not all build for.
 pick_second_kver() {
-    local k1=$1 k
-    for k in $(cin apt-cache search --names-only '^linux-headers-[0-9.]+-[0-9]+-amd64$' |
+    local k1=$1 k series
+    series=$(echo "$k1" | cut -d. -f1,2)
+    for k in $(cin apt-cache search --names-only '^linux-headers-[0-9][0-9.]*(-[0-9]+|\+deb[0-9]+)-amd64$' |
         awk '{ print $1 }' | sed 's/^linux-headers-//' | sort -rV); do
         [ "$k" = "$k1" ] && continue
+        [ "$(echo "$k" | cut -d. -f1,2)" = "$series" ] || continue
         if cin apt-cache show "linux-image-$k" >/dev/null 2>&1; then
             echo "$k"
             return 0
@@ -189,12 +202,13 @@ apt_logged() {
 }
 
 # qemu_boot LOG KERNEL INITRD APPEND: TCG on purpose (KVM here is PVM-backed and hangs a stock
-# kernel), 2 GiB, serial console to LOG, no stdin; bounded in time.
+# kernel), 2 GiB, serial console to LOG, no stdin; bounded in time. no_timer_check: on a loaded
+# host the emulated timer is too slow for the kernel's IO-APIC timer check, which then panics.
 qemu_boot() {
     local out=$1 kernel=$2 initrd=$3 append=$4
     timeout 240 qemu-system-x86_64 -accel tcg -m 2048 -smp 1 -nodefaults -display none \
         -monitor none -no-reboot -serial "file:$out" -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyS0 panic=-1 loglevel=4 $append" </dev/null || true
+        -append "console=ttyS0 panic=-1 loglevel=4 no_timer_check $append" </dev/null || true
     grep -a 'E2E' "$out" || true
 }
 
@@ -212,20 +226,22 @@ s_host() {
         qv=$(dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' qemu-utils 2>/dev/null |
             awk '$1 == "ii" { print $2 }')
         if [[ "$qv" == *bpo* ]]; then
-            # qemu-utils from backports is installed; bookworm's qemu-system-x86 would remove
-            # it. Take qemu-system-x86 from backports too, through a throw-away source list.
-            local tmp
+            # qemu-utils from backports is installed; the host release's qemu-system-x86 would
+            # remove it. Take qemu-system-x86 from the host's backports too, through a
+            # throw-away source list.
+            local tmp host
+            host=$(. /etc/os-release && echo "$VERSION_CODENAME")
             tmp=$(mktemp -d)
             cp /etc/apt/sources.list.d/*.sources "$tmp/" 2>/dev/null || true
             cp /etc/apt/sources.list.d/*.list "$tmp/" 2>/dev/null || true
             {
                 cat /etc/apt/sources.list 2>/dev/null || true
-                echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) $SUITE-backports main"
+                echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror "$host") $host-backports main"
             } >"$tmp/sources.list"
             local o=("${lk[@]}" -o "Dir::Etc::sourcelist=$tmp/sources.list" -o "Dir::Etc::sourceparts=$tmp")
             apt-get "${o[@]}" update -q
             apt-get "${o[@]}" install -y -q --no-install-recommends --no-remove \
-                -t "$SUITE-backports" qemu-system-x86
+                -t "$host-backports" qemu-system-x86
             rm -rf "$tmp"
             apt-get "${lk[@]}" update -q
         else
@@ -280,14 +296,9 @@ s_bootstrap() {
     fi
     require "minimal $SUITE system in the chroot" test -x "$R/usr/bin/apt-get"
 
-    # the host's Debian suites (SUITE, -updates, -security), deb822
     rm -f "$R/etc/apt/sources.list"
-    apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' |
-        sort -u | awk -v s="$SUITE" '$1 ~ /\/debian(-security)?\/$/ && $2 ~ "^"s"(-|$)"' |
-        while read -r uri rel comp; do
-            printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: %s\nSigned-By: %s\n\n' \
-                "$uri" "$rel" "$comp" /usr/share/keyrings/debian-archive-keyring.gpg
-        done >"$R/etc/apt/sources.list.d/debian.sources"
+    chroot_sources >"$R/etc/apt/sources.list.d/debian.sources"
+    cat "$R/etc/apt/sources.list.d/debian.sources"
     printf 'Acquire::Languages "none";\nAPT::Keep-Downloaded-Packages "true";\n' \
         >"$R/etc/apt/apt.conf.d/99e2e"
     printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
@@ -317,6 +328,10 @@ s_base() {
         -a -x "$R/etc/kernel/prerm.d/dkms" -a -x "$R/etc/kernel/header_postinst.d/dkms" \
         -a -x "$R/usr/lib/dkms/common.postinst" -a -x "$R/usr/lib/dkms/dkms_autoinstaller" \
         -a -f "$R/etc/apt/apt.conf.d/80rdkms"
+    check "Debian 13's hook files are installed (preinst.d, kernel-install, dkms-autopkgtest)" \
+        test -x "$R/etc/kernel/preinst.d/dkms" -a -x "$R/usr/lib/kernel/install.d/40-dkms.install" \
+        -a -x "$R/usr/lib/dkms/dkms-autopkgtest" \
+        -a -f "$R/etc/dkms/framework.conf.d/autoinstall_all_kernels.conf"
     check "K1 $k1 got its initramfs with rdkms's hooks in place" test -s "$R/boot/initrd.img-$k1"
     check "dkms status runs and lists nothing" test -z "$(cin dkms status)"
 }
@@ -329,7 +344,12 @@ s_modules() {
         check "$p: ${KMODS[$p]} built and installed for $K1" modules_ok "$K1" ${KMODS[$p]}
         check "$p: dkms status says installed for $K1" status_installed "${DKMS_NAME[$p]}" "$K1"
     done
-    check "tp-smapi-dkms: hdaps left to the kernel's own copy, as DKMS does" in_tree "$K1" hdaps
+    if [ "$HDAPS_FROM" = kernel ]; then
+        check "tp-smapi-dkms: hdaps left to the kernel's own copy, as DKMS 3.0.10 does" in_tree "$K1" hdaps
+    else
+        check "tp-smapi-dkms: hdaps replaces the kernel's own copy, as DKMS 3.2.2 does" \
+            sh -c "chroot '$R' dkms status tp_smapi -k '$K1' | grep -iE 'original.modules? exist'"
+    fi
     check "rdkms plan: nothing left to do" settled
     cin dkms status
 
@@ -341,6 +361,12 @@ s_modules() {
     require "apt runs dpkg (reinstall of zstd)" apt_in install --reinstall zstd
     check "apt's DPkg::Post-Invoke hook (80rdkms) reinstalled acpi_call for $K1" \
         modules_ok "$K1" acpi_call
+
+    # What "Testsuite: autopkgtest-pkg-dkms" runs, on one package.
+    check "dkms-autopkgtest vpoll-dkms passes" sh -c \
+        "chroot '$R' /usr/lib/dkms/dkms-autopkgtest vpoll-dkms </dev/null | tee /dev/stderr | grep -q '^I: PASS vpoll/'"
+    check "vpoll installed for $K1 after dkms-autopkgtest" modules_ok "$K1" vpoll
+    check "dkms-autopkgtest left autoinstall on" test ! -e "$R/etc/dkms/no-autoinstall"
 }
 
 all_kmods() {
@@ -348,8 +374,22 @@ all_kmods() {
     for p in "${PKGS[@]}"; do echo "${KMODS[$p]}"; done
 }
 
+# mtime_of KVER MOD: modification time of the module file KVER loads for MOD.
+mtime_of() {
+    stat -c %Y "$R$(cin modinfo -k "$1" -F filename "$2")"
+}
+
 s_kernel2() {
-    local k2 p
+    local k2 p t0
+    # The same ABI reinstalled in place: preinst.d unbuilds, postinst.d rebuilds against it.
+    t0=$(mtime_of "$K1" vpoll)
+    sleep 1
+    require "apt reinstalls linux-image-$K1 (same ABI)" apt_in install --reinstall "linux-image-$K1"
+    check "same-ABI kernel reinstall rebuilt vpoll (preinst.d + postinst.d hooks)" \
+        test "$(mtime_of "$K1" vpoll)" -gt "$t0"
+    # shellcheck disable=SC2046
+    check "every module of $K1 installed after the reinstall" modules_ok "$K1" $(all_kmods)
+
     k2=$(pick_second_kver "$K1") || true
     require "a second kernel ABI with image and headers is in the archive" test -n "$k2"
     state_set K2 "$k2"
@@ -436,6 +476,9 @@ s_qemu() {
         done
     done
     ls "$d/mod"
+    # shellcheck disable=SC2086
+    check "the modules booted are rdkms's files from updates/dkms, stored and signed as $K1 expects" \
+        modules_ok "$K1" $BOOT_MODS
     (cd "$d" && find . | cpio -o -H newc 2>/dev/null | gzip -1 >"$q/tiny.cpio.gz")
     out=$LOGS/qemu-tiny.log
     qemu_boot "$out" "$R/boot/vmlinuz-$K1" "$q/tiny.cpio.gz" ""
