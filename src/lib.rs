@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
 pub mod par;
+pub mod persona;
 pub mod plan;
 pub mod reconcile;
 pub mod registered;
@@ -45,7 +46,7 @@ use cli::{Action, Invocation};
 /// Runs one parsed command line and returns the process exit status.
 pub fn run(inv: Invocation) -> Result<i32> {
     if inv.cli.print_version {
-        println!("rdkms-{}", env!("CARGO_PKG_VERSION"));
+        println!("{}", persona::version());
         return Ok(0);
     }
     let Some(action) = inv.action else {

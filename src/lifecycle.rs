@@ -276,20 +276,26 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     let targets = targets(&job, inv);
     let mut changes = Changes::default();
     let mut last_error: Option<Error> = None;
-    for (kernel, arch) in &targets {
+    for (i, (kernel, arch)) in targets.iter().enumerate() {
         let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
+        // DKMS separates kernels with an empty line (remove: after each one).
+        if i > 0 && matches!(action, Action::Uninstall | Action::Unbuild) {
+            ctx.console.say("");
+        }
         let result = match action {
             Action::Build => build_one(&job, &facts),
             Action::Install => install_one(&job, &facts, &mut changes),
             Action::Uninstall => uninstall_one(&job, &facts, &mut changes),
-            Action::Unbuild => unbuild_one(&job, &facts, &mut changes),
-            Action::Remove => uninstall_one(&job, &facts, &mut changes)
+            Action::Unbuild | Action::Remove => uninstall_one(&job, &facts, &mut changes)
                 .and_then(|()| unbuild_one(&job, &facts, &mut changes)),
             other => Err(Error::Usage(format!(
                 "'{}' is not a lifecycle action",
                 other.word()
             ))),
         };
+        if action == Action::Remove {
+            ctx.console.say("");
+        }
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
                 ctx.console.error(prev.to_string());
@@ -473,6 +479,8 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         }
         place.uninstall()?;
         changes.touch(facts);
+        depmod_now(job, changes)?;
+        job.ctx.console.say("");
     }
     let result = place.install(InstallOptions {
         force: job.ctx.force,
@@ -481,9 +489,19 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     if facts.modules_dir.is_dir() {
         changes.touch(facts);
     }
-    result?;
-    changes.installed.push(facts.kernel.clone());
-    Ok(())
+    if result.is_ok() {
+        changes.installed.push(facts.kernel.clone());
+    }
+    let depmod = depmod_now(job, changes);
+    result.and(depmod)
+}
+
+/// depmod for what the step just done changed, right away: DKMS prints "Running depmod" after
+/// each install and uninstall, and output is compared line by line.
+fn depmod_now(job: &Job<'_>, changes: &mut Changes) -> Result<()> {
+    let result = finish_depmod(job, changes);
+    *changes = Changes::default();
+    result
 }
 
 /// Uninstalls if installed, else DKMS's skip message.
@@ -491,7 +509,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
     let conf = job.conf(facts)?;
     if !job.is_installed(facts, &conf) {
         job.ctx.console.say(format!(
-            "Module {} {} is not installed for kernel {} ({}). Skipping...",
+            "Module {}/{} is not installed for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
         ));
         return Ok(());
@@ -499,7 +517,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
     let source = job.source_dir();
     job.placement(facts, &conf, &source)?.uninstall()?;
     changes.touch(facts);
-    Ok(())
+    depmod_now(job, changes)
 }
 
 /// Uninstalls, then deletes `<tree>/M/V/K/A` (and `K` when empty); the module stays added.
@@ -529,7 +547,7 @@ pub fn unbuild_into(
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
     if !job.is_built(facts, &conf) && !build_dir.is_dir() {
         job.ctx.console.say(format!(
-            "Module {} {} is not built for kernel {} ({}). Skipping...",
+            "Module {}/{} is not built for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
         ));
         return Ok(());
@@ -554,7 +572,7 @@ fn remove_if_unused(job: &Job<'_>) -> Result<()> {
         return Ok(());
     }
     job.ctx.console.say(format!(
-        "Deleting module {}-{} completely from the DKMS tree.",
+        "Deleting module {}/{} completely from the DKMS tree.",
         job.module, job.version
     ));
     atomic::remove_dir(&vdir)?;

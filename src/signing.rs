@@ -117,8 +117,9 @@ impl Signer {
 
     /// Signs one (uncompressed) module in place; a failure is reported and the build goes on
     /// with the unsigned module, as DKMS does.
-    pub fn sign(&self, module: &Path, console: &Console) {
-        console.say(format!("Signing module {}", module.display()));
+    /// It is announced as `shown`: where DKMS would have signed it.
+    pub fn sign(&self, module: &Path, shown: &Path, console: &Console) {
+        console.say(format!("Signing module {}", shown.display()));
         let out = Command::new(&self.sign_file)
             .arg(&self.hash)
             .arg(&self.key)
