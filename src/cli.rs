@@ -192,12 +192,13 @@ pub enum Action {
     Mkdeb,
     Mktarball,
     Ldtarball,
+    GenerateMok,
 }
 
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &["match", "generate_mok", "kernel_preinst"];
+    const FUTURE: &'static [&'static str] = &["match", "kernel_preinst"];
 
     fn from_word(word: &str) -> Option<Action> {
         Some(match word {
@@ -219,6 +220,7 @@ impl Action {
             "mkdeb" => Action::Mkdeb,
             "mktarball" => Action::Mktarball,
             "ldtarball" => Action::Ldtarball,
+            "generate_mok" => Action::GenerateMok,
             _ => return None,
         })
     }
@@ -244,6 +246,7 @@ impl Action {
             Action::Mkdeb => "mkdeb",
             Action::Mktarball => "mktarball",
             Action::Ldtarball => "ldtarball",
+            Action::GenerateMok => "generate_mok",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod lock;
 pub mod mkdeb;
+pub mod mok;
 pub mod par;
 pub mod persona;
 pub mod plan;
@@ -61,6 +62,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Mkdeb => mkdeb::run(&inv),
         Action::Mktarball => tarball::make(&inv),
         Action::Ldtarball => tarball::load(&inv),
+        Action::GenerateMok => mok::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
         Action::Autoinstall

@@ -80,23 +80,9 @@ impl Signer {
             ));
             return Ok(None);
         }
-        let key = cfg.key.clone().unwrap_or_else(|| dkms_tree.join("mok.key"));
-        let cert = cfg
-            .cert
-            .clone()
-            .unwrap_or_else(|| dkms_tree.join("mok.pub"));
-        console.say(format!("Signing key: {}", key.display()));
-        console.say(format!("Public certificate (MOK): {}", cert.display()));
-        let pkcs11 = key.to_string_lossy().starts_with("pkcs11:");
-        if !pkcs11 {
-            // Concurrent builds share one key pair: the first makes it, the others wait for it.
-            let _generating = KEY_GENERATION
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if (!key.is_file() || !cert.is_file()) && !generate_noisily(&key, &cert, console)? {
-                return Ok(None);
-            }
-        }
+        let Some((key, cert)) = prepare_mok(cfg, dkms_tree, console)? else {
+            return Ok(None);
+        };
         let hash = fs::read_to_string(&facts.config)
             .ok()
             .and_then(|c| {
@@ -137,6 +123,33 @@ impl Signer {
             Err(e) => console.warn(format!("Failed to sign module '{}': {e}", module.display())),
         }
     }
+}
+
+/// The MOK pair (key, certificate), created when missing, announced as DKMS does; `None` when
+/// it cannot be made. What builds use before signing, and all of `generate_mok`.
+pub fn prepare_mok(
+    cfg: &SigningConfig,
+    dkms_tree: &Path,
+    console: &Console,
+) -> Result<Option<(PathBuf, PathBuf)>> {
+    let key = cfg.key.clone().unwrap_or_else(|| dkms_tree.join("mok.key"));
+    let cert = cfg
+        .cert
+        .clone()
+        .unwrap_or_else(|| dkms_tree.join("mok.pub"));
+    console.say(format!("Signing key: {}", key.display()));
+    console.say(format!("Public certificate (MOK): {}", cert.display()));
+    let pkcs11 = key.to_string_lossy().starts_with("pkcs11:");
+    if !pkcs11 {
+        // Concurrent builds share one key pair: the first makes it, the others wait for it.
+        let _generating = KEY_GENERATION
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if (!key.is_file() || !cert.is_file()) && !generate_noisily(&key, &cert, console)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some((key, cert)))
 }
 
 /// Creates the missing MOK pair with DKMS's messages; false when it cannot be made.
