@@ -258,13 +258,20 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         module,
         version,
     };
+    let was_added = job.is_added();
     if let Some(source) = &source {
         source
             .ensure_added(&ctx.paths, &lock, &add_options(inv))
             .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
     }
     match action {
-        Action::Build | Action::Install => ensure_added(&job, &lock, inv)?,
+        Action::Build | Action::Install => {
+            ensure_added(&job, &lock, inv)?;
+            // DKMS sets the add it does first apart from the build with an empty line.
+            if !was_added {
+                ctx.console.say("");
+            }
+        }
         _ if !job.is_added() => {
             return Err(Error::NotAdded {
                 module: job.module.clone(),
