@@ -326,7 +326,16 @@ fn compile(
     let build_dir = &private.build_dir;
 
     for patch in &conf.patches {
-        let file = build_dir.join("patches").join(patch);
+        if crate::conf::model::patch_escapes(patch) {
+            return Err(Error::BadPatch {
+                module: input.module.to_string(),
+                patch: patch.clone(),
+                problem: "contains '..' path component.".to_string(),
+            });
+        }
+        let file = build_dir
+            .join("patches")
+            .join(patch.trim_start_matches('/'));
         if !file.is_file() {
             return Err(Error::BadPatch {
                 module: input.module.to_string(),

@@ -217,8 +217,11 @@ impl Placement<'_> {
             && ver_cmp(&their.version, &our.version).is_gt()
         {
             self.console.error(format!(
-                "Module version {} for {}.ko\nis not newer than what is already found in kernel {} ({}).\nYou may override by specifying --force.",
-                our.version, m.dest_name, f.kernel, their.version
+                "Module version {} for {}\nis not newer than what is already found in kernel {} ({}).\nYou may override by specifying --force.",
+                our.version,
+                module_file_name(&m.dest_name, f.compression),
+                f.kernel,
+                their.version
             ));
             return false;
         }

@@ -129,7 +129,6 @@ impl Job<'_> {
             directive_overrides: self.ctx.directives.clone(),
             mode: EvalMode::Auto,
         })
-        .map_err(|e| patch_escape_is_a_patch_error(e, &self.module))
     }
 
     /// The dkms.conf as the shared tree sees it.
@@ -193,19 +192,6 @@ impl Job<'_> {
     }
 }
 
-/// The model refuses a PATCH with `..` as a path escape (exit 8); DKMS reports it as a patch
-/// error (exit 5).
-fn patch_escape_is_a_patch_error(e: Error, module: &str) -> Error {
-    match e {
-        Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
-            module: module.to_string(),
-            patch: value,
-            problem: "the name contains '..'".to_string(),
-        },
-        other => other,
-    }
-}
-
 /// What a command changed, for the depmod pass at its end.
 #[derive(Default)]
 pub struct Changes {
@@ -260,9 +246,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     };
     let was_added = job.is_added();
     if let Some(source) = &source {
-        source
-            .ensure_added(&ctx.paths, &lock, &add_options(inv))
-            .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+        source.ensure_added(&ctx.paths, &lock, &add_options(inv))?;
     }
     match action {
         Action::Build | Action::Install => {
@@ -416,8 +400,7 @@ pub fn ensure_added(job: &Job<'_>, lock: &TreeLock, inv: &Invocation) -> Result<
         &job.module,
         &job.version,
         &add_options(inv),
-    )
-    .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+    )?;
     Ok(())
 }
 
