@@ -193,12 +193,13 @@ pub enum Action {
     Mktarball,
     Ldtarball,
     GenerateMok,
+    Match,
 }
 
 impl Action {
     /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
     /// module names.
-    const FUTURE: &'static [&'static str] = &["match", "kernel_preinst"];
+    const FUTURE: &'static [&'static str] = &["kernel_preinst"];
 
     fn from_word(word: &str) -> Option<Action> {
         Some(match word {
@@ -221,6 +222,7 @@ impl Action {
             "mktarball" => Action::Mktarball,
             "ldtarball" => Action::Ldtarball,
             "generate_mok" => Action::GenerateMok,
+            "match" => Action::Match,
             _ => return None,
         })
     }
@@ -247,6 +249,7 @@ impl Action {
             Action::Mktarball => "mktarball",
             Action::Ldtarball => "ldtarball",
             Action::GenerateMok => "generate_mok",
+            Action::Match => "match",
         }
     }
 }

@@ -185,6 +185,14 @@ pub enum Error {
         waited_secs: u64,
     },
 
+    /// `match` was called wrongly; DKMS's text and exit status.
+    #[error("{text}")]
+    Match { text: &'static str, code: i32 },
+
+    /// `match` names a module the tree does not have.
+    #[error("The module: {module} is not located in the DKMS tree.")]
+    TemplateModule { module: String },
+
     /// An I/O operation failed; the path tells where.
     #[error("{op} {path}: {source}", path = .path.display())]
     Io {
@@ -228,6 +236,8 @@ impl Error {
             Error::ToolFailed { .. } => 1,
             Error::NoConfInSource { .. } => 9,
             Error::LockTimeout { .. } => 75,
+            Error::Match { code, .. } => *code,
+            Error::TemplateModule { .. } => 3,
             Error::Io { .. } => 1,
         }
     }

@@ -36,6 +36,7 @@ pub mod script;
 pub mod signing;
 pub mod status;
 pub mod tarball;
+pub mod template;
 pub mod tool;
 pub mod tree;
 pub mod version;
@@ -63,6 +64,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Mktarball => tarball::make(&inv),
         Action::Ldtarball => tarball::load(&inv),
         Action::GenerateMok => mok::run(&inv),
+        Action::Match => template::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
         Action::Autoinstall

@@ -778,3 +778,31 @@ fn a_running_build_does_not_block_status() {
         .success()
         .stdout(format!("slow/1.0, {K}, {}: built\n", arch()));
 }
+
+/// `match` (DKMS): the modules installed for the template kernel are built and installed for
+/// the other one; DKMS's exit codes for a missing template (1) and the same kernel twice (2).
+#[test]
+fn match_installs_the_template_kernels_modules() {
+    let sb = sandbox();
+    sb.fake_kernel(K2);
+    sb.source("foo", "1.0").create();
+    sb.source("bar", "1.0").create();
+    sb.rdkms(["install", "foo/1.0", "-k", K]).assert().success();
+    sb.rdkms(["add", "bar/1.0"]).assert().success();
+    sb.rdkms(["match", "--templatekernel", K, "-k", K2])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Matching modules in kernel: {K2} ({a})\nto the configuration of kernel: {K} ({a})\nModule:  foo\nVersion: 1.0\n",
+            a = arch()
+        )));
+    assert!(installed_ko(&sb, K2, "foo").is_file());
+    assert!(
+        !installed_ko(&sb, K2, "bar").exists(),
+        "bar is not installed for {K}"
+    );
+    sb.rdkms(["match", "-k", K2]).assert().code(1);
+    sb.rdkms(["match", "--templatekernel", K, "-k", K])
+        .assert()
+        .code(2);
+}
