@@ -115,9 +115,7 @@ pub enum Error {
     },
 
     /// A single-kernel action got no `-k`, several, or used with `--all`.
-    #[error(
-        "The action {action} requires exactly one kernel version parameter on the command line."
-    )]
+    #[error("The action {action} {}", one_kernel_rule(.action))]
     OneKernel { action: String },
 
     /// update-initramfs or dracut failed for a kernel.
@@ -311,6 +309,16 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// How DKMS words the one-kernel rule: the kernel hooks need exactly one, other actions
+/// refuse several.
+fn one_kernel_rule(action: &str) -> &'static str {
+    if action.starts_with("kernel_") {
+        "requires exactly one kernel version parameter on the command line."
+    } else {
+        "does not support multiple kernel version parameters on the command line."
     }
 }
 
