@@ -199,6 +199,9 @@ pub struct Changes {
     pub kernels: Vec<KernelFacts>,
     /// Kernels this command installed into (rolled back if depmod fails there).
     pub installed: Vec<String>,
+    /// Run depmod right after each install or uninstall, as DKMS does for one module (the
+    /// lifecycle commands); otherwise once per kernel at the end (hooks handling many).
+    pub per_step: bool,
 }
 
 impl Changes {
@@ -265,7 +268,10 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         _ => {}
     }
     let targets = targets(&job, inv);
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        per_step: true,
+        ..Changes::default()
+    };
     let mut last_error: Option<Error> = None;
     for (i, (kernel, arch)) in targets.iter().enumerate() {
         let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
@@ -486,11 +492,15 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     result.and(depmod)
 }
 
-/// depmod for what the step just done changed, right away: DKMS prints "Running depmod" after
-/// each install and uninstall, and output is compared line by line.
+/// depmod for what the step just done changed, right away when `per_step`: DKMS prints
+/// "Running depmod" after each install and uninstall, and output is compared line by line.
 fn depmod_now(job: &Job<'_>, changes: &mut Changes) -> Result<()> {
+    if !changes.per_step {
+        return Ok(());
+    }
     let result = finish_depmod(job, changes);
-    *changes = Changes::default();
+    changes.kernels.clear();
+    changes.installed.clear();
     result
 }
 

@@ -56,7 +56,10 @@ pub fn run(inv: &Invocation) -> Result<i32> {
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
     lifecycle::clean_leftovers(&ctx.tree);
     let facts = KernelFacts::probe(&ctx.paths, &kernel, &arch, &ctx.kernel_overrides);
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        per_step: true,
+        ..Changes::default()
+    };
     for (module, version) in matched {
         ctx.console.say(format!("Module:  {module}"));
         ctx.console.say(format!("Version: {version}"));
