@@ -172,7 +172,8 @@ pub enum Error {
     },
 
     /// A source directory given to `add` has no dkms.conf.
-    #[error("{path} must contain a dkms.conf file!", path = .path.display())]
+    /// DKMS 3.2.2 then takes the word for NAME/VERSION and finds no module named: its text.
+    #[error("Arguments <module> and <module-version> are not specified.\nUsage: add <module>/<module-version> or\n       add -m <module>/<module-version> or\n       add -m <module> -v <module-version>")]
     NoConfInSource { path: PathBuf },
 
     /// Another rdkms command held the tree's lock for longer than the timeout.
@@ -232,7 +233,7 @@ impl Error {
             Error::ArchiveAlreadyAdded { .. } => 8,
             Error::Packaging { .. } => 1,
             Error::ToolFailed { .. } => 1,
-            Error::NoConfInSource { .. } => 9,
+            Error::NoConfInSource { .. } => 1,
             Error::LockTimeout { .. } => 75,
             Error::Match { code, .. } => *code,
             Error::TemplateModule { .. } => 3,
@@ -289,9 +290,10 @@ impl Error {
             Error::ArchiveMissing { .. } => {
                 "Give the path of a DKMS tarball (as written by mktarball).".to_string()
             }
-            Error::NoConfInSource { .. } => {
-                "Point at the module's source directory (the one holding dkms.conf).".to_string()
-            }
+            Error::NoConfInSource { path } => format!(
+                "{} holds no dkms.conf: point at the module's source directory (the one holding dkms.conf).",
+                path.display()
+            ),
             _ => return None,
         })
     }

@@ -188,6 +188,7 @@ adapt_suite() {
         -e "/^DKMS_VERSION=/,\$s/^\( *\)echo \('[^']*'\)$/\1__what=\2; echo \"\$__what\"/" \
         -e '/^DKMS_VERSION=/,$s/^\( *\)echo \("[^"]*"\)$/\1__what=\2; echo "$__what"/' \
         -e '/^DKMS_VERSION=/,$s/^\( *\)exit 1$/\1__fail_inline/' \
+        -e "/^DKMS_VERSION=/,\$s/^trap \([a-z_]*\) EXIT$/trap '\1; __summary' EXIT/" \
         -e '/^DKMS_VERSION=/r /dev/stdin' "$t" <<'EOF'
 declare -A __n=()
 __section=setup __what= __pass=0 __failed=0
@@ -238,7 +239,7 @@ run_suite() {
 
 report() {
     local summary bad=0 line
-    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$LOGS/suite.log" | tail -1)
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$LOGS/suite.log" | tail -n 1 || true)
     grep '^FAIL: ' "$LOGS/results.txt" || true
     echo "per section (passed/total):"
     sed -E 's/^(PASS|FAIL): ([^#]*)#.*/\1 \2/' "$LOGS/results.txt" |
