@@ -127,6 +127,8 @@ impl Progress<'_> {
     fn say(&self, line: &str) {
         match &self.prefix {
             None => self.console.say(line),
+            // An empty line only separates steps of a lone build.
+            Some(_) if line.is_empty() => {}
             Some(p) => self.console.say(format!("{p}: {}", line.trim_start())),
         }
     }
@@ -324,6 +326,8 @@ fn compile(
     )
     .ctx("write", &private.log_path)?;
     let build_dir = &private.build_dir;
+    // DKMS sets the build's steps apart from what came before (the signing lines).
+    progress.say("");
 
     for patch in &conf.patches {
         if crate::conf::model::patch_escapes(patch) {
@@ -391,7 +395,6 @@ fn compile(
         Some(_) => shared_make_invocation(&conf.make, &f.kernel),
         None => make_invocation(&conf.make, input.jobs, &f.kernel),
     };
-    progress.say("");
     progress.begin(BUILDING);
     let mut cmd = shell(&make.command, build_dir);
     if let Some(client) = &shared {
