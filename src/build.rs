@@ -128,6 +128,8 @@ impl Progress<'_> {
     fn say(&self, line: &str) {
         match &self.prefix {
             None => self.console.say(line),
+            // An empty line only separates steps of a lone build.
+            Some(_) if line.is_empty() => {}
             Some(p) => self.console.say(format!("{p}: {}", line.trim_start())),
         }
     }
@@ -229,25 +231,8 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     let stored_log = input
         .tree
         .make_log(input.module, input.version, &f.kernel, &f.arch);
-    if let Some(line) = &conf.post_build {
-        let log = OpenOptions::new()
-            .append(true)
-            .open(&stored_log)
-            .ctx("open", &stored_log)?;
-        let script = Script {
-            kind: "post_build",
-            line,
-            dir: &private.build_dir,
-            conf: &conf.file,
-        };
-        if let Some(code) = script.run(Output::Log(&log), input.console)? {
-            if code != 0 {
-                input.console.warn(format!(
-                    "The post_build script failed (exit {code}); see {}.",
-                    stored_log.display()
-                ));
-            }
-        }
+    if conf.post_build.is_some() {
+        post_build(input, &private, &stored_log)?;
     }
     remove_kept_build(&kept);
     Ok(())
@@ -275,6 +260,56 @@ impl Drop for PrivateParent<'_> {
     }
 }
 
+/// Runs POST_BUILD where DKMS 3.2.2 runs it: the built modules are already in
+/// `<tree>/M/V/K/A/module` and the build directory is `<tree>/M/V/build` (zfs's postbuild copies
+/// from the one into the other), with `$dkms_tree` the real tree. The private build directory
+/// is moved there for the script and the directory is removed afterwards, as DKMS does.
+fn post_build(input: &BuildInput<'_>, private: &PrivateBuild, stored_log: &Path) -> Result<()> {
+    // Concurrent builds of one version for several kernels take turns at `<tree>/M/V/build`.
+    static SHARED_BUILD_DIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = SHARED_BUILD_DIR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let f = input.facts;
+    let build_dir = input
+        .tree
+        .version_dir(input.module, input.version)
+        .join("build");
+    if build_dir.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&build_dir).ctx("remove", &build_dir)?;
+    }
+    fs::rename(&private.build_dir, &build_dir).ctx("move the build directory to", &build_dir)?;
+    let result = (|| {
+        let conf = (input.load_conf)(&input.tree.root, &build_dir)?;
+        let Some(line) = &conf.post_build else {
+            return Ok(());
+        };
+        let log = OpenOptions::new()
+            .append(true)
+            .open(stored_log)
+            .ctx("open", stored_log)?;
+        let script = Script {
+            kind: "post_build",
+            line,
+            dir: &build_dir,
+            conf: &conf.file,
+        };
+        if let Some(code) = script.run(Output::Log(&log), input.console)? {
+            if code != 0 {
+                input.console.warn(format!(
+                    "The post_build script failed (exit {code}) for kernel {} ({}); see {}.",
+                    f.kernel,
+                    f.arch,
+                    stored_log.display()
+                ));
+            }
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&build_dir);
+    result
+}
+
 /// Patches, PRE_BUILD, MAKE and the check that every module was produced, all logged; a
 /// success ends the log with its build time (see `build_order`).
 fn compile(
@@ -299,7 +334,8 @@ fn compile(
     let mut log = File::create(&private.log_path).ctx("create", &private.log_path)?;
     writeln!(
         log,
-        "rdkms make.log for {}/{} for kernel {} ({})\n{}",
+        "DKMS ({}) make.log for {}/{} for kernel {} ({})\n{}",
+        crate::persona::version(),
         input.module,
         input.version,
         f.kernel,
@@ -308,15 +344,26 @@ fn compile(
     )
     .ctx("write", &private.log_path)?;
     let build_dir = &private.build_dir;
+    // DKMS sets the build's steps apart from what came before (the signing lines).
+    progress.say("");
 
     for patch in &conf.patches {
-        let file = build_dir.join("patches").join(patch);
+        if crate::conf::model::patch_escapes(patch) {
+            return Err(Error::BadPatch {
+                module: input.module.to_string(),
+                patch: patch.clone(),
+                problem: "contains '..' path component.".to_string(),
+            });
+        }
+        let file = build_dir
+            .join("patches")
+            .join(patch.trim_start_matches('/'));
         if !file.is_file() {
             return Err(Error::BadPatch {
                 module: input.module.to_string(),
                 patch: patch.clone(),
                 problem: format!(
-                    "it cannot be found in {}",
+                    "cannot be\nfound in {}/.",
                     build_dir.join("patches").display()
                 ),
             });
@@ -325,6 +372,7 @@ fn compile(
         progress.begin(&description);
         let (status, patch_cpu) = logged_step(
             &mut log,
+            &description,
             &format!("patch -p1 < ./patches/{patch}"),
             shell(
                 &format!("patch -p1 < ./patches/{}", shell_word(patch)),
@@ -365,8 +413,7 @@ fn compile(
         Some(_) => shared_make_invocation(&conf.make, &f.kernel),
         None => make_invocation(&conf.make, input.jobs, &f.kernel),
     };
-    progress.say("\nBuilding module:");
-    progress.begin(&make.command);
+    progress.begin(BUILDING);
     let mut cmd = shell(&make.command, build_dir);
     if let Some(client) = &shared {
         client.configure_make(&mut cmd);
@@ -380,20 +427,24 @@ fn compile(
     }
     let line = crate::progress::building(input.module, input.version, &f.kernel, &f.arch);
     let log_start = log.metadata().map_or(0, |m| m.len());
-    let (status, make_cpu) = logged_step(&mut log, &make.command, cmd)?;
+    let (status, make_cpu) = logged_step(&mut log, BUILDING, &make.command, cmd)?;
     drop(line);
     if console.verbose && status == 0 {
         show_since(console, &private.log_path, log_start);
     }
     cpu = cpu.zip(make_cpu).map(|(a, b)| a + b);
-    progress.done(&make.command, status);
+    progress.done(BUILDING, status);
     if status != 0 {
-        show_tail(
-            console,
-            &private.log_path,
-            failed_log,
-            (private.root.path(), &input.tree.root),
-        );
+        progress.say("Failed command:");
+        progress.say(&make.command);
+        if !crate::persona::as_dkms() {
+            show_tail(
+                console,
+                &private.log_path,
+                failed_log,
+                (private.root.path(), &input.tree.root),
+            );
+        }
         return Err(Error::BuildFailed {
             kernel: f.kernel.clone(),
             arch: f.arch.clone(),
@@ -443,11 +494,19 @@ fn shell_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The make step's description on the console and in make.log, as DKMS 3.2.2 words it.
+const BUILDING: &str = "Building module(s)";
+
 /// Runs one framed step with its output appended to the log; returns the exit status and, when
 /// it could be read, the CPU seconds of the step's whole process tree.
-fn logged_step(log: &mut File, shown: &str, mut cmd: Command) -> Result<(i32, Option<f64>)> {
+fn logged_step(
+    log: &mut File,
+    description: &str,
+    shown: &str,
+    mut cmd: Command,
+) -> Result<(i32, Option<f64>)> {
     let start = Instant::now();
-    writeln!(log, "\n# command: {shown}").ctx("write", "make.log")?;
+    writeln!(log, "\n{description}\n# command: {shown}").ctx("write", "make.log")?;
     cmd.stdout(log.try_clone().ctx("duplicate", "make.log")?);
     cmd.stderr(log.try_clone().ctx("duplicate", "make.log")?);
     let mut child = cmd.spawn().ctx("run", shown.to_string())?;
@@ -591,11 +650,12 @@ fn store(
             run_quiet(Command::new("strip").arg("-g").arg(&staged), input.console);
         }
         if let Some(signer) = signer {
-            let name = module_file_name(&m.dest_name, Compression::None);
+            // Named where DKMS signs it (its build directory), which scripts and logs expect.
             let shown = input
                 .tree
-                .built_modules_dir(input.module, input.version, &f.kernel, &f.arch)
-                .join(name);
+                .version_dir(input.module, input.version)
+                .join("build")
+                .join(format!("{}{}.ko", m.built_location, m.built_name));
             signer.sign(&staged, &shown, input.console);
         }
         let staged = compress(&staged, f.compression, input.console);
@@ -793,7 +853,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut log = File::create(t.path().join("make.log")).unwrap();
         let burn = "(i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done); true";
-        let (code, cpu) = logged_step(&mut log, "burn", shell(burn, t.path())).unwrap();
+        let (code, cpu) = logged_step(&mut log, "Burning", "burn", shell(burn, t.path())).unwrap();
         assert_eq!(code, 0);
         assert!(cpu.is_some_and(|c| c > 0.05), "{cpu:?}");
     }

@@ -193,13 +193,11 @@ pub enum Action {
     Mktarball,
     Ldtarball,
     Doctor,
+    GenerateMok,
+    Match,
 }
 
 impl Action {
-    /// DKMS action words rdkms does not provide yet; named so that they are not mistaken for
-    /// module names.
-    const FUTURE: &'static [&'static str] = &["match", "generate_mok"];
-
     /// The action a word names, if any.
     pub fn from_word(word: &str) -> Option<Action> {
         Some(match word {
@@ -223,6 +221,8 @@ impl Action {
             "mktarball" => Action::Mktarball,
             "ldtarball" => Action::Ldtarball,
             "doctor" => Action::Doctor,
+            "generate_mok" => Action::GenerateMok,
+            "match" => Action::Match,
             _ => return None,
         })
     }
@@ -250,6 +250,8 @@ impl Action {
             Action::Mktarball => "mktarball",
             Action::Ldtarball => "ldtarball",
             Action::Doctor => "doctor",
+            Action::GenerateMok => "generate_mok",
+            Action::Match => "match",
         }
     }
 }
@@ -297,11 +299,6 @@ impl Invocation {
                 if let Some(a) = Action::from_word(&word) {
                     action = Some(a);
                     continue;
-                }
-                if Action::FUTURE.contains(&word.as_str()) {
-                    return Err(Error::Usage(format!(
-                        "The action '{word}' is not available in this version of rdkms; use Debian's dkms for it."
-                    )));
                 }
             } else if Action::from_word(&word).is_some() && action != Some(Action::ConfShow) {
                 return Err(Error::Usage(

@@ -43,9 +43,9 @@ impl Console {
     }
 
     /// An `Error! ...` line for a failure that does not end the command (e.g. one kernel of
-    /// several); always printed unless `-q`.
+    /// several), after an empty line as DKMS prints every error; always printed unless `-q`.
     pub fn error(&self, line: impl AsRef<str>) {
-        self.say(format!("Error! {}", line.as_ref()));
+        self.say(format!("\nError! {}", line.as_ref()));
     }
 
     /// Starts a step printed as `Description...` and finished by [`Console::done`].

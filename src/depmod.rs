@@ -61,7 +61,7 @@ fn base_of(install_tree: &Path) -> Option<PathBuf> {
 pub fn run(install_tree: &Path, facts: &KernelFacts, console: &Console) -> Result<()> {
     let mut call = plan(install_tree, facts)?;
     console.command(format!("{:?}", call.command));
-    console.begin(format!("Running depmod for kernel {}", facts.kernel));
+    console.begin("Running depmod");
     let out = call
         .command
         .stdin(Stdio::null())

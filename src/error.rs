@@ -14,15 +14,15 @@ pub enum Error {
     Usage(String),
 
     /// An action that needs NAME/VERSION was given none.
-    #[error("Arguments <module> and <module-version> are not specified. Usage: rdkms {action} NAME/VERSION (or -m NAME -v VERSION)")]
+    #[error("Arguments <module> and <module-version> are not specified.\nUsage: {action} <module>/<module-version> or\n       {action} -m <module>/<module-version> or\n       {action} -m <module> -v <module-version>")]
     MissingModule { action: String },
 
     /// No dkms.conf where one is required.
-    #[error("Could not locate dkms.conf file: {path} does not exist. Point at a source directory holding dkms.conf (or use -c FILE).", path = .path.display())]
+    #[error("Could not locate dkms.conf file.\nFile: {path} does not exist.", path = .path.display())]
     ConfNotFound { path: PathBuf },
 
     /// A dkms.conf (or override file) is invalid.
-    #[error("{file}: {directive}: {problem}. Fix: {fix}", file = .file.display())]
+    #[error("Bad conf file.\nFile: {file} does not represent a valid dkms.conf file.", file = .file.display())]
     BadConf {
         file: PathBuf,
         directive: String,
@@ -31,7 +31,7 @@ pub enum Error {
     },
 
     /// Evaluating a dkms.conf with bash failed (syntax error, timeout, crash).
-    #[error("{file}: cannot be evaluated: {problem}. Fix: {fix}", file = .file.display())]
+    #[error("Bad conf file.\nFile: {file} does not represent a valid dkms.conf file.", file = .file.display())]
     ConfEval {
         file: PathBuf,
         problem: String,
@@ -39,11 +39,11 @@ pub enum Error {
     },
 
     /// The module is not registered in the dkms tree.
-    #[error("The module/version combo {module}/{version} is not located in the DKMS tree. Add it first: rdkms add {module}/{version}")]
+    #[error("The module/version combo: {module}/{version} is not located in the DKMS tree.")]
     NotAdded { module: String, version: String },
 
     /// The module is already registered.
-    #[error("DKMS tree already contains: {module}/{version}. Use --force to replace it, or remove it first.")]
+    #[error("DKMS tree already contains: {module}/{version}\nYou cannot add the same module/version combo more than once.")]
     AlreadyAdded { module: String, version: String },
 
     /// `build PATH`/`install PATH` name other sources than the ones the version was added from.
@@ -56,11 +56,11 @@ pub enum Error {
     },
 
     /// The source directory for `add` is missing.
-    #[error("Source directory {path} does not exist. Install the module's source (e.g. its -dkms package) or give the path to it.", path = .path.display())]
+    #[error("Could not find module source directory.\nDirectory: {path} does not exist.", path = .path.display())]
     SourceMissing { path: PathBuf },
 
     /// Kernel headers for the target kernel are not installed.
-    #[error("Your kernel headers for kernel {kernel} cannot be found at {dir}. Install linux-headers-{kernel} or use --kernelsourcedir DIR.", dir = .dir.display())]
+    #[error("Your kernel headers for kernel {kernel} cannot be found at {dir} or {source}.\nPlease install the linux-headers-{kernel} package or use the --kernelsourcedir option to tell DKMS where it's located.", dir = .dir.display(), source = .dir.with_file_name("source").display())]
     MissingHeaders { kernel: String, dir: PathBuf },
 
     /// BUILD_EXCLUSIVE_* says this kernel/arch/config must not get this module.
@@ -68,7 +68,7 @@ pub enum Error {
     BuildExclusive { module: String, conf: PathBuf },
 
     /// A patch name escapes the patches dir or is missing.
-    #[error("Patch {patch} for {module}: {problem}. Fix: ship it under the source's patches/ directory and name it relative to it.")]
+    #[error("Patch {patch} as specified in dkms.conf {problem}")]
     BadPatch {
         module: String,
         patch: String,
@@ -76,11 +76,11 @@ pub enum Error {
     },
 
     /// `patch` returned non-zero.
-    #[error("Applying patch {patch} failed; see {log}.", log = .log.display())]
+    #[error("Application of patch {patch} failed.\nConsult {log} for more information.", log = .log.display())]
     PatchFailed { patch: String, log: PathBuf },
 
     /// make (or PRE_BUILD/POST_BUILD) returned non-zero.
-    #[error("Bad return status ({code}) for module build on kernel {kernel} ({arch}); see {log}.", log = .log.display())]
+    #[error("Bad return status for module build on kernel: {kernel} ({arch})\nConsult {log} for more information.", log = .log.display())]
     BuildFailed {
         kernel: String,
         arch: String,
@@ -89,7 +89,7 @@ pub enum Error {
     },
 
     /// make succeeded but an expected .ko is absent.
-    #[error("Build of {module}.ko failed for {kernel} ({arch}): {path} was not produced; see {log}.", path = .path.display(), log = .log.display())]
+    #[error("Build of {path} failed for: {kernel} ({arch})\nMake sure the name and location of the generated module are correct,\nor consult {log} for more information.", path = .path.display(), log = .log.display())]
     BuiltModuleMissing {
         module: String,
         kernel: String,
@@ -103,7 +103,7 @@ pub enum Error {
     InstallFailed(String),
 
     /// PRE_INSTALL returned non-zero.
-    #[error("Pre-install script {script} failed (exit {code}); installation aborted. Use --force to install anyway.")]
+    #[error("pre_install failed, aborting install.\nYou may override by specifying --force.")]
     PreInstallFailed { script: String, code: i32 },
 
     /// A path from dkms.conf or an archive would leave its tree.
@@ -115,7 +115,7 @@ pub enum Error {
     },
 
     /// A single-kernel action got no `-k`, several, or used with `--all`.
-    #[error("The action {action} requires exactly one kernel version parameter on the command line: -k KVER.")]
+    #[error("The action {action} {}", one_kernel_rule(.action))]
     OneKernel { action: String },
 
     /// update-initramfs or dracut failed for a kernel.
@@ -127,13 +127,11 @@ pub enum Error {
     },
 
     /// `--all` given to an action that needs explicit kernels.
-    #[error(
-        "The action {action} does not support the --all parameter; name the kernels with -k KVER."
-    )]
+    #[error("The action {action} does not support the --all parameter.")]
     AllNotSupported { action: String },
 
     /// The architecture could not be determined.
-    #[error("Could not determine the architecture; pass -a ARCH.")]
+    #[error("Could not determine architecture.")]
     UnknownArch,
 
     /// A packaging or tarball action needs a build that is not in the tree.
@@ -150,7 +148,7 @@ pub enum Error {
     TarballKinds,
 
     /// The archive given to `ldtarball` does not exist.
-    #[error("{path} does not exist. Give the path of a DKMS tarball (as written by mktarball).", path = .path.display())]
+    #[error("{path} does not exist.", path = .path.display())]
     ArchiveMissing { path: PathBuf },
 
     /// The archive is not a DKMS tarball (no usable dkms.conf).
@@ -174,7 +172,8 @@ pub enum Error {
     },
 
     /// A source directory given to `add` has no dkms.conf.
-    #[error("{path} must contain a dkms.conf file. Point at the module's source directory (the one holding dkms.conf).", path = .path.display())]
+    /// DKMS 3.2.2 then takes the word for NAME/VERSION and finds no module named: its text.
+    #[error("Arguments <module> and <module-version> are not specified.\nUsage: add <module>/<module-version> or\n       add -m <module>/<module-version> or\n       add -m <module> -v <module-version>")]
     NoConfInSource { path: PathBuf },
 
     /// Another rdkms command held the tree's lock for longer than the timeout.
@@ -188,6 +187,14 @@ pub enum Error {
     /// A non-root user hit a permission error on the system's trees.
     #[error("Permission denied on {path}: this command needs root. Run it with sudo, or use --root DIR on a tree you own.", path = .path.display())]
     NeedsRoot { path: PathBuf },
+
+    /// `match` was called wrongly; DKMS's text and exit status.
+    #[error("{text}")]
+    Match { text: &'static str, code: i32 },
+
+    /// `match` names a module the tree does not have.
+    #[error("The module: {module} is not located in the DKMS tree.")]
+    TemplateModule { module: String },
 
     /// An I/O operation failed; the path tells where.
     #[error("{op} {path}: {source}", path = .path.display())]
@@ -230,9 +237,11 @@ impl Error {
             Error::ArchiveAlreadyAdded { .. } => 8,
             Error::Packaging { .. } => 1,
             Error::ToolFailed { .. } => 1,
-            Error::NoConfInSource { .. } => 9,
+            Error::NoConfInSource { .. } => 1,
             Error::LockTimeout { .. } => 75,
             Error::NeedsRoot { .. } => 1,
+            Error::Match { code, .. } => *code,
+            Error::TemplateModule { .. } => 3,
             Error::Io { .. } => 1,
         }
     }
@@ -250,6 +259,63 @@ impl Error {
         }
     }
 
+    /// rdkms's one-line advice after DKMS's text: printed when invoked as `rdkms`, never as
+    /// `dkms` (whose output maintainer scripts and DKMS's own tests compare byte for byte).
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::MissingModule { action } => {
+                format!("Name the module: rdkms {action} NAME/VERSION (or -m NAME -v VERSION).")
+            }
+            Error::ConfNotFound { .. } => {
+                "Point at a source directory holding dkms.conf (or use -c FILE).".to_string()
+            }
+            Error::BadConf {
+                file,
+                directive,
+                problem,
+                fix,
+            } => format!("{}: {directive}: {problem}. Fix: {fix}", file.display()),
+            Error::ConfEval { file, problem, fix } => {
+                format!(
+                    "{}: cannot be evaluated: {problem}. Fix: {fix}",
+                    file.display()
+                )
+            }
+            Error::NotAdded { module, version } => {
+                format!("Add it first: rdkms add {module}/{version}")
+            }
+            Error::AlreadyAdded { .. } => {
+                "Use --force to replace it, or remove it first.".to_string()
+            }
+            Error::SourceMissing { .. } => {
+                "Install the module's source (e.g. its -dkms package) or give the path to it."
+                    .to_string()
+            }
+            Error::MissingHeaders { kernel, .. } => {
+                format!("Install linux-headers-{kernel} or use --kernelsourcedir DIR.")
+            }
+            Error::BadPatch { .. } => {
+                "Ship the patch under the source's patches/ directory and name it relative to it."
+                    .to_string()
+            }
+            Error::BuildFailed { code, .. } => format!("make exited with status {code}."),
+            Error::PreInstallFailed { script, code } => {
+                format!("The pre_install script {script} exited with status {code}.")
+            }
+            Error::OneKernel { .. } => "Name one kernel: -k KVER.".to_string(),
+            Error::AllNotSupported { .. } => "Name the kernels with -k KVER.".to_string(),
+            Error::UnknownArch => "Pass -a ARCH.".to_string(),
+            Error::ArchiveMissing { .. } => {
+                "Give the path of a DKMS tarball (as written by mktarball).".to_string()
+            }
+            Error::NoConfInSource { path } => format!(
+                "{} holds no dkms.conf: point at the module's source directory (the one holding dkms.conf).",
+                path.display()
+            ),
+            _ => return None,
+        })
+    }
+
     /// A failed directory walk below `root`, naming the entry it failed on when known.
     pub fn walk(root: &Path, e: walkdir::Error) -> Self {
         let path = e.path().unwrap_or(root).to_path_buf();
@@ -263,6 +329,16 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// How DKMS words the one-kernel rule: the kernel hooks need exactly one, other actions
+/// refuse several.
+fn one_kernel_rule(action: &str) -> &'static str {
+    if action.starts_with("kernel_") {
+        "requires exactly one kernel version parameter on the command line."
+    } else {
+        "does not support multiple kernel version parameters on the command line."
     }
 }
 

@@ -138,14 +138,18 @@ impl Placement<'_> {
             }
         }
 
-        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
-        let had_link = link.symlink_metadata().is_ok();
+        // A kernel's own same-named modules are set aside on the first install for it only.
+        let had_link = self
+            .tree
+            .installed_link(self.module, &f.kernel, &f.arch)
+            .symlink_metadata()
+            .is_ok();
+        let mut any_installed = false;
         for (m, src) in self.conf.modules.iter().zip(&sources) {
             let file_name = src
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            self.console.say(format!("\n{file_name}:"));
             if !opts.force {
                 if let Some((file, pkg)) = self.packaged(&m.install_location, &m.dest_name) {
                     self.console.warn(format!(
@@ -153,23 +157,15 @@ impl Placement<'_> {
                         file.display(),
                         pkg.package
                     ));
+                    any_installed = true;
                     continue;
                 }
             }
-            self.console.say("Running module version sanity check.");
             if !(opts.force || opts.version_override || self.version_check(m, src)) {
                 continue;
             }
-            self.console.say(" - Original module");
-            if had_link {
-                self.console
-                    .say("   - This kernel never originally had a module by this name");
-            } else {
+            if !had_link {
                 let same = same_named(&f.modules_dir, &m.dest_name);
-                if same.is_empty() {
-                    self.console
-                        .say("   - No original module exists within this kernel");
-                }
                 self.originals().set_aside(
                     &m.dest_name,
                     &m.install_location,
@@ -179,10 +175,10 @@ impl Placement<'_> {
             }
             let dir = self.dest_dir(&m.install_location)?;
             atomic::clean_leftovers_once(&dir);
-            self.console.say(" - Installation");
             self.console
-                .say(format!("   - Installing to {}/", dir.display()));
+                .say(format!("Installing {}/{file_name}", dir.display()));
             atomic::copy_file(src, &dir, &file_name, 0o644)?;
+            any_installed = true;
             for c in Compression::ALL {
                 let other = dir.join(module_file_name(&m.dest_name, c));
                 if other.file_name().map(|n| n.to_string_lossy().into_owned())
@@ -192,7 +188,11 @@ impl Placement<'_> {
                 }
             }
         }
+        if !self.conf.modules.is_empty() && !any_installed {
+            return Err(Error::InstallFailed("Installation aborted.".to_string()));
+        }
 
+        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
         atomic::symlink(
             &Tree::installed_link_target(self.version, &f.kernel, &f.arch),
             &link,
@@ -235,8 +235,11 @@ impl Placement<'_> {
             && ver_cmp(&their.version, &our.version).is_gt()
         {
             self.console.error(format!(
-                "Module version {} for {}.ko\nis not newer than what is already found in kernel {} ({}).\nYou may override by specifying --force.",
-                our.version, m.dest_name, f.kernel, their.version
+                "Module version {} for {}\nis not newer than what is already found in kernel {} ({}).\nYou may override by specifying --force.",
+                our.version,
+                module_file_name(&m.dest_name, f.compression),
+                f.kernel,
+                their.version
             ));
             return false;
         }
@@ -257,7 +260,7 @@ impl Placement<'_> {
     pub fn uninstall(&self) -> Result<()> {
         let f = self.facts;
         self.console.say(format!(
-            "Module {}-{} for kernel {} ({}).",
+            "Module {}/{} for kernel {} ({}):",
             self.module, self.version, f.kernel, f.arch
         ));
         self.console
@@ -265,20 +268,16 @@ impl Placement<'_> {
         let built_dir = self.built_dir();
         for m in &self.conf.modules {
             let ours = find_module_file(&built_dir, &m.dest_name, f.compression);
-            self.console.say(format!(
-                "\n{}:",
-                module_file_name(&m.dest_name, f.compression)
-            ));
-            self.console.say(" - Uninstallation");
+            let file_name = module_file_name(&m.dest_name, f.compression);
             match self.installed_location(m, ours.as_deref()) {
                 Some(dir) => {
                     self.console
-                        .say(format!("   - Deleting from: {}/", dir.display()));
+                        .say(format!("Deleting {}/{file_name}", dir.display()));
                     for c in Compression::ALL {
                         let p = dir.join(module_file_name(&m.dest_name, c));
                         if let Some(pkg) = bmdeb::owner(self.paths, self.packages, &p) {
                             self.console.say(format!(
-                                "   - Left {} in place: it belongs to the package {}",
+                                "Left {} in place: it belongs to the package {}",
                                 p.display(),
                                 pkg.package
                             ));
@@ -294,19 +293,12 @@ impl Placement<'_> {
                     remove_empty_dirs(&dir, &f.modules_dir);
                 }
                 None => self.console.say(format!(
-                    "   - Module was not found within {}/",
+                    "Module {file_name} was not found within {}/",
                     f.modules_dir.display()
                 )),
             }
-            self.console.say(" - Original module");
             if self.originals().backup.is_dir() {
                 self.originals().restore(&m.dest_name, self.console)?;
-            } else {
-                self.console
-                    .say("   - No original module was found for this module on this kernel.");
-                self.console.say(
-                    "   - Use the dkms install command to reinstall any previous module version.",
-                );
             }
         }
         self.originals().forget()?;

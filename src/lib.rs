@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod error;
 pub mod fingerprint;
 pub mod framework;
+pub mod generate_mok;
 pub mod help;
 pub mod host;
 pub mod initramfs;
@@ -33,6 +34,7 @@ pub mod mkdeb;
 pub mod mok;
 pub mod original;
 pub mod par;
+pub mod persona;
 pub mod plan;
 pub mod progress;
 pub mod reconcile;
@@ -43,6 +45,7 @@ pub mod signing;
 pub mod sources;
 pub mod status;
 pub mod tarball;
+pub mod template;
 pub mod tool;
 pub mod tree;
 pub mod version;
@@ -65,7 +68,7 @@ fn root_usable(root: &std::path::Path) -> bool {
 /// Runs one parsed command line and returns the process exit status.
 pub fn run(inv: Invocation) -> Result<i32> {
     if inv.cli.print_version {
-        println!("rdkms-{}", env!("CARGO_PKG_VERSION"));
+        println!("{}", persona::version());
         return Ok(0);
     }
     progress::init(&inv.cli);
@@ -89,6 +92,8 @@ pub fn run(inv: Invocation) -> Result<i32> {
         Action::Mktarball => tarball::make(&inv),
         Action::Ldtarball => tarball::load(&inv),
         Action::Doctor => doctor::run(&inv),
+        Action::GenerateMok => generate_mok::run(&inv),
+        Action::Match => template::run(&inv),
         Action::Status => status::run(&inv),
         Action::Add => add::run(&inv),
         Action::Autoinstall

@@ -129,7 +129,6 @@ impl Job<'_> {
             directive_overrides: self.ctx.directives.clone(),
             mode: EvalMode::Auto,
         })
-        .map_err(|e| patch_escape_is_a_patch_error(e, &self.module))
     }
 
     /// The dkms.conf as the shared tree sees it.
@@ -193,19 +192,6 @@ impl Job<'_> {
     }
 }
 
-/// The model refuses a PATCH with `..` as a path escape (exit 8); DKMS reports it as a patch
-/// error (exit 5).
-fn patch_escape_is_a_patch_error(e: Error, module: &str) -> Error {
-    match e {
-        Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
-            module: module.to_string(),
-            patch: value,
-            problem: "the name contains '..'".to_string(),
-        },
-        other => other,
-    }
-}
-
 /// What a command changed, for the depmod pass at its end.
 #[derive(Default)]
 pub struct Changes {
@@ -213,6 +199,9 @@ pub struct Changes {
     pub kernels: Vec<KernelFacts>,
     /// Kernels this command installed into (rolled back if depmod fails there).
     pub installed: Vec<String>,
+    /// Run depmod right after each install or uninstall, as DKMS does for one module (the
+    /// lifecycle commands); otherwise once per kernel at the end (hooks handling many).
+    pub per_step: bool,
 }
 
 impl Changes {
@@ -258,13 +247,18 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         module,
         version,
     };
+    let was_added = job.is_added();
     if let Some(source) = &source {
-        source
-            .ensure_added(&ctx.paths, &lock, &add_options(inv))
-            .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+        source.ensure_added(&ctx.paths, &lock, &add_options(inv))?;
     }
     match action {
-        Action::Build | Action::Install => ensure_added(&job, &lock, inv)?,
+        Action::Build | Action::Install => {
+            ensure_added(&job, &lock, inv)?;
+            // DKMS sets the add it does first apart from the build with an empty line.
+            if !was_added {
+                ctx.console.say("");
+            }
+        }
         _ if !job.is_added() => {
             return Err(Error::NotAdded {
                 module: job.module.clone(),
@@ -274,22 +268,31 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         _ => {}
     }
     let targets = targets(&job, inv);
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        per_step: true,
+        ..Changes::default()
+    };
     let mut last_error: Option<Error> = None;
-    for (kernel, arch) in &targets {
+    for (i, (kernel, arch)) in targets.iter().enumerate() {
         let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
+        // DKMS separates kernels with an empty line (remove: after each one).
+        if i > 0 && matches!(action, Action::Uninstall | Action::Unbuild) {
+            ctx.console.say("");
+        }
         let result = match action {
             Action::Build => build_one(&job, &facts),
             Action::Install => install_one(&job, &facts, &mut changes),
             Action::Uninstall => uninstall_one(&job, &facts, &mut changes),
-            Action::Unbuild => unbuild_one(&job, &facts, &mut changes),
-            Action::Remove => uninstall_one(&job, &facts, &mut changes)
+            Action::Unbuild | Action::Remove => uninstall_one(&job, &facts, &mut changes)
                 .and_then(|()| unbuild_one(&job, &facts, &mut changes)),
             other => Err(Error::Usage(format!(
                 "'{}' is not a lifecycle action",
                 other.word()
             ))),
         };
+        if action == Action::Remove {
+            ctx.console.say("");
+        }
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
                 ctx.console.error(prev.to_string());
@@ -403,8 +406,7 @@ pub fn ensure_added(job: &Job<'_>, lock: &TreeLock, inv: &Invocation) -> Result<
         &job.module,
         &job.version,
         &add_options(inv),
-    )
-    .map_err(|e| patch_escape_is_a_patch_error(e, &job.module))?;
+    )?;
     Ok(())
 }
 
@@ -498,6 +500,8 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         }
         place.uninstall()?;
         changes.touch(facts);
+        depmod_now(job, changes)?;
+        job.ctx.console.say("");
     }
     let result = place.install(InstallOptions {
         force: job.ctx.force,
@@ -506,9 +510,23 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     if facts.modules_dir.is_dir() {
         changes.touch(facts);
     }
-    result?;
-    changes.installed.push(facts.kernel.clone());
-    Ok(())
+    if result.is_ok() {
+        changes.installed.push(facts.kernel.clone());
+    }
+    let depmod = depmod_now(job, changes);
+    result.and(depmod)
+}
+
+/// depmod for what the step just done changed, right away when `per_step`: DKMS prints
+/// "Running depmod" after each install and uninstall, and output is compared line by line.
+fn depmod_now(job: &Job<'_>, changes: &mut Changes) -> Result<()> {
+    if !changes.per_step {
+        return Ok(());
+    }
+    let result = finish_depmod(job, changes);
+    changes.kernels.clear();
+    changes.installed.clear();
+    result
 }
 
 /// Uninstalls if installed, else DKMS's skip message.
@@ -516,7 +534,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
     let conf = job.conf(facts)?;
     if !job.is_installed(facts, &conf) {
         job.ctx.console.say(format!(
-            "Module {} {} is not installed for kernel {} ({}). Skipping...",
+            "Module {}/{} is not installed for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
         ));
         return Ok(());
@@ -524,7 +542,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
     let source = job.source_dir();
     job.placement(facts, &conf, &source)?.uninstall()?;
     changes.touch(facts);
-    Ok(())
+    depmod_now(job, changes)
 }
 
 /// Uninstalls, then deletes `<tree>/M/V/K/A` (and `K` when empty); the module stays added.
@@ -555,7 +573,7 @@ pub fn unbuild_into(
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
     if !job.is_built(facts, &conf) && !build_dir.is_dir() {
         job.ctx.console.say(format!(
-            "Module {} {} is not built for kernel {} ({}). Skipping...",
+            "Module {}/{} is not built for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
         ));
         return Ok(());
@@ -580,7 +598,7 @@ fn remove_if_unused(job: &Job<'_>) -> Result<()> {
         return Ok(());
     }
     job.ctx.console.say(format!(
-        "Deleting module {}-{} completely from the DKMS tree.",
+        "Deleting module {}/{} completely from the DKMS tree.",
         job.module, job.version
     ));
     atomic::remove_dir(&vdir)?;

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("Error! {e}");
+            eprintln!("\nError! {e}");
+            if let Some(hint) = e.hint().filter(|_| !rdkms::persona::as_dkms()) {
+                eprintln!("{hint}");
+            }
             ExitCode::from(e.exit_code().clamp(0, 255) as u8)
         }
     }

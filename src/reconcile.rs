@@ -323,13 +323,16 @@ fn fail_code(reason: &str) -> i32 {
 
 /// Says why the plan builds nothing, when the machine says so.
 fn announce(plan: &Plan, reporter: &mut Reporter) {
-    if plan.autoinstall_disabled {
+    let as_dkms = crate::persona::as_dkms();
+    if plan.autoinstall_disabled && as_dkms {
+        eprintln!("Automatic installation of modules has been disabled.");
+    } else if plan.autoinstall_disabled {
         reporter.say(
             Severity::Info,
             "Automatic installation of modules has been disabled (/etc/dkms/no-autoinstall).",
         );
     }
-    if let Some(k) = &plan.kernel_not_installed {
+    if let Some(k) = plan.kernel_not_installed.as_ref().filter(|_| !as_dkms) {
         reporter.say(
             Severity::Info,
             &format!("kernel {k} is not installed (no image, no modules); nothing to build for it"),

@@ -50,10 +50,14 @@ impl Script<'_> {
     pub fn run(&self, out: Output<'_>, console: &Console) -> Result<Option<i32>> {
         let (program, args) = self.argv()?;
         if !is_executable(&program) {
+            console.say("");
             console.warn(format!("The {} script is not executable.", self.kind));
             return Ok(None);
         }
-        console.say(format!("Running the {} script:", self.kind));
+        let logged = matches!(out, Output::Log(_));
+        if !logged {
+            console.say(format!("Running the {} script:", self.kind));
+        }
         console.command(format!("cd {} && {}", self.dir.display(), self.line));
         let mut cmd = Command::new(&program);
         cmd.args(&args).current_dir(self.dir).stdin(Stdio::null());
@@ -73,7 +77,17 @@ impl Script<'_> {
             }
         }
         let status = cmd.status().ctx("run", &program)?;
-        Ok(Some(status.code().unwrap_or(-1)))
+        let code = status.code().unwrap_or(-1);
+        // A logged (build) script is one framed step, as DKMS shows it; the line is written
+        // whole afterwards so that concurrent builds cannot tear it.
+        if logged {
+            let end = match code {
+                0 => " done.".to_string(),
+                c => format!("(bad exit status: {c})"),
+            };
+            console.say(format!("Running the {} script...{end}", self.kind));
+        }
+        Ok(Some(code))
     }
 }
 

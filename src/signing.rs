@@ -77,25 +77,28 @@ impl Signer {
         console: &Console,
     ) -> Result<Option<Signer>> {
         // DKMS expands these lazily, so `${kernelver}` in a value names the kernel being built.
-        let expand = |p: &PathBuf| {
-            PathBuf::from(
-                p.to_string_lossy()
-                    .replace("${kernelver}", &facts.kernel)
-                    .replace("$kernelver", &facts.kernel),
-            )
-        };
-        let sign_file = cfg.sign_file.as_ref().map(expand).unwrap_or_else(|| {
-            let series = facts.kernel.rsplit_once('.').map_or("", |(s, _)| s);
-            let kbuild = crate::config::rooted(
-                root,
-                format!("/usr/lib/linux-kbuild-{series}/scripts/sign-file"),
-            );
-            if kbuild.is_file() {
-                kbuild
-            } else {
-                facts.modules_dir.join("build/scripts/sign-file")
-            }
-        });
+        let sign_file = cfg
+            .sign_file
+            .as_ref()
+            .map(|p| {
+                PathBuf::from(
+                    p.to_string_lossy()
+                        .replace("${kernelver}", &facts.kernel)
+                        .replace("$kernelver", &facts.kernel),
+                )
+            })
+            .unwrap_or_else(|| {
+                let series = facts.kernel.rsplit_once('.').map_or("", |(s, _)| s);
+                let kbuild = crate::config::rooted(
+                    root,
+                    format!("/usr/lib/linux-kbuild-{series}/scripts/sign-file"),
+                );
+                if kbuild.is_file() {
+                    kbuild
+                } else {
+                    facts.modules_dir.join("build/scripts/sign-file")
+                }
+            });
         console.say(format!("Sign command: {}", sign_file.display()));
         let executable = fs::metadata(&sign_file)
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
@@ -106,28 +109,9 @@ impl Signer {
             ));
             return Ok(None);
         }
-        let key = cfg
-            .key
-            .as_ref()
-            .map(expand)
-            .unwrap_or_else(|| dkms_tree.join("mok.key"));
-        let cert = cfg
-            .cert
-            .as_ref()
-            .map(expand)
-            .unwrap_or_else(|| dkms_tree.join("mok.pub"));
-        console.say(format!("Signing key: {}", key.display()));
-        console.say(format!("Public certificate (MOK): {}", cert.display()));
-        let pkcs11 = key.to_string_lossy().starts_with("pkcs11:");
-        if !pkcs11 {
-            // Concurrent builds share one key pair: the first makes it, the others wait for it.
-            let _generating = KEY_GENERATION
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if (!key.is_file() || !cert.is_file()) && !generate_noisily(&key, &cert, console)? {
-                return Ok(None);
-            }
-        }
+        let Some((key, cert)) = prepare_mok(cfg, dkms_tree, &facts.kernel, console)? else {
+            return Ok(None);
+        };
         let hash = fs::read_to_string(&facts.config)
             .ok()
             .and_then(|c| {
@@ -168,6 +152,47 @@ impl Signer {
             Err(e) => console.warn(format!("Failed to sign module '{}': {e}", module.display())),
         }
     }
+}
+
+/// The MOK pair (key, certificate), created when missing, announced as DKMS does; `None` when
+/// it cannot be made. What builds use before signing, and all of `generate_mok`. `${kernelver}`
+/// in a configured path names `kernel`.
+pub fn prepare_mok(
+    cfg: &SigningConfig,
+    dkms_tree: &Path,
+    kernel: &str,
+    console: &Console,
+) -> Result<Option<(PathBuf, PathBuf)>> {
+    let expand = |p: &PathBuf| {
+        PathBuf::from(
+            p.to_string_lossy()
+                .replace("${kernelver}", kernel)
+                .replace("$kernelver", kernel),
+        )
+    };
+    let key = cfg
+        .key
+        .as_ref()
+        .map(expand)
+        .unwrap_or_else(|| dkms_tree.join("mok.key"));
+    let cert = cfg
+        .cert
+        .as_ref()
+        .map(expand)
+        .unwrap_or_else(|| dkms_tree.join("mok.pub"));
+    console.say(format!("Signing key: {}", key.display()));
+    console.say(format!("Public certificate (MOK): {}", cert.display()));
+    let pkcs11 = key.to_string_lossy().starts_with("pkcs11:");
+    if !pkcs11 {
+        // Concurrent builds share one key pair: the first makes it, the others wait for it.
+        let _generating = KEY_GENERATION
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if (!key.is_file() || !cert.is_file()) && !generate_noisily(&key, &cert, console)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some((key, cert)))
 }
 
 /// Creates the missing MOK pair with DKMS's messages; false (after one warning naming the

@@ -70,8 +70,14 @@ fn dkms_exit_codes() {
 
     assert_eq!(code(&s.rdkms(&["add", "-m", "foo"])), Some(1));
     let plain_dir = tempfile::tempdir().unwrap();
+    // A directory without dkms.conf: DKMS 3.2.2 ends up without a module name (exit 1).
     let nodir = s.rdkms(&["add", plain_dir.path().to_str().unwrap()]);
-    assert_eq!(code(&nodir), Some(9), "{}", stderr(&nodir));
+    assert_eq!(code(&nodir), Some(1), "{}", stderr(&nodir));
+    assert!(
+        stderr(&nodir).contains("holds no dkms.conf"),
+        "{}",
+        stderr(&nodir)
+    );
 
     std::fs::write(s.src().join("noconf-1/dkms.conf"), "PACKAGE_NAME=noconf\n").unwrap();
     let bad = s.rdkms(&["add", "noconf/1"]);

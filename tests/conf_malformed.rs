@@ -1,6 +1,6 @@
 //! Bad dkms.conf files through the real binary: `rdkms conf show FILE -k KVER` must exit 8
-//! with exactly one stderr line naming the file, the directive and the fix, and must never
-//! hang or let the conf write to rdkms's stdout.
+//! with DKMS's "Bad conf file." error and one line naming the file, the directive and the fix
+//! (rdkms's hint), and must never hang or let the conf write to rdkms's stdout.
 
 mod conf_support;
 
@@ -50,8 +50,8 @@ fn show(sb: &Sandbox, env: &[(&str, &str)]) -> std::process::Output {
     cmd.output().unwrap()
 }
 
-/// Runs `text` and checks exit 8 and one stderr line holding the file, every `needles` item
-/// and a fix; returns that line.
+/// Runs `text` and checks exit 8 and one stderr line (after DKMS's) holding the file, every
+/// `needles` item and a fix; returns that line.
 fn rejects(text: &str, needles: &[&str]) -> String {
     rejects_with(text, needles, &[])
 }
@@ -62,14 +62,23 @@ fn rejects_with(text: &str, needles: &[&str], env: &[(&str, &str)]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(8), "{text:?}: stderr {stderr:?}");
     assert!(out.stdout.is_empty(), "{text:?}: stdout {:?}", out.stdout);
-    let lines: Vec<&str> = stderr.lines().collect();
+    // DKMS's two lines then rdkms's hint naming the problem and the fix, or (for what DKMS
+    // does not check, such as paths leaving their directory) rdkms's own one error line.
+    let head = format!(
+        "\nError! Bad conf file.\nFile: {} does not represent a valid dkms.conf file.\n",
+        sb.conf.display()
+    );
+    let rest = stderr
+        .strip_prefix(&head)
+        .or_else(|| stderr.strip_prefix("\nError! "))
+        .unwrap_or_else(|| panic!("{text:?}: stderr {stderr:?}"));
+    let lines: Vec<&str> = rest.lines().collect();
     assert_eq!(
         lines.len(),
         1,
         "{text:?}: expected one line, got {stderr:?}"
     );
     let line = lines[0];
-    assert!(line.starts_with("Error! "), "{line}");
     assert!(
         line.contains(&sb.conf.display().to_string()),
         "{line} does not name {}",
@@ -180,7 +189,7 @@ fn duplicate_built_module() {
 fn dot_dot_in_patch() {
     rejects(
         &with("PATCH[0]=../../etc/evil.patch"),
-        &["PATCH[0]", "escapes"],
+        &["PATCH", "escapes"],
     );
 }
 

@@ -34,15 +34,19 @@ fn build_stores_modules_and_log_and_skips_when_built() {
     sb.rdkms(["build", "foo/1.0", "-k", K, "-j", "3"])
         .assert()
         .success()
-        .stderr(predicate::str::contains(format!(
-            "make -j3 KERNELRELEASE={K} -C"
-        )));
+        .stderr(predicate::str::contains("Building module(s)... done."));
     let built = sb.built("foo", "1.0", K);
     let ko = read_ko(&built.join("module/foo.ko"));
     assert_eq!(ko.vermagic, K);
     assert_eq!(ko.stamp, "one");
     let log = fs::read_to_string(built.join("log/make.log")).unwrap();
     assert!(log.contains("LD [M]"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "Building module(s)\n# command: make -j3 KERNELRELEASE={K} -C"
+        )),
+        "{log}"
+    );
     assert!(built.join("log/.config").is_file());
     // The shared DKMS build directory is never used, and no private build dir is left.
     assert!(!sb.tree().join("foo/1.0/build").exists());
@@ -76,7 +80,10 @@ fn install_builds_installs_links_and_runs_depmod_once() {
     sb.rdkms(["install", "multi/2.0", "-k", K])
         .assert()
         .success()
-        .stderr(predicate::str::contains("Installing to"));
+        .stderr(predicate::str::contains(format!(
+            "Installing {}/updates/dkms/alpha.ko",
+            sb.modules_dir(K).display()
+        )));
     for m in ["alpha", "beta", "gamma"] {
         let ko = read_ko(&installed_ko(&sb, K, m));
         assert_eq!(ko.name, m);
@@ -142,7 +149,7 @@ fn uninstall_unbuild_and_remove_walk_back_down() {
         .assert()
         .success()
         .stderr(predicate::str::contains(format!(
-            "Module foo 1.0 is not installed for kernel {K} ({}). Skipping...",
+            "Module foo/1.0 is not installed for kernel {K} ({}). Skipping...",
             arch()
         )));
 
@@ -158,7 +165,7 @@ fn uninstall_unbuild_and_remove_walk_back_down() {
         .assert()
         .success()
         .stderr(predicate::str::contains(
-            "Deleting module foo-1.0 completely from the DKMS tree.",
+            "Deleting module foo/1.0 completely from the DKMS tree.",
         ));
     assert!(!sb.tree().join("foo").exists());
     assert!(
@@ -315,7 +322,14 @@ fn patches_are_applied_and_bad_ones_refused() {
     sb.source("pat", "2.0")
         .conf("PATCH[0]=\"../../etc/evil.patch\"")
         .create();
-    sb.rdkms(["build", "pat/2.0", "-k", K]).assert().code(5);
+    // As DKMS 3.2.2: `..` is accepted by add and refused by the build that would apply it.
+    sb.rdkms(["add", "pat/2.0"]).assert().success();
+    sb.rdkms(["build", "pat/2.0", "-k", K])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains(
+        "Error! Patch ../../etc/evil.patch as specified in dkms.conf contains '..' path component.",
+    ));
     sb.source("pat", "3.0")
         .conf("PATCH[0]=\"missing.patch\"")
         .create();
@@ -453,9 +467,49 @@ fn pre_and_post_build_scripts_run_in_order() {
         .conf("PRE_BUILD=\"pre.sh\"")
         .conf("POST_BUILD=\"post.sh\"")
         .create();
-    sb.rdkms(["build", "hooks/1.0", "-k", K]).assert().success();
+    // DKMS 3.2.2 shows build scripts as framed steps (their output goes to make.log).
+    sb.rdkms(["build", "hooks/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "\nRunning the pre_build script... done.\nBuilding module(s)... done.\n",
+        ))
+        .stderr(predicate::str::contains(
+            "Running the post_build script... done.",
+        ));
     assert_eq!(read_ko(&built).stamp, "from-pre-build");
     assert_eq!(fs::read_to_string(&seen).unwrap().trim(), "stored");
+}
+
+/// zfs's case: its POST_BUILD (`scripts/dkms.postbuild -t ${dkms_tree} ...`) copies files from
+/// `$dkms_tree/M/V/build/` into `$dkms_tree/M/V/KVER/ARCH/`, which DKMS 3.2.2 guarantees: the
+/// modules are stored and the build directory still exists. What it writes stays in the tree.
+#[test]
+fn post_build_sees_the_dkms_tree_layout() {
+    let sb = sandbox();
+    sb.source("zfsish", "1.0")
+        .file("zfs_config.h", "#define ZFS_META 1\n")
+        .script(
+            "postbuild.sh",
+            "#!/bin/sh\nset -e\ntest -d \"$1/$2/$3/$4/$5/module\"\n\
+             cp \"$1/$2/$3/build/zfs_config.h\" \"$1/$2/$3/$4/$5/\"\n",
+        )
+        .conf(
+            "POST_BUILD=\"postbuild.sh ${dkms_tree} ${PACKAGE_NAME} ${PACKAGE_VERSION} ${kernelver} ${arch}\"",
+        )
+        .create();
+    sb.rdkms(["build", "zfsish/1.0", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("post_build script failed").not());
+    let built = sb.built("zfsish", "1.0", K);
+    assert_eq!(
+        fs::read_to_string(built.join("zfs_config.h")).unwrap(),
+        "#define ZFS_META 1\n"
+    );
+    assert!(built.join("module/zfsish.ko").is_file());
+    // As in DKMS, the build directory is gone once the build is done.
+    assert!(!sb.tree().join("zfsish/1.0/build").exists());
 }
 
 #[test]
@@ -730,4 +784,32 @@ fn a_running_build_does_not_block_status() {
         .assert()
         .success()
         .stdout(format!("slow/1.0, {K}, {}: built\n", arch()));
+}
+
+/// `match` (DKMS): the modules installed for the template kernel are built and installed for
+/// the other one; DKMS's exit codes for a missing template (1) and the same kernel twice (2).
+#[test]
+fn match_installs_the_template_kernels_modules() {
+    let sb = sandbox();
+    sb.fake_kernel(K2);
+    sb.source("foo", "1.0").create();
+    sb.source("bar", "1.0").create();
+    sb.rdkms(["install", "foo/1.0", "-k", K]).assert().success();
+    sb.rdkms(["add", "bar/1.0"]).assert().success();
+    sb.rdkms(["match", "--templatekernel", K, "-k", K2])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "Matching modules in kernel: {K2} ({a})\nto the configuration of kernel: {K} ({a})\nModule:  foo\nVersion: 1.0\n",
+            a = arch()
+        )));
+    assert!(installed_ko(&sb, K2, "foo").is_file());
+    assert!(
+        !installed_ko(&sb, K2, "bar").exists(),
+        "bar is not installed for {K}"
+    );
+    sb.rdkms(["match", "-k", K2]).assert().code(1);
+    sb.rdkms(["match", "--templatekernel", K, "-k", K])
+        .assert()
+        .code(2);
 }

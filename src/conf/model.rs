@@ -333,6 +333,12 @@ fn modules(
     Ok(out)
 }
 
+/// Whether a PATCH name leaves the patches directory (a `..` component; a leading `/` only
+/// means the patches directory itself, as in DKMS's `$build_dir/patches/$p`).
+pub fn patch_escapes(name: &str) -> bool {
+    name.split('/').any(|c| c == "..")
+}
+
 /// A module name must be one path component.
 fn check_component(file: &Path, directive: &str, value: &str) -> Result<()> {
     if value.contains('/') || value == "." || value == ".." {
@@ -427,15 +433,9 @@ fn select_make(d: &Directives, file: &Path, kernel: &str) -> Result<Option<Strin
 }
 
 /// PATCH entries whose PATCH_MATCH is empty or matches the kernel (like DKMS, only indices
-/// below the number of set PATCH elements); an absolute or `..` name is refused in any entry.
+/// below the number of set PATCH elements). A name with `..` is accepted here and refused when
+/// the build applies it (see [`patch_escapes`]), as DKMS 3.2.2 does.
 fn select_patches(d: &Directives, file: &Path, kernel: &str) -> Result<Vec<String>> {
-    for i in d.indices("PATCH") {
-        check_relative(
-            file,
-            &format!("PATCH[{i}]"),
-            d.get("PATCH", i).unwrap_or(""),
-        )?;
-    }
     let mut out = Vec::new();
     for i in 0..d.count("PATCH") {
         let patch = d.get("PATCH", i).unwrap_or("");

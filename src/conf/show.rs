@@ -90,6 +90,14 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         evaluation = conf::read(&req)?;
         conf = conf::model(&req, &evaluation)?;
     }
+    // A build would refuse it (exit 5, as DKMS 3.2.2); a check of the conf says so up front.
+    if let Some(p) = conf.patches.iter().find(|p| conf::model::patch_escapes(p)) {
+        return Err(Error::PathEscape {
+            file: conf.file.clone(),
+            what: "PATCH".to_string(),
+            value: p.clone(),
+        });
+    }
     if inv.cli.json {
         let out = serde_json::json!({
             "file": conf.file,
