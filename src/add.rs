@@ -5,12 +5,12 @@
 //! Deliberate deviations from DKMS 3.0.10: `--force` re-adds an added version (DKMS refuses
 //! even with it); an existing `<sourcetree>/NAME-VERSION` is replaced, not merged into, when
 //! adding from another directory; the dkms tree is created if missing; names with `/` or
-//! `..` and symlinks leaving the copied source are refused. Like DKMS, top-level dot files of
+//! `..` are refused; symlinks are copied as links, never followed. Like DKMS, top-level dot files of
 //! a source directory are not copied (`cp -r SRC/*`), and the exit status is POST_ADD's.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::cli::Invocation;
@@ -377,8 +377,8 @@ impl DupFd for std::io::Stderr {
 }
 
 /// Copies a source directory to `dest` (in the source tree) through a hidden staging copy that
-/// replaces `dest` in one rename (an exchange when `dest` exists). Refuses symlinks that leave
-/// the source; skips top-level dot files and special files, as `cp -r SRC/*` would not copy
+/// replaces `dest` in one rename (an exchange when `dest` exists). Copies symlinks as links;
+/// skips top-level dot files and special files, as `cp -r SRC/*` would not copy
 /// them usefully.
 fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
@@ -445,14 +445,10 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         } else if ft.is_file() {
             fs::copy(entry.path(), &target).ctx("copy", entry.path())?;
         } else if ft.is_symlink() {
+            // Copied as a link, never followed, wherever it points (as DKMS's `cp -r` does:
+            // packages ship links such as `README.gz -> ../../share/doc/…`). Builds never
+            // read through a link that leaves the source (see `build::copy_source`).
             let link = fs::read_link(entry.path()).ctx("read link", entry.path())?;
-            if escapes(rel, &link) {
-                return Err(Error::PathEscape {
-                    file: entry.path().to_path_buf(),
-                    what: "symlink".into(),
-                    value: link.display().to_string(),
-                });
-            }
             std::os::unix::fs::symlink(&link, &target).ctx("create symlink", &target)?;
         }
     }
@@ -498,26 +494,6 @@ fn equal_ok<T: PartialEq>(a: std::io::Result<T>, b: std::io::Result<T>) -> bool 
     matches!((a, b), (Ok(a), Ok(b)) if a == b)
 }
 
-/// Whether symlink `link` stored at `rel` (relative to the source root) points outside it.
-fn escapes(rel: &Path, link: &Path) -> bool {
-    if link.is_absolute() {
-        return true;
-    }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
-    for c in link.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return true,
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
-}
-
 /// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
@@ -528,16 +504,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn symlinks_leaving_the_source_are_detected() {
-        assert!(!escapes(Path::new("a/link"), Path::new("../b")));
-        assert!(!escapes(Path::new("link"), Path::new("sub/x")));
-        assert!(escapes(Path::new("link"), Path::new("../x")));
-        assert!(escapes(Path::new("a/link"), Path::new("../../x")));
-        assert!(escapes(Path::new("a/link"), Path::new("b/../../../x")));
-        assert!(escapes(Path::new("link"), Path::new("/etc/passwd")));
-    }
 
     #[test]
     fn names_must_be_one_component() {

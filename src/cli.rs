@@ -371,7 +371,7 @@ fn pair_kernels(kernels: &[String], archs: &[String]) -> Result<Vec<KernelTarget
                 .to_string(),
         ));
     }
-    Ok(kernels
+    kernels
         .iter()
         .enumerate()
         .map(|(i, k)| {
@@ -384,9 +384,30 @@ fn pair_kernels(kernels: &[String], archs: &[String]) -> Result<Vec<KernelTarget
                 1 => Some(archs[0].clone()),
                 _ => Some(archs[i].clone()),
             });
-            KernelTarget { kernel, arch }
+            check_word("kernel version", &kernel)?;
+            if let Some(a) = &arch {
+                check_word("architecture", a)?;
+            }
+            Ok(KernelTarget { kernel, arch })
         })
-        .collect())
+        .collect()
+}
+
+/// A kernel version or arch names a directory in several trees: it must be one plain path
+/// component (not empty, `.`, `..`, no `/`, no control characters). `+` and `~` are fine
+/// (`6.12.117+deb13-amd64`).
+fn check_word(what: &str, word: &str) -> Result<()> {
+    let bad = word.is_empty()
+        || word == "."
+        || word == ".."
+        || word.contains('/')
+        || word.chars().any(char::is_control);
+    if bad {
+        return Err(Error::Usage(format!(
+            "invalid {what} {word:?}: it must be one directory name such as 6.1.0-28-amd64 (no '/', not '..', no control characters)"
+        )));
+    }
+    Ok(())
 }
 
 /// Shortens a clap error to its first line, with a hint.
