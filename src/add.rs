@@ -20,6 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::host;
 use crate::lock::{self, TreeLock};
 use crate::tree::Tree;
+use crate::trust::Trust;
 
 /// How to add.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +36,8 @@ pub struct AddOptions {
     pub kernel_source_dir: Option<PathBuf>,
     /// `-q`: print nothing, POST_ADD output included.
     pub quiet: bool,
+    /// `--allow-untrusted-sources` (see `trust`).
+    pub allow_untrusted: bool,
 }
 
 impl AddOptions {
@@ -53,6 +56,7 @@ impl AddOptions {
                 .unwrap_or_else(host::machine_arch),
             kernel_source_dir: inv.cli.kernel_source_dir.clone(),
             quiet: inv.cli.quiet,
+            allow_untrusted: inv.cli.allow_untrusted_sources,
         }
     }
 }
@@ -90,6 +94,10 @@ pub fn ensure_added(
         .conf
         .clone()
         .unwrap_or_else(|| source_dir.join("dkms.conf"));
+    // POST_ADD runs as root from the sources: they must be root's alone.
+    let trust = Trust::new(paths, opts.allow_untrusted);
+    trust.check_file(&conf_file)?;
+    trust.check_tree(&source_dir)?;
     let conf = load_conf(paths, &conf_file, module, version, opts)?;
 
     let version_dir = tree.version_dir(module, version);
@@ -444,6 +452,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             dirs.push((target, entry.path().to_path_buf()));
         } else if ft.is_file() {
             fs::copy(entry.path(), &target).ctx("copy", entry.path())?;
+            root_only(&target)?;
         } else if ft.is_symlink() {
             // Copied as a link, never followed, wherever it points (as DKMS's `cp -r` does:
             // packages ship links such as `README.gz -> ../../share/doc/…`). Builds never
@@ -455,6 +464,17 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     for (target, source) in dirs.iter().rev() {
         let perms = fs::metadata(source).ctx("stat", source)?.permissions();
         fs::set_permissions(target, perms).ctx("chmod", target)?;
+        root_only(target)?;
+    }
+    Ok(())
+}
+
+/// Drops group and other write permission from a copied entry: the copy in the source tree is
+/// root's alone (see `trust`), whatever the modes of the directory it came from.
+fn root_only(path: &Path) -> Result<()> {
+    let mode = fs::metadata(path).ctx("stat", path)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & !0o022)).ctx("chmod", path)?;
     }
     Ok(())
 }

@@ -95,6 +95,14 @@ pub struct Cli {
     #[arg(long = "no-depmod")]
     pub no_depmod: bool,
 
+    /// As root, evaluate and build sources even if a non-root user could have changed them.
+    #[arg(long = "allow-untrusted-sources")]
+    pub allow_untrusted_sources: bool,
+
+    /// Run the compiler as this user in its private build directory (install stays root).
+    #[arg(long = "build-user", value_name = "USER")]
+    pub build_user: Option<String>,
+
     /// Directory for packages written by mkbmdeb/mkdeb (default: under the module's dkms tree).
     #[arg(long = "output", value_name = "DIR")]
     pub output: Option<PathBuf>,

@@ -96,6 +96,7 @@ impl Placement<'_> {
     /// as handled, POST_INSTALL last with its status ignored.
     pub fn install(&self, opts: InstallOptions) -> Result<()> {
         let f = self.facts;
+        self.check_scripts()?;
         if !f.modules_dir.is_dir() {
             return Err(Error::InstallFailed(format!(
                 "The directory {} doesn't exist. You cannot install a module onto a non-existent kernel; install the kernel or pick another with -k.",
@@ -320,6 +321,29 @@ impl Placement<'_> {
             };
             if self.source_dir.is_dir() {
                 script.run(Output::Console, self.console)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything changes, a PRE_INSTALL, POST_INSTALL or POST_REMOVE path that
+    /// leaves the source directory (found only when it is run, the module would already be
+    /// half installed).
+    fn check_scripts(&self) -> Result<()> {
+        let c = self.conf;
+        for (kind, line) in [
+            ("pre_install", &c.pre_install),
+            ("post_install", &c.post_install),
+            ("post_remove", &c.post_remove),
+        ] {
+            if let Some(line) = line {
+                Script {
+                    kind,
+                    line,
+                    dir: self.source_dir,
+                    conf: &c.file,
+                }
+                .argv()?;
             }
         }
         Ok(())

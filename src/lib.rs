@@ -38,6 +38,7 @@ pub mod status;
 pub mod tarball;
 pub mod tool;
 pub mod tree;
+pub mod trust;
 pub mod version;
 
 pub use error::{Error, Result};

@@ -23,6 +23,7 @@ use crate::kernel::{KernelFacts, KernelOverrides};
 use crate::lock::{self, TreeLock};
 use crate::signing::SigningConfig;
 use crate::tree::{Pattern, Tree};
+use crate::trust::Trust;
 use crate::version::ver_cmp;
 
 /// Entries of `<tree>/M/V` that are not kernels (DKMS's list, plus `bmdeb`, where `mkbmdeb`
@@ -54,6 +55,8 @@ pub struct Ctx {
     pub signing: SigningConfig,
     /// The installed binary module packages, read from dpkg's database on first need.
     packages: OnceLock<Vec<BinaryPackage>>,
+    /// As root: which sources may be evaluated and built.
+    pub trust: Trust,
 }
 
 impl Ctx {
@@ -76,6 +79,7 @@ impl Ctx {
             conf_override: inv.cli.conf.clone(),
             directives: inv.cli.directives.clone(),
             signing: SigningConfig::from_env(),
+            trust: Trust::new(&paths, inv.cli.allow_untrusted_sources),
             paths,
             packages: OnceLock::new(),
         }
@@ -120,6 +124,7 @@ impl Job<'_> {
         build_dir: &Path,
     ) -> Result<DkmsConf> {
         let p = &self.ctx.paths;
+        self.ctx.trust.check_file(&self.conf_file())?;
         conf::load(&LoadRequest {
             conf_file: self.conf_file(),
             module: self.module.clone(),
@@ -223,8 +228,12 @@ fn patch_escape_is_a_patch_error(e: Error, module: &str) -> Error {
     match e {
         Error::PathEscape { what, value, .. } if what.starts_with("PATCH") => Error::BadPatch {
             module: module.to_string(),
+            problem: if value.starts_with('/') {
+                "the name is an absolute path; name a file in the patches/ directory".to_string()
+            } else {
+                "the name contains '..'".to_string()
+            },
             patch: value,
-            problem: "the name contains '..'".to_string(),
         },
         other => other,
     }
@@ -480,6 +489,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
     let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
         path: job.conf_file(),
     })?;
+    job.ctx.trust.check_tree(&source)?;
     let load = |eval_tree: &Path, build_dir: &Path| job.conf_with(facts, eval_tree, build_dir);
     build::build(&BuildInput {
         module: &job.module,
