@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::atomic;
 use crate::build_order::BuildTime;
+use crate::build_user::BuildUser;
 use crate::conf::DkmsConf;
 use crate::console::Console;
 use crate::date::Utc;
@@ -164,6 +165,8 @@ pub struct BuildInput<'a> {
     pub signing: &'a SigningConfig,
     /// Reads dkms.conf with `$dkms_tree` = the given private root and `M=` = the given build dir.
     pub load_conf: &'a dyn Fn(&Path, &Path) -> Result<DkmsConf>,
+    /// Patches and MAKE run as this user (see `build_user`); `None`: as root.
+    pub build_user: Option<&'a BuildUser>,
 }
 
 /// A private build area, removed when dropped (a kill -9 leaves it for the next command).
@@ -211,6 +214,9 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     std::os::unix::fs::symlink(input.source_dir, version_dir.join("source"))
         .ctx("create symlink", version_dir.join("source"))?;
     copy_source(input.source_dir, &private.build_dir, input.console)?;
+    if let Some(user) = input.build_user {
+        user.hand_over(private.root.path())?;
+    }
 
     let failed_log = input
         .tree
@@ -305,14 +311,15 @@ fn compile(
         }
         let description = format!("Applying patch {patch}");
         progress.begin(&description);
-        let (status, patch_cpu) = logged_step(
-            &mut log,
-            &format!("patch -p1 < ./patches/{patch}"),
-            shell(
-                &format!("patch -p1 < ./patches/{}", shell_word(patch)),
-                build_dir,
-            ),
-        )?;
+        let mut cmd = shell(
+            &format!("patch -p1 < ./patches/{}", shell_word(patch)),
+            build_dir,
+        );
+        if let Some(user) = input.build_user {
+            user.apply(&mut cmd, private.root.path());
+        }
+        let (status, patch_cpu) =
+            logged_step(&mut log, &format!("patch -p1 < ./patches/{patch}"), cmd)?;
         cpu = cpu.zip(patch_cpu).map(|(a, b)| a + b);
         progress.done(&description, status);
         if status != 0 {
@@ -359,6 +366,9 @@ fn compile(
     }
     if let Some(cc) = f.make_cc() {
         cmd.env("CC", cc);
+    }
+    if let Some(user) = input.build_user {
+        user.apply(&mut cmd, private.root.path());
     }
     let (status, make_cpu) = logged_step(&mut log, &make.command, cmd)?;
     cpu = cpu.zip(make_cpu).map(|(a, b)| a + b);

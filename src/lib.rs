@@ -7,6 +7,7 @@ pub mod atomic;
 pub mod bmdeb;
 pub mod build;
 pub mod build_order;
+pub mod build_user;
 pub mod cli;
 pub mod conf;
 pub mod config;

@@ -11,6 +11,7 @@ use crate::add::{self, AddOptions, SourcePath};
 use crate::atomic::{self, Removals};
 use crate::bmdeb::{self, BinaryPackage};
 use crate::build::{self, BuildInput, Jobs};
+use crate::build_user::BuildUser;
 use crate::cli::{Action, Invocation};
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
 use crate::config::Paths;
@@ -57,6 +58,8 @@ pub struct Ctx {
     packages: OnceLock<Vec<BinaryPackage>>,
     /// As root: which sources may be evaluated and built.
     pub trust: Trust,
+    /// `--build-user` (framework.conf `build_user` is read when a build starts).
+    pub build_user_option: Option<String>,
 }
 
 impl Ctx {
@@ -80,6 +83,7 @@ impl Ctx {
             directives: inv.cli.directives.clone(),
             signing: SigningConfig::from_env(),
             trust: Trust::new(&paths, inv.cli.allow_untrusted_sources),
+            build_user_option: inv.cli.build_user.clone(),
             paths,
             packages: OnceLock::new(),
         }
@@ -490,6 +494,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         path: job.conf_file(),
     })?;
     job.ctx.trust.check_tree(&source)?;
+    let user = BuildUser::configured(&job.ctx.paths, job.ctx.build_user_option.as_deref())?;
     let load = |eval_tree: &Path, build_dir: &Path| job.conf_with(facts, eval_tree, build_dir);
     build::build(&BuildInput {
         module: &job.module,
@@ -502,6 +507,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         root: &job.ctx.paths.root,
         signing: &job.ctx.signing,
         load_conf: &load,
+        build_user: user.as_ref(),
     })
 }
 
