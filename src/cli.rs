@@ -411,8 +411,13 @@ fn check_word(what: &str, word: &str) -> Result<()> {
         || word.contains('/')
         || word.chars().any(char::is_control);
     if bad {
+        let example = if what == "architecture" {
+            "x86_64"
+        } else {
+            "6.1.0-28-amd64"
+        };
         return Err(Error::Usage(format!(
-            "invalid {what} {word:?}: it must be one directory name such as 6.1.0-28-amd64 (no '/', not '..', no control characters)"
+            "invalid {what} {word:?}: it must be one directory name such as {example} (no '/', not '..', no control characters)"
         )));
     }
     Ok(())

@@ -110,6 +110,10 @@ pub fn replay(dkms_tree: &Path, install_tree: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
+            // A record killed while being written: its uninstall never started.
+            if name.ends_with(atomic::TMP_MARK) {
+                let _ = fs::remove_file(e.path());
+            }
             continue;
         }
         let text = fs::read_to_string(e.path()).unwrap_or_default();
