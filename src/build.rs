@@ -165,7 +165,7 @@ pub struct BuildInput<'a> {
     pub signing: &'a SigningConfig,
     /// Reads dkms.conf with `$dkms_tree` = the given private root and `M=` = the given build dir.
     pub load_conf: &'a dyn Fn(&Path, &Path) -> Result<DkmsConf>,
-    /// Patches and MAKE run as this user (see `build_user`); `None`: as root.
+    /// Patches, build scripts and MAKE run as this user (see `build_user`); `None`: as root.
     pub build_user: Option<&'a BuildUser>,
 }
 
@@ -243,7 +243,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
             dir: &private.build_dir,
             conf: &conf.file,
         };
-        if let Some(code) = script.run(Output::Log(&log), input.console)? {
+        if let Some(code) = script.run_as(Output::Log(&log), input.console, input.build_user)? {
             if code != 0 {
                 input.console.warn(format!(
                     "The post_build script failed (exit {code}); see {}.",
@@ -338,7 +338,7 @@ fn compile(
             conf: &conf.file,
         };
         writeln!(log, "\n# pre_build: {line}").ctx("write", &private.log_path)?;
-        if let Some(code) = script.run(Output::Log(&log), console)? {
+        if let Some(code) = script.run_as(Output::Log(&log), console, input.build_user)? {
             if code != 0 {
                 return Err(Error::BuildFailed {
                     kernel: f.kernel.clone(),

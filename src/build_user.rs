@@ -1,6 +1,6 @@
-//! Unprivileged builds (`build_user` in framework.conf, or `--build-user USER`): patches and
-//! the MAKE command run as that user inside the private build directory, which is handed to
-//! it first, as akmods does. Everything else stays root's: the sources are only read, the
+//! Unprivileged builds (`build_user` in framework.conf, or `--build-user USER`): patches,
+//! PRE_BUILD, the MAKE command and POST_BUILD run as that user inside the private build
+//! directory, which is handed to it first, as akmods does. Everything else stays root's: the sources are only read, the
 //! results are copied out into new root-owned files (so a process the build left behind cannot
 //! change them), and install runs as root. Unset (the default) builds as root, like DKMS.
 
