@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::reliability::{converged, violations, world, K1, K2, K3};
+use common::reliability::{converged, figure, violations, world, K1, K2, K3};
 use common::Sandbox;
 use predicates::prelude::PredicateBooleanExt;
 use proptest::prelude::*;
@@ -663,7 +663,10 @@ fn hostile_inputs_are_refused_without_harm() {
         ours(before),
         "the installed modules are untouched"
     );
-    println!("hostile inputs: {tried} tried, {harmed} did harm (panic, success, a write outside, a broken invariant)");
+    figure(
+        "hostile_inputs_are_refused_without_harm",
+        &format!("hostile inputs: {tried} tried, {harmed} did harm (panic, success, a write outside, a broken invariant)"),
+    );
     assert!(tried >= 50);
     assert_eq!(harmed, 0);
 }
@@ -758,9 +761,12 @@ fn static_evaluator_never_panics_and_agrees_with_bash_when_it_accepts() {
             Ok(())
         })
         .unwrap();
-    println!(
-        "static evaluator: {} random confs, {} accepted and equal to bash, 0 panics",
-        total.get(),
-        accepted.get()
+    figure(
+        "static_evaluator_never_panics_and_agrees_with_bash_when_it_accepts",
+        &format!(
+            "static evaluator: {} random confs, {} accepted and equal to bash, 0 panics",
+            total.get(),
+            accepted.get()
+        ),
     );
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::reliability::{
-    clone, complete, converged, installed_files, kernel, outcome, violations, world, K1, K2, K3,
+    clone, complete, converged, figure, installed_files, kernel, outcome, violations, world, K1,
+    K2, K3,
 };
 use common::Sandbox;
 
@@ -154,9 +155,12 @@ fn kill_9_at_108_points_loses_nothing_and_the_next_run_converges() {
             );
         }
     }
-    println!(
-        "kill -9: {points} kill points over {} operations; invariant violations {violated}; states lost {lost}",
-        OPS.len()
+    figure(
+        "kill_9_at_108_points_loses_nothing_and_the_next_run_converges",
+        &format!(
+            "kill -9: {points} kill points over {} operations; invariant violations {violated}; states lost {lost}",
+            OPS.len()
+        ),
     );
     assert!(points >= 100);
     assert_eq!((violated, lost), (0, 0));
@@ -241,9 +245,12 @@ fn sixteen_mixed_commands_at_once_keep_the_invariants_in_20_trials() {
         assert!(converged(&sb), "trial {trial}");
         assert_eq!(outcome(&sb), want, "trial {trial}");
     }
-    println!(
-        "concurrency: {TRIALS} trials of {} commands at once; {status_samples} status samples, {diff_lines} Diff warnings; states lost 0",
-        MIXED.len()
+    figure(
+        "sixteen_mixed_commands_at_once_keep_the_invariants_in_20_trials",
+        &format!(
+            "concurrency: {TRIALS} trials of {} commands at once; {status_samples} status samples, {diff_lines} Diff warnings; states lost 0",
+            MIXED.len()
+        ),
     );
     assert_eq!(diff_lines, 0);
 }
@@ -370,8 +377,9 @@ fn a_full_module_tree_keeps_the_working_module_and_names_the_full_destination() 
         .unwrap()
         .contains("rebuilt"));
     assert_eq!(violations(&sb), Vec::<String>::new());
-    println!(
-        "disk full (/lib/modules): install --force failed cleanly, old module kept; states lost 0"
+    figure(
+        "a_full_module_tree_keeps_the_working_module_and_names_the_full_destination",
+        "disk full (/lib/modules): install --force failed cleanly, old module kept; states lost 0",
     );
 }
 
@@ -441,7 +449,10 @@ fn a_full_dkms_tree_keeps_the_previous_build_and_installation() {
     sb.rdkms(["reconcile", "--hook"]).assert().success();
     assert!(converged(&sb));
     assert_eq!(violations(&sb), Vec::<String>::new());
-    println!("disk full (dkms tree): builds failed cleanly, previous build and installation kept; states lost 0");
+    figure(
+        "a_full_dkms_tree_keeps_the_previous_build_and_installation",
+        "disk full (dkms tree): builds failed cleanly, previous build and installation kept; states lost 0",
+    );
 }
 
 /// A few kill points on the real kernel headers: `install --force` of examples/hello-dkms.
@@ -492,5 +503,8 @@ fn real_headers_install_force_killed_keeps_a_loadable_module() {
         .assert()
         .success();
     assert!(sb.status().contains("installed\n"), "{}", sb.status());
-    println!("real headers: {points} kill points during install --force, module always loadable; states lost 0");
+    figure(
+        "real_headers_install_force_killed_keeps_a_loadable_module",
+        &format!("real headers: {points} kill points during install --force, module always loadable; states lost 0"),
+    );
 }

@@ -216,3 +216,12 @@ pub fn converged(sb: &Sandbox) -> bool {
     let out = sb.rdkms(["plan"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout) == "Nothing to do.\n"
 }
+
+/// Prints one of the suite's figures and keeps it in `target/tmp/reliability-figures/TEST.txt`
+/// (the test harness hides stdout; `.ci/run` prints these files after the tests).
+pub fn figure(test: &str, line: &str) {
+    println!("{line}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability-figures");
+    let _ = fs::create_dir_all(&dir);
+    let _ = fs::write(dir.join(format!("{test}.txt")), format!("{line}\n"));
+}
