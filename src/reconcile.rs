@@ -264,7 +264,9 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         None => {
             let lock = match TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout)) {
                 Ok(lock) => lock,
-                Err(e @ Error::LockTimeout { .. }) if hook => {
+                // common_postinst must add its module first: it keeps exit 75, so the
+                // package's configuration fails visibly instead of forgetting the module.
+                Err(e @ Error::LockTimeout { .. }) if hook && action != Action::CommonPostinst => {
                     return Ok(postpone(action, &req, &ctx.paths, &reporter, &e));
                 }
                 Err(e) => return Err(e),
