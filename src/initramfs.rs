@@ -23,7 +23,7 @@ use crate::journal::Marks;
 pub const PENDING_DIR: &str = ".rdkms-initramfs-pending";
 
 fn marks(paths: &Paths) -> Marks {
-    Marks::new(&paths.dkms_tree, PENDING_DIR)
+    Marks::keeping_dir(&paths.dkms_tree, PENDING_DIR)
 }
 
 /// Kernels whose initramfs update was recorded and not yet done.
@@ -36,7 +36,8 @@ pub fn record(paths: &Paths, kernel: &str) -> Result<()> {
     marks(paths).record(kernel)
 }
 
-/// Forgets a recorded update (done, or no longer needed).
+/// Forgets a recorded update (done, or no longer needed). The directory stays, so the dkms
+/// tree directory (watched by the fingerprint) does not change.
 pub fn clear(paths: &Paths, kernel: &str) -> Result<()> {
     marks(paths).clear(kernel)
 }

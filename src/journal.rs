@@ -14,9 +14,12 @@ use crate::atomic;
 use crate::error::{Error, IoContext, Result};
 
 /// A set of kernels with a pending piece of work, kept as empty files in one directory of the
-/// dkms tree.
+/// dkms tree. The directory goes with the last mark, so a tree with nothing pending holds
+/// exactly what DKMS's would.
 pub struct Marks {
     dir: PathBuf,
+    /// Keep the directory when empty (the initramfs marks: see `initramfs::clear`).
+    keep_dir: bool,
 }
 
 impl Marks {
@@ -24,6 +27,15 @@ impl Marks {
     pub fn new(dkms_tree: &Path, name: &str) -> Marks {
         Marks {
             dir: dkms_tree.join(name),
+            keep_dir: false,
+        }
+    }
+
+    /// Marks whose directory stays when the last one is cleared.
+    pub fn keeping_dir(dkms_tree: &Path, name: &str) -> Marks {
+        Marks {
+            keep_dir: true,
+            ..Marks::new(dkms_tree, name)
         }
     }
 
@@ -41,23 +53,38 @@ impl Marks {
 
     /// Records (and syncs to disk) a mark for `kernel`.
     pub fn record(&self, kernel: &str) -> Result<()> {
-        fs::create_dir_all(&self.dir).ctx("create", &self.dir)?;
         let file = self.dir.join(kernel);
-        File::create(&file)
-            .and_then(|f| f.sync_all())
-            .ctx("write", &file)?;
-        atomic::sync_dir(&self.dir)
+        // A hook postponing its work records without the lock: the lock holder may remove
+        // the (empty) directory in between, so try again.
+        let mut tries = 0;
+        loop {
+            fs::create_dir_all(&self.dir).ctx("create", &self.dir)?;
+            match File::create(&file).and_then(|f| f.sync_all()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => return Err(Error::io("write", &file, e)),
+            }
+        }
+        atomic::sync_dir(&self.dir)?;
+        if let Some(parent) = self.dir.parent() {
+            atomic::sync_dir(parent)?;
+        }
+        Ok(())
     }
 
-    /// Forgets the mark of `kernel` (done, or no longer needed). The directory stays, so the
-    /// dkms tree directory (watched by the fingerprint) does not change.
+    /// Forgets the mark of `kernel` (done, or no longer needed), and the directory with the
+    /// last one unless it is kept.
     pub fn clear(&self, kernel: &str) -> Result<()> {
         let file = self.dir.join(kernel);
         match fs::remove_file(&file) {
-            Ok(()) => atomic::sync_dir(&self.dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &file, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("remove", &file, e)),
         }
+        if !self.keep_dir && fs::remove_dir(&self.dir).is_ok() {
+            return Ok(());
+        }
+        atomic::sync_dir(&self.dir)
     }
 }
 
@@ -89,13 +116,17 @@ impl Removal {
         Ok(Removal { record })
     }
 
-    /// The files are gone: forget the record.
+    /// The files are gone: forget the record (and its directory when it was the last).
     pub fn finish(self) -> Result<()> {
         match fs::remove_file(&self.record) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &self.record, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &self.record, e)),
         }
+        if let Some(dir) = self.record.parent() {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
     }
 }
 
@@ -128,6 +159,7 @@ pub fn replay(dkms_tree: &Path, install_tree: &Path) {
         }
         let _ = fs::remove_file(e.path());
     }
+    let _ = fs::remove_dir(&dir);
 }
 
 #[cfg(test)]
@@ -147,6 +179,7 @@ mod tests {
         m.clear("6.12.117+deb13-amd64").unwrap();
         m.clear("gone").unwrap();
         assert!(m.pending().is_empty());
+        assert!(!t.path().join(".pending").exists());
     }
 
     #[test]
@@ -165,6 +198,6 @@ mod tests {
         assert!(!inside.exists());
         assert!(outside.exists());
         r.finish().unwrap();
-        assert_eq!(fs::read_dir(tree.join(REMOVALS_DIR)).unwrap().count(), 0);
+        assert!(!tree.join(REMOVALS_DIR).exists());
     }
 }

@@ -189,12 +189,11 @@ fn remove_all_leaves_nothing_behind() {
     let before = sb.depmod_calls().len();
     sb.rdkms(["remove", "foo/1.0", "--all"]).assert().success();
     assert_eq!(sb.depmod_calls().len() - before, 2, "one depmod per kernel");
-    // Only rdkms's own hidden state (the lock, empty journal directories) may remain in the
-    // dkms tree; nothing in the kernels' trees.
+    // Only the tree lock file may remain in the dkms tree; nothing in the kernels' trees.
     let left: Vec<String> = sb
         .listing(&sb.tree())
         .into_iter()
-        .filter(|p| !p.starts_with(".rdkms"))
+        .filter(|p| !p.ends_with(".lock"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     for k in [K, K2] {
