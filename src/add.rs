@@ -5,7 +5,7 @@
 //! Deliberate deviations from DKMS 3.0.10: `--force` re-adds an added version (DKMS refuses
 //! even with it); an existing `<sourcetree>/NAME-VERSION` is replaced, not merged into, when
 //! adding from another directory; the dkms tree is created if missing; names with `/` or
-//! `..` and symlinks leaving the copied source are refused. Like DKMS, top-level dot files of
+//! `..` are refused; symlinks are copied as links, never followed. Like DKMS, top-level dot files of
 //! a source directory are not copied (`cp -r SRC/*`), and the exit status is POST_ADD's.
 
 use std::fs;
@@ -20,6 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::host;
 use crate::lock::{self, TreeLock};
 use crate::tree::Tree;
+use crate::trust::Trust;
 
 /// How to add.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +36,8 @@ pub struct AddOptions {
     pub kernel_source_dir: Option<PathBuf>,
     /// `-q`: print nothing, POST_ADD output included.
     pub quiet: bool,
+    /// `--allow-untrusted-sources` (see `trust`).
+    pub allow_untrusted: bool,
 }
 
 impl AddOptions {
@@ -53,6 +56,7 @@ impl AddOptions {
                 .unwrap_or_else(host::machine_arch),
             kernel_source_dir: inv.cli.kernel_source_dir.clone(),
             quiet: inv.cli.quiet,
+            allow_untrusted: inv.cli.allow_untrusted_sources,
         }
     }
 }
@@ -90,6 +94,10 @@ pub fn ensure_added(
         .conf
         .clone()
         .unwrap_or_else(|| source_dir.join("dkms.conf"));
+    // POST_ADD runs as root from the sources: they must be root's alone.
+    let trust = Trust::new(paths, opts.allow_untrusted);
+    trust.check_file(&conf_file)?;
+    trust.check_tree(&source_dir)?;
     let conf = load_conf(paths, &conf_file, module, version, opts)?;
 
     let version_dir = tree.version_dir(module, version);
@@ -404,8 +412,8 @@ impl DupFd for std::io::Stderr {
 }
 
 /// Copies a source directory to `dest` (in the source tree) through a hidden staging copy that
-/// replaces `dest` in one rename (an exchange when `dest` exists). Refuses symlinks that leave
-/// the source; skips top-level dot files and special files, as `cp -r SRC/*` would not copy
+/// replaces `dest` in one rename (an exchange when `dest` exists). Copies symlinks as links;
+/// skips top-level dot files and special files, as `cp -r SRC/*` would not copy
 /// them usefully.
 fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
@@ -471,21 +479,29 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             dirs.push((target, entry.path().to_path_buf()));
         } else if ft.is_file() {
             fs::copy(entry.path(), &target).ctx("copy", entry.path())?;
+            root_only(&target)?;
         } else if ft.is_symlink() {
+            // Copied as a link, never followed, wherever it points (as DKMS's `cp -r` does:
+            // packages ship links such as `README.gz -> ../../share/doc/…`). Builds never
+            // read through a link that leaves the source (see `build::copy_source`).
             let link = fs::read_link(entry.path()).ctx("read link", entry.path())?;
-            if escapes(rel, &link) {
-                return Err(Error::PathEscape {
-                    file: entry.path().to_path_buf(),
-                    what: "symlink".into(),
-                    value: link.display().to_string(),
-                });
-            }
             std::os::unix::fs::symlink(&link, &target).ctx("create symlink", &target)?;
         }
     }
     for (target, source) in dirs.iter().rev() {
         let perms = fs::metadata(source).ctx("stat", source)?.permissions();
         fs::set_permissions(target, perms).ctx("chmod", target)?;
+        root_only(target)?;
+    }
+    Ok(())
+}
+
+/// Drops group and other write permission from a copied entry: the copy in the source tree is
+/// root's alone (see `trust`), whatever the modes of the directory it came from.
+fn root_only(path: &Path) -> Result<()> {
+    let mode = fs::metadata(path).ctx("stat", path)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & !0o022)).ctx("chmod", path)?;
     }
     Ok(())
 }
@@ -525,26 +541,6 @@ fn equal_ok<T: PartialEq>(a: std::io::Result<T>, b: std::io::Result<T>) -> bool 
     matches!((a, b), (Ok(a), Ok(b)) if a == b)
 }
 
-/// Whether symlink `link` stored at `rel` (relative to the source root) points outside it.
-fn escapes(rel: &Path, link: &Path) -> bool {
-    if link.is_absolute() {
-        return true;
-    }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
-    for c in link.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return true,
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
-}
-
 /// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
@@ -555,16 +551,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn symlinks_leaving_the_source_are_detected() {
-        assert!(!escapes(Path::new("a/link"), Path::new("../b")));
-        assert!(!escapes(Path::new("link"), Path::new("sub/x")));
-        assert!(escapes(Path::new("link"), Path::new("../x")));
-        assert!(escapes(Path::new("a/link"), Path::new("../../x")));
-        assert!(escapes(Path::new("a/link"), Path::new("b/../../../x")));
-        assert!(escapes(Path::new("link"), Path::new("/etc/passwd")));
-    }
 
     #[test]
     fn names_must_be_one_component() {

@@ -32,7 +32,8 @@ pub fn copy_file(from: &Path, dir: &Path, name: &str, mode: u32) -> Result<PathB
         .tempfile_in(dir)
         .ctx("create a temporary file in", dir)?;
     let mut src = File::open(from).ctx("open", from)?;
-    io::copy(&mut src, tmp.as_file_mut()).ctx("copy", from)?;
+    // A failure here is nearly always the destination (a full disk): name it.
+    io::copy(&mut src, tmp.as_file_mut()).ctx("write", &dest)?;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .ctx("set permissions of", tmp.path())?;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::atomic;
 use crate::build_order::BuildTime;
+use crate::build_user::BuildUser;
 use crate::conf::DkmsConf;
 use crate::console::Console;
 use crate::date::Utc;
@@ -167,6 +168,8 @@ pub struct BuildInput<'a> {
     pub signing: &'a SigningConfig,
     /// Reads dkms.conf with `$dkms_tree` = the given private root and `M=` = the given build dir.
     pub load_conf: &'a dyn Fn(&Path, &Path) -> Result<DkmsConf>,
+    /// Patches, build scripts and MAKE run as this user (see `build_user`); `None`: as root.
+    pub build_user: Option<&'a BuildUser>,
 }
 
 /// A private build area, removed when dropped (a kill -9 leaves it for the next command).
@@ -216,6 +219,9 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         .ctx("create symlink", version_dir.join("source"))?;
     let sources = crate::sources::fingerprint(input.source_dir);
     copy_source(input.source_dir, &private.build_dir, input.console)?;
+    if let Some(user) = input.build_user {
+        user.hand_over(private.root.path())?;
+    }
 
     let kept = input
         .tree
@@ -294,7 +300,7 @@ fn post_build(input: &BuildInput<'_>, private: &PrivateBuild, stored_log: &Path)
             dir: &build_dir,
             conf: &conf.file,
         };
-        if let Some(code) = script.run(Output::Log(&log), input.console)? {
+        if let Some(code) = script.run_as(Output::Log(&log), input.console, input.build_user)? {
             if code != 0 {
                 input.console.warn(format!(
                     "The post_build script failed (exit {code}) for kernel {} ({}); see {}.",
@@ -370,14 +376,18 @@ fn compile(
         }
         let description = format!("Applying patch {patch}");
         progress.begin(&description);
+        let mut cmd = shell(
+            &format!("patch -p1 < ./patches/{}", shell_word(patch)),
+            build_dir,
+        );
+        if let Some(user) = input.build_user {
+            user.apply(&mut cmd, private.root.path());
+        }
         let (status, patch_cpu) = logged_step(
             &mut log,
             &description,
             &format!("patch -p1 < ./patches/{patch}"),
-            shell(
-                &format!("patch -p1 < ./patches/{}", shell_word(patch)),
-                build_dir,
-            ),
+            cmd,
         )?;
         cpu = cpu.zip(patch_cpu).map(|(a, b)| a + b);
         progress.done(&description, status);
@@ -397,7 +407,7 @@ fn compile(
             conf: &conf.file,
         };
         writeln!(log, "\n# pre_build: {line}").ctx("write", &private.log_path)?;
-        if let Some(code) = script.run(Output::Log(&log), console)? {
+        if let Some(code) = script.run_as(Output::Log(&log), console, input.build_user)? {
             if code != 0 {
                 return Err(Error::BuildFailed {
                     kernel: f.kernel.clone(),
@@ -424,6 +434,9 @@ fn compile(
     }
     if let Some(cc) = f.make_cc() {
         cmd.env("CC", cc);
+    }
+    if let Some(user) = input.build_user {
+        user.apply(&mut cmd, private.root.path());
     }
     let line = crate::progress::building(input.module, input.version, &f.kernel, &f.arch);
     let log_start = log.metadata().map_or(0, |m| m.len());

@@ -94,6 +94,14 @@ pub struct Cli {
     #[arg(long = "no-depmod")]
     pub no_depmod: bool,
 
+    /// As root, evaluate and build sources even if a non-root user could have changed them.
+    #[arg(long = "allow-untrusted-sources")]
+    pub allow_untrusted_sources: bool,
+
+    /// Run the compiler as this user in its private build directory (install stays root).
+    #[arg(long = "build-user", value_name = "USER")]
+    pub build_user: Option<String>,
+
     /// Directory for packages written by mkbmdeb/mkdeb (default: under the module's dkms tree).
     #[arg(long = "output", value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -400,7 +408,7 @@ fn pair_kernels(kernels: &[String], archs: &[String]) -> Result<Vec<KernelTarget
                 .to_string(),
         ));
     }
-    Ok(kernels
+    kernels
         .iter()
         .enumerate()
         .map(|(i, k)| {
@@ -413,9 +421,35 @@ fn pair_kernels(kernels: &[String], archs: &[String]) -> Result<Vec<KernelTarget
                 1 => Some(archs[0].clone()),
                 _ => Some(archs[i].clone()),
             });
-            KernelTarget { kernel, arch }
+            check_word("kernel version", &kernel)?;
+            if let Some(a) = &arch {
+                check_word("architecture", a)?;
+            }
+            Ok(KernelTarget { kernel, arch })
         })
-        .collect())
+        .collect()
+}
+
+/// A kernel version or arch names a directory in several trees: it must be one plain path
+/// component (not empty, `.`, `..`, no `/`, no control characters). `+` and `~` are fine
+/// (`6.12.117+deb13-amd64`).
+fn check_word(what: &str, word: &str) -> Result<()> {
+    let bad = word.is_empty()
+        || word == "."
+        || word == ".."
+        || word.contains('/')
+        || word.chars().any(char::is_control);
+    if bad {
+        let example = if what == "architecture" {
+            "x86_64"
+        } else {
+            "6.1.0-28-amd64"
+        };
+        return Err(Error::Usage(format!(
+            "invalid {what} {word:?}: it must be one directory name such as {example} (no '/', not '..', no control characters)"
+        )));
+    }
+    Ok(())
 }
 
 /// Shortens a clap error to its first line, with a hint.

@@ -1,11 +1,14 @@
 //! Running depmod for a kernel once per command (DKMS runs it once per module), against the
 //! install tree actually in use: `-b BASEDIR` when that is not the system's `/lib/modules`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::config::Paths;
 use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
+use crate::journal::Marks;
 use crate::kernel::KernelFacts;
 
 /// The depmod command line for a kernel, plus a temporary base directory it needs to keep
@@ -55,6 +58,31 @@ fn base_of(install_tree: &Path) -> Option<PathBuf> {
     (abs.file_name()? == "modules" && lib.file_name()? == "lib")
         .then(|| lib.parent().map(Path::to_path_buf))
         .flatten()
+}
+
+/// Directory in the dkms tree holding one empty file per kernel whose depmod is still owed.
+pub const PENDING_DIR: &str = ".rdkms-depmod-pending";
+
+/// The kernels whose modules changed without a successful depmod since (a run was killed or
+/// depmod failed); the next run that takes the lock runs it.
+pub fn pending(paths: &Paths) -> BTreeSet<String> {
+    Marks::new(&paths.dkms_tree, PENDING_DIR).pending()
+}
+
+/// Records durably, before a kernel's modules change, that it needs depmod.
+pub fn record(paths: &Paths, kernel: &str) -> Result<()> {
+    Marks::new(&paths.dkms_tree, PENDING_DIR).record(kernel)
+}
+
+/// Runs depmod and forgets the record when it succeeds; a failure keeps it for the next run.
+pub fn run_recorded(paths: &Paths, facts: &KernelFacts, console: &Console) -> Result<()> {
+    run(&paths.install_tree, facts, console)?;
+    Marks::new(&paths.dkms_tree, PENDING_DIR).clear(&facts.kernel)
+}
+
+/// Forgets a record without running depmod (the kernel is gone, or `--no-depmod`).
+pub fn forget(paths: &Paths, kernel: &str) -> Result<()> {
+    Marks::new(&paths.dkms_tree, PENDING_DIR).clear(kernel)
 }
 
 /// Runs depmod for one kernel; a failure is an error (exit 6) carrying depmod's last line.

@@ -30,6 +30,14 @@ pub enum Error {
         fix: String,
     },
 
+    /// Running as root, a source path a non-root user could have changed (see `trust`).
+    #[error("{path}: {problem}; refusing to evaluate or build it as root. Fix: {fix}", path = .path.display())]
+    Untrusted {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     /// Evaluating a dkms.conf with bash failed (syntax error, timeout, crash).
     #[error("Bad conf file.\nFile: {file} does not represent a valid dkms.conf file.", file = .file.display())]
     ConfEval {
@@ -213,7 +221,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::MissingModule { .. } => 1,
             Error::ConfNotFound { .. } => 4,
-            Error::BadConf { .. } | Error::ConfEval { .. } => 8,
+            Error::BadConf { .. } | Error::ConfEval { .. } | Error::Untrusted { .. } => 8,
             Error::NotAdded { .. } => 3,
             Error::AlreadyAdded { .. } | Error::AddedFromElsewhere { .. } => 3,
             Error::SourceMissing { .. } => 2,

@@ -10,60 +10,36 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::config::Paths;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::journal::Marks;
 
 /// Directory in the dkms tree holding one empty file per kernel with a pending update.
 pub const PENDING_DIR: &str = ".rdkms-initramfs-pending";
 
-fn pending_dir(paths: &Paths) -> PathBuf {
-    paths.dkms_tree.join(PENDING_DIR)
+fn marks(paths: &Paths) -> Marks {
+    Marks::keeping_dir(&paths.dkms_tree, PENDING_DIR)
 }
 
 /// Kernels whose initramfs update was recorded and not yet done.
 pub fn pending(paths: &Paths) -> BTreeSet<String> {
-    std::fs::read_dir(pending_dir(paths))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
+    marks(paths).pending()
 }
 
 /// Records (and syncs to disk) that `kernel` needs a new initramfs, before its modules change.
 pub fn record(paths: &Paths, kernel: &str) -> Result<()> {
-    let dir = pending_dir(paths);
-    std::fs::create_dir_all(&dir).ctx("create", &dir)?;
-    let file = dir.join(kernel);
-    File::create(&file)
-        .and_then(|f| f.sync_all())
-        .ctx("write", &file)?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .ctx("sync", &dir)
+    marks(paths).record(kernel)
 }
 
-/// Forgets a recorded update (done, or no longer needed). The directory itself stays, so the
-/// dkms tree directory (watched by the fingerprint) does not change.
+/// Forgets a recorded update (done, or no longer needed). The directory stays, so the dkms
+/// tree directory (watched by the fingerprint) does not change.
 pub fn clear(paths: &Paths, kernel: &str) -> Result<()> {
-    let file = pending_dir(paths).join(kernel);
-    match std::fs::remove_file(&file) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("remove", &file, e)),
-    }
-    let dir = pending_dir(paths);
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .ctx("sync", &dir)
+    marks(paths).clear(kernel)
 }
 
 /// True when a kernel's own `postinst.d` initramfs hook (initramfs-tools or dracut) runs after

@@ -17,6 +17,7 @@ use crate::conf::{DkmsConf, ModuleEntry};
 use crate::config::Paths;
 use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
+use crate::journal::Removal;
 use crate::kernel::{module_file_name, Compression, KernelFacts};
 use crate::original::Originals;
 use crate::script::{Output, Script};
@@ -96,6 +97,7 @@ impl Placement<'_> {
     /// as handled, POST_INSTALL last with its status ignored.
     pub fn install(&self, opts: InstallOptions) -> Result<()> {
         let f = self.facts;
+        self.check_scripts()?;
         if !f.modules_dir.is_dir() {
             return Err(Error::InstallFailed(format!(
                 "The directory {} doesn't exist. You cannot install a module onto a non-existent kernel; install the kernel or pick another with -k.",
@@ -256,7 +258,30 @@ impl Placement<'_> {
 
     /// Removes the installed files of this version and the `kernel-K-A` marker. Only a file in
     /// the install location, or a byte-identical copy in the raw DEST_MODULE_LOCATION, is
-    /// deleted — never an in-tree module that merely has the same name.
+    /// deleted — never an in-tree module that merely has the same name. The files are
+    /// recorded first and the marker goes before them, so an interrupted uninstall never leaves
+    /// a version "installed" without its files; the next command deletes what is left.
+    /// What `uninstall` would print for this installation, printed before it is replaced in
+    /// place (`install --force`), where DKMS really uninstalls first.
+    pub fn announce_uninstall(&self) {
+        let f = self.facts;
+        self.console.say(format!(
+            "Module {}/{} for kernel {} ({}):",
+            self.module, self.version, f.kernel, f.arch
+        ));
+        self.console
+            .say("Before uninstall, this module version was ACTIVE on this kernel.");
+        for m in &self.conf.modules {
+            if let Some(dir) = self.module_location(m) {
+                self.console.say(format!(
+                    "Deleting {}/{}",
+                    dir.display(),
+                    module_file_name(&m.dest_name, f.compression)
+                ));
+            }
+        }
+    }
+
     pub fn uninstall(&self) -> Result<()> {
         let f = self.facts;
         self.console.say(format!(
@@ -265,32 +290,52 @@ impl Placement<'_> {
         ));
         self.console
             .say("Before uninstall, this module version was ACTIVE on this kernel.");
-        let built_dir = self.built_dir();
-        for m in &self.conf.modules {
-            let ours = find_module_file(&built_dir, &m.dest_name, f.compression);
-            let file_name = module_file_name(&m.dest_name, f.compression);
-            match self.installed_location(m, ours.as_deref()) {
+        let found: Vec<(String, Option<PathBuf>)> = self
+            .conf
+            .modules
+            .iter()
+            .map(|m| (m.dest_name.clone(), self.module_location(m)))
+            .collect();
+        let doomed: Vec<PathBuf> = found
+            .iter()
+            .filter_map(|(name, dir)| Some((name, dir.as_ref()?)))
+            .flat_map(|(name, dir)| self.deletable(dir, name))
+            .collect();
+        // The files are recorded and the link goes first: a kill from here on leaves a module
+        // that is not installed, and the next locked command finishes the removal.
+        let key = format!("{}-{}-{}-{}", self.module, self.version, f.kernel, f.arch);
+        let removal = Removal::begin(&self.tree.root, &key, &doomed)?;
+        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
+        match fs::remove_file(&link) {
+            Ok(()) => atomic::sync_dir(link.parent().unwrap_or(Path::new(".")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("delete", link, e)),
+        }
+        for (name, dir) in &found {
+            let file_name = module_file_name(name, f.compression);
+            match dir {
                 Some(dir) => {
                     self.console
                         .say(format!("Deleting {}/{file_name}", dir.display()));
                     for c in Compression::ALL {
-                        let p = dir.join(module_file_name(&m.dest_name, c));
+                        let p = dir.join(module_file_name(name, c));
                         if let Some(pkg) = bmdeb::owner(self.paths, self.packages, &p) {
                             self.console.say(format!(
                                 "Left {} in place: it belongs to the package {}",
                                 p.display(),
                                 pkg.package
                             ));
-                            continue;
                         }
-                        match fs::remove_file(&p) {
+                    }
+                    for p in doomed.iter().filter(|p| p.parent() == Some(dir.as_path())) {
+                        match fs::remove_file(p) {
                             Ok(()) => {}
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => return Err(Error::io("delete", p, e)),
                         }
                     }
-                    atomic::clean_leftovers_once(&dir);
-                    remove_empty_dirs(&dir, &f.modules_dir);
+                    atomic::clean_leftovers_once(dir);
+                    remove_empty_dirs(dir, &f.modules_dir);
                 }
                 None => self.console.say(format!(
                     "Module {file_name} was not found within {}/",
@@ -298,16 +343,11 @@ impl Placement<'_> {
                 )),
             }
             if self.originals().backup.is_dir() {
-                self.originals().restore(&m.dest_name, self.console)?;
+                self.originals().restore(name, self.console)?;
             }
         }
         self.originals().forget()?;
-        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
-        match fs::remove_file(&link) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("delete", link, e)),
-        }
+        removal.finish()?;
         if let Some(line) = &self.conf.post_remove {
             let script = Script {
                 kind: "post_remove",
@@ -333,6 +373,72 @@ impl Placement<'_> {
             modules_dir: &self.facts.modules_dir,
             root: &self.paths.root,
         }
+    }
+
+    /// Refuses, before anything changes, a PRE_INSTALL, POST_INSTALL or POST_REMOVE path that
+    /// leaves the source directory (found only when it is run, the module would already be
+    /// half installed).
+    fn check_scripts(&self) -> Result<()> {
+        let c = self.conf;
+        for (kind, line) in [
+            ("pre_install", &c.pre_install),
+            ("post_install", &c.post_install),
+            ("post_remove", &c.post_remove),
+        ] {
+            if let Some(line) = line {
+                Script {
+                    kind,
+                    line,
+                    dir: self.source_dir,
+                    conf: &c.file,
+                }
+                .argv()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The installed module files of this version (not those a package owns): what an
+    /// uninstall would delete.
+    pub fn installed_files(&self) -> Vec<PathBuf> {
+        self.conf
+            .modules
+            .iter()
+            .filter_map(|m| Some((m, self.module_location(m)?)))
+            .flat_map(|(m, dir)| self.deletable(&dir, &m.dest_name))
+            .collect()
+    }
+
+    /// Deletes `files` except those in `keep`, and the directories that leaves empty: the
+    /// files of a replaced version that the new one did not overwrite.
+    pub fn remove_stale(&self, files: &[PathBuf], keep: &[PathBuf]) -> Result<()> {
+        for p in files.iter().filter(|p| !keep.contains(p)) {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", p, e)),
+            }
+            if let Some(dir) = p.parent() {
+                remove_empty_dirs(dir, &self.facts.modules_dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this version's copy of `m` is installed, if anywhere.
+    fn module_location(&self, m: &ModuleEntry) -> Option<PathBuf> {
+        let ours = find_module_file(&self.built_dir(), &m.dest_name, self.facts.compression);
+        self.installed_location(m, ours.as_deref())
+    }
+
+    /// The existing `dir/NAME.ko*` files that are not a package's.
+    fn deletable(&self, dir: &Path, name: &str) -> Vec<PathBuf> {
+        Compression::ALL
+            .iter()
+            .map(|c| dir.join(module_file_name(name, *c)))
+            .filter(|p| fs::symlink_metadata(p).is_ok())
+            .filter(|p| bmdeb::owner(self.paths, self.packages, p).is_none())
+            .collect()
     }
 
     /// The existing `<location>/NAME.ko*` an installed binary module package owns, if any.
@@ -370,6 +476,11 @@ impl Placement<'_> {
         }
         None
     }
+}
+
+/// Whether the kernel's module tree holds any `<name>.ko*` (not following symlinks).
+pub fn kernel_has_module(kernel_dir: &Path, name: &str) -> bool {
+    !same_named(kernel_dir, name).is_empty()
 }
 
 /// Every `<name>.ko[.gz|.xz|.zst]` below a kernel's module directory (not following the

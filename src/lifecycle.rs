@@ -2,6 +2,7 @@
 //! with DKMS 3.0.10's semantics and messages: one tree lock for the whole command, leftovers of
 //! interrupted runs cleaned first, every kernel handled in turn, depmod once per kernel at the end.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -10,6 +11,7 @@ use crate::add::{self, AddOptions, SourcePath};
 use crate::atomic::{self, Removals};
 use crate::bmdeb::{self, BinaryPackage};
 use crate::build::{self, BuildInput, Jobs};
+use crate::build_user::BuildUser;
 use crate::cli::{Action, Invocation};
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
 use crate::config::Paths;
@@ -22,10 +24,20 @@ use crate::kernel::{KernelFacts, KernelOverrides};
 use crate::lock::{self, TreeLock};
 use crate::signing::SigningConfig;
 use crate::tree::{Pattern, Tree};
+use crate::trust::Trust;
 use crate::version::ver_cmp;
 
-/// Entries of `<tree>/M/V` that are not kernels (DKMS's list).
-const NOT_KERNELS: [&str; 6] = ["build", "tarball", "driver_disk", "rpm", "deb", "source"];
+/// Entries of `<tree>/M/V` that are not kernels (DKMS's list, plus `bmdeb`, where `mkbmdeb`
+/// writes its packages: `remove` deletes the version with them, as DKMS does).
+const NOT_KERNELS: [&str; 7] = [
+    "build",
+    "tarball",
+    "driver_disk",
+    "rpm",
+    "deb",
+    "source",
+    "bmdeb",
+];
 
 /// Settings shared by every kernel a command handles.
 pub struct Ctx {
@@ -44,6 +56,10 @@ pub struct Ctx {
     pub signing: SigningConfig,
     /// The installed binary module packages, read from dpkg's database on first need.
     packages: OnceLock<Vec<BinaryPackage>>,
+    /// As root: which sources may be evaluated and built.
+    pub trust: Trust,
+    /// `--build-user` (framework.conf `build_user` is read when a build starts).
+    pub build_user_option: Option<String>,
 }
 
 impl Ctx {
@@ -66,6 +82,8 @@ impl Ctx {
             conf_override: inv.cli.conf.clone(),
             directives: inv.cli.directives.clone(),
             signing: SigningConfig::load(&paths),
+            trust: Trust::new(&paths, inv.cli.allow_untrusted_sources),
+            build_user_option: inv.cli.build_user.clone(),
             paths,
             packages: OnceLock::new(),
         }
@@ -110,6 +128,7 @@ impl Job<'_> {
         build_dir: &Path,
     ) -> Result<DkmsConf> {
         let p = &self.ctx.paths;
+        self.ctx.trust.check_file(&self.conf_file())?;
         conf::load(&LoadRequest {
             conf_file: self.conf_file(),
             module: self.module.clone(),
@@ -162,9 +181,23 @@ impl Job<'_> {
     }
 
     /// DKMS's "installed": built, and `<tree>/M/kernel-K-A` resolves to this version's build.
-    pub fn is_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
+    /// What uninstall acts on, whether or not the files are still there.
+    pub fn is_marked_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
         self.is_built(facts, conf)
             && self.ctx.tree.is_installed_build(
+                &self.module,
+                &self.version,
+                &facts.kernel,
+                &facts.arch,
+            )
+    }
+
+    /// Marked installed and every module file really in place (invariant (a)): anything less
+    /// is installed again.
+    pub fn is_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
+        self.is_marked_installed(facts, conf)
+            && crate::presence::installed_files_present(
+                &self.ctx.paths,
                 &self.module,
                 &self.version,
                 &facts.kernel,
@@ -202,6 +235,9 @@ pub struct Changes {
     /// Run depmod right after each install or uninstall, as DKMS does for one module (the
     /// lifecycle commands); otherwise once per kernel at the end (hooks handling many).
     pub per_step: bool,
+    /// Kernels where this command replaced an installation: never rolled back, since that
+    /// would leave the kernel with fewer working modules than before.
+    pub replaced: Vec<String>,
 }
 
 impl Changes {
@@ -240,7 +276,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
-    clean_leftovers(&ctx.tree);
+    clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
 
     let job = Job {
         ctx: &ctx,
@@ -268,6 +304,14 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         _ => {}
     }
     let targets = targets(&job, inv);
+    let owed = depmod::pending(&ctx.paths);
+    if action != Action::Build && !ctx.no_depmod {
+        for (kernel, _) in &targets {
+            if ctx.paths.install_tree.join(kernel).is_dir() {
+                depmod::record(&ctx.paths, kernel)?;
+            }
+        }
+    }
     let mut changes = Changes {
         per_step: true,
         ..Changes::default()
@@ -303,7 +347,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         Action::Remove => remove_if_unused(&job),
         _ => Ok(()),
     };
-    for result in [removed, finish_depmod(&job, &changes)] {
+    for result in [removed, finish_depmod(&job, &changes, &owed)] {
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
                 ctx.console.error(prev.to_string());
@@ -366,9 +410,11 @@ fn subdirs(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Removes what interrupted commands left: private build directories (nobody else can be
-/// using them while we hold the lock) and rdkms's temporary entries in the tree.
-pub fn clean_leftovers(tree: &Tree) {
+/// Removes what interrupted commands left: the files of unfinished uninstalls, private build
+/// directories (nobody else can be using them while we hold the lock) and rdkms's temporary
+/// entries in the tree.
+pub fn clean_leftovers(tree: &Tree, install_tree: &Path) {
+    crate::journal::replay(&tree.root, install_tree);
     let private = build::private_builds_dir(&tree.root);
     if let Ok(entries) = fs::read_dir(&private) {
         for e in entries.flatten() {
@@ -465,6 +511,8 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
     let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
         path: job.conf_file(),
     })?;
+    job.ctx.trust.check_tree(&source)?;
+    let user = BuildUser::configured(&job.ctx.paths, job.ctx.build_user_option.as_deref())?;
     let load = |eval_tree: &Path, build_dir: &Path| job.conf_with(facts, eval_tree, build_dir);
     build::build(&BuildInput {
         module: &job.module,
@@ -477,6 +525,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         root: &job.ctx.paths.root,
         signing: &job.ctx.signing,
         load_conf: &load,
+        build_user: user.as_ref(),
     })
 }
 
@@ -498,10 +547,14 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
             ));
             return Ok(());
         }
-        place.uninstall()?;
+        // DKMS uninstalls first and says so (its output is compared line by line); rdkms prints
+        // the same lines and runs the same depmod, but then renames each new file over the old
+        // one, so the kernel never lacks the module (a kill in between, a full disk).
+        place.announce_uninstall();
         changes.touch(facts);
         depmod_now(job, changes)?;
         job.ctx.console.say("");
+        changes.replaced.push(facts.kernel.clone());
     }
     let result = place.install(InstallOptions {
         force: job.ctx.force,
@@ -523,16 +576,46 @@ fn depmod_now(job: &Job<'_>, changes: &mut Changes) -> Result<()> {
     if !changes.per_step {
         return Ok(());
     }
-    let result = finish_depmod(job, changes);
+    let result = finish_depmod(job, changes, &BTreeSet::new());
     changes.kernels.clear();
     changes.installed.clear();
     result
 }
 
+/// Installs `new` over the installed `old` (an upgrade): the new files are renamed over the
+/// old ones, the `kernel-K-A` link moves to `new`, and only then are `old`'s files that `new`
+/// did not overwrite deleted. If `new` fails, `old` is installed again over whatever `new`
+/// had copied, so the kernel keeps a working module.
+pub fn replace_installed(
+    old: &Job<'_>,
+    new: &Job<'_>,
+    facts: &KernelFacts,
+    changes: &mut Changes,
+) -> Result<()> {
+    let old_conf = old.conf(facts)?;
+    let old_source = old.source_dir();
+    let old_place = old.placement(facts, &old_conf, &old_source)?;
+    let old_files = old_place.installed_files();
+    changes.replaced.push(facts.kernel.clone());
+    if let Err(e) = install_one(new, facts, changes) {
+        if old.is_built(facts, &old_conf) {
+            old_place.install(InstallOptions {
+                force: true,
+                version_override: true,
+            })?;
+        }
+        return Err(e);
+    }
+    let conf = new.conf(facts)?;
+    let source = new.source_dir();
+    let kept = new.placement(facts, &conf, &source)?.installed_files();
+    old_place.remove_stale(&old_files, &kept)
+}
+
 /// Uninstalls if installed, else DKMS's skip message.
 pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
-    if !job.is_installed(facts, &conf) {
+    if !job.is_marked_installed(facts, &conf) {
         job.ctx.console.say(format!(
             "Module {}/{} is not installed for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
@@ -564,7 +647,7 @@ pub fn unbuild_into(
 ) -> Result<()> {
     let conf = job.conf(facts)?;
     let t = &job.ctx.tree;
-    if job.is_installed(facts, &conf) {
+    if job.is_marked_installed(facts, &conf) {
         let source = job.source_dir();
         job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
@@ -612,26 +695,46 @@ fn remove_if_unused(job: &Job<'_>) -> Result<()> {
     Ok(())
 }
 
-/// depmod once per changed kernel. If it fails on a kernel this command installed into, the
-/// install is rolled back (as DKMS does) and the command fails with exit 6.
-fn finish_depmod(job: &Job<'_>, changes: &Changes) -> Result<()> {
+/// depmod once per changed kernel, and for every kernel an earlier command left owing one.
+/// If it fails on a kernel this command freshly installed into, the install is rolled back
+/// (as DKMS does) and the command fails with exit 6; a replaced installation stays (rolling it
+/// back would leave fewer working modules than before). Either way the record stays, so the
+/// next command retries depmod.
+fn finish_depmod(job: &Job<'_>, changes: &Changes, owed: &BTreeSet<String>) -> Result<()> {
+    let paths = &job.ctx.paths;
     if job.ctx.no_depmod {
         return Ok(());
     }
+    let mut kernels = changes.kernels.clone();
+    for k in owed {
+        if !kernels.iter().any(|f| &f.kernel == k) {
+            let facts =
+                KernelFacts::probe(paths, k, &host::machine_arch(), &job.ctx.kernel_overrides);
+            kernels.push(facts);
+        }
+    }
+    for k in depmod::pending(paths) {
+        if !kernels.iter().any(|f| f.kernel == k) {
+            depmod::forget(paths, &k)?;
+        }
+    }
     let mut failure = None;
-    for facts in &changes.kernels {
+    for facts in &kernels {
         if !facts.modules_dir.is_dir() {
+            depmod::forget(paths, &facts.kernel)?;
             continue;
         }
-        let Err(e) = depmod::run(&job.ctx.paths.install_tree, facts, &job.ctx.console) else {
+        let Err(e) = depmod::run_recorded(paths, facts, &job.ctx.console) else {
             continue;
         };
-        if changes.installed.contains(&facts.kernel) {
+        let fresh =
+            changes.installed.contains(&facts.kernel) && !changes.replaced.contains(&facts.kernel);
+        if fresh {
             job.ctx.console.error(e.to_string());
             let conf = job.conf(facts)?;
             let source = job.source_dir();
             job.placement(facts, &conf, &source)?.uninstall()?;
-            let _ = depmod::run(&job.ctx.paths.install_tree, facts, &job.ctx.console);
+            let _ = depmod::run_recorded(paths, facts, &job.ctx.console);
             failure = Some(Error::InstallFailed(format!(
                 "Problems with depmod detected for kernel {}; module {}/{} was uninstalled again and stays built. Check the kernel's module directory {}.",
                 facts.kernel,
@@ -640,7 +743,10 @@ fn finish_depmod(job: &Job<'_>, changes: &Changes) -> Result<()> {
                 facts.modules_dir.display()
             )));
         } else {
-            failure = Some(e);
+            failure = Some(Error::InstallFailed(format!(
+                "{e}; the modules stay installed and the next rdkms command runs depmod for {} again",
+                facts.kernel
+            )));
         }
     }
     failure.map_or(Ok(()), Err)

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub no_autoinstall: bool,
     /// Kernels whose initramfs update was recorded but not yet done (a run was interrupted).
     pub initramfs_pending: BTreeSet<String>,
+    /// Kernels whose depmod was recorded but not yet done (a run was killed or depmod failed).
+    pub depmod_pending: BTreeSet<String>,
 }
 
 /// One module name in the dkms tree with all its registered versions.
@@ -401,6 +403,11 @@ fn plan_kernel(snap: &Snapshot, req: &Request, k: &Kernel, steps: &mut Vec<Step>
                 package: format!("linux-headers-{kernel}"),
             });
         }
+        if snap.depmod_pending.contains(kernel) {
+            steps.push(Step::Depmod {
+                kernel: kernel.to_string(),
+            });
+        }
         initramfs_steps(
             kernel,
             pending && !kernel_hook,
@@ -515,7 +522,7 @@ fn plan_kernel(snap: &Snapshot, req: &Request, k: &Kernel, steps: &mut Vec<Step>
             reason,
         });
     }
-    if installs {
+    if installs || snap.depmod_pending.contains(kernel) {
         steps.push(Step::Depmod {
             kernel: kernel.to_string(),
         });

@@ -25,10 +25,12 @@ use crate::fingerprint;
 use crate::host;
 use crate::initramfs;
 use crate::inventory;
+use crate::journal::Marks;
 use crate::kernel::KernelFacts;
 use crate::lifecycle::{self, Changes, Ctx, Job};
 use crate::lock::{self, TreeLock};
 use crate::plan::{self, ConfFacts, Plan, Request, Scope, Step};
+use crate::presence;
 use crate::report::{self, FailureNote, Outcome, Record, Reporter, Severity};
 use crate::tarball;
 use crate::tree::{self, Selection, Tree};
@@ -59,7 +61,19 @@ pub fn snapshot(paths: &Paths, arch: &str) -> plan::Snapshot {
         };
         for b in mv.builds {
             kernels.insert(b.kernel.clone());
-            if b.installed {
+            // Invariant (a): on a kernel that is still there, the link counts only with the
+            // files; a gone kernel's link still says what its purge must remove.
+            let kernel_there = paths.install_tree.join(&b.kernel).is_dir();
+            if b.installed
+                && (!kernel_there
+                    || presence::installed_files_present(
+                        paths,
+                        &mv.name,
+                        &mv.version,
+                        &b.kernel,
+                        &b.arch,
+                    ))
+            {
                 m.installed
                     .insert((b.kernel.clone(), b.arch.clone()), mv.version.clone());
             }
@@ -75,6 +89,7 @@ pub fn snapshot(paths: &Paths, arch: &str) -> plan::Snapshot {
         modules: modules.into_values().collect(),
         no_autoinstall: paths.etc_dkms.join("no-autoinstall").exists(),
         initramfs_pending: initramfs::pending(paths),
+        depmod_pending: depmod::pending(paths),
     }
 }
 
@@ -248,12 +263,20 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     let (held, snap, plan, writes) = match quiet {
         Some((reading, snap, plan)) => (Held::Read { _shared: reading }, snap, plan, false),
         None => {
-            let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
+            let lock = match TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout)) {
+                Ok(lock) => lock,
+                // common_postinst must add its module first: it keeps exit 75, so the
+                // package's configuration fails visibly instead of forgetting the module.
+                Err(e @ Error::LockTimeout { .. }) if hook && action != Action::CommonPostinst => {
+                    return Ok(postpone(action, &req, &ctx.paths, &reporter, &e));
+                }
+                Err(e) => return Err(e),
+            };
             if inv.cli.from_apt && fingerprint::matches(&ctx.paths) {
                 return Ok(0);
             }
             fingerprint::invalidate(&ctx.paths)?;
-            lifecycle::clean_leftovers(&ctx.tree);
+            lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
             if action == Action::CommonPostinst {
                 add_for_postinst(inv, &ctx, &lock)?;
             }
@@ -267,6 +290,11 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     exec.finish_removals();
     let (missing_headers, prerm_failed) = (exec.missing_headers, exec.prerm_failed);
     reporter.summaries();
+    if writes && req.scope == Scope::All {
+        for k in postponed(&ctx.paths).pending() {
+            let _ = postponed(&ctx.paths).clear(&k);
+        }
+    }
     drop(held);
     if req.scope == Scope::All {
         store_fingerprint(&ctx.paths, &reporter);
@@ -279,6 +307,34 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         policy,
         &ctx.paths,
     )
+}
+
+/// Hook runs that gave up waiting for the lock (invariant (d)); the next complete reconcile
+/// (apt's Post-Invoke, or `rdkms reconcile`) does their work and forgets them.
+fn postponed(paths: &Paths) -> Marks {
+    Marks::new(&paths.dkms_tree, ".rdkms-hooks-postponed")
+}
+
+/// A hook found the tree lock busy for longer than `--lock-timeout`: it records its work,
+/// makes sure the next apt run reconciles (the fingerprint is invalidated), warns, and exits 0,
+/// so a kernel's installation or removal never fails because another command was running.
+fn postpone(action: Action, req: &Request, paths: &Paths, reporter: &Reporter, e: &Error) -> i32 {
+    let what = match &req.scope {
+        Scope::All => action.word().to_string(),
+        Scope::Kernel(k) | Scope::Prerm(k) | Scope::Preinst(k) => format!("{}-{k}", action.word()),
+    };
+    let recorded = postponed(paths)
+        .record(&what)
+        .and_then(|()| fingerprint::invalidate(paths));
+    let next = match recorded {
+        Ok(()) => "recorded; the next `rdkms reconcile` (run by apt after every dpkg call) does it",
+        Err(_) => "NOT recorded (the dkms tree is not writable); run `rdkms reconcile` once the lock is free",
+    };
+    reporter.say(
+        Severity::Warning,
+        &format!("{} skipped: {e}; its work is {next}", action.word()),
+    );
+    0
 }
 
 /// The lock a run holds while it executes its plan: shared for a plan that changes nothing,
@@ -493,6 +549,12 @@ impl<'a> Executor<'a> {
                     self.critical
                         .insert((module.clone(), kernel.clone()), *remake_initrd);
                 }
+                Step::Depmod { kernel } if !self.ctx.no_depmod => {
+                    // Durable before any module of that kernel changes.
+                    if let Err(e) = depmod::record(&self.ctx.paths, kernel) {
+                        self.reporter.failure(Some(kernel), false, &e.to_string());
+                    }
+                }
                 Step::UpdateInitramfs { kernel } => {
                     // Durable before any module of that kernel changes.
                     if let Err(e) = initramfs::record(&self.ctx.paths, kernel) {
@@ -698,6 +760,7 @@ impl<'a> Executor<'a> {
                     self.reporter.failure(None, false, &e.to_string());
                 }
                 if *gone {
+                    let _ = depmod::forget(&self.ctx.paths, kernel);
                     let _ = report::forget_failures(&self.ctx.paths, None, kernel);
                 }
             }
@@ -794,19 +857,26 @@ impl<'a> Executor<'a> {
                 );
             }
             Step::Depmod { kernel } => {
-                let Some(facts) = self
+                let facts = self
                     .changes
                     .kernels
                     .iter()
                     .find(|f| &f.kernel == kernel)
                     .cloned()
-                else {
+                    .or_else(|| {
+                        snap.depmod_pending
+                            .contains(kernel)
+                            .then(|| self.facts(kernel, &snap.arch))
+                    });
+                let Some(facts) = facts else {
+                    // Nothing changed after all (every install was skipped or failed).
+                    let _ = depmod::forget(&self.ctx.paths, kernel);
                     return;
                 };
                 if self.ctx.no_depmod || !facts.modules_dir.is_dir() {
                     return;
                 }
-                let result = depmod::run(&self.ctx.paths.install_tree, &facts, &self.ctx.console);
+                let result = depmod::run_recorded(&self.ctx.paths, &facts, &self.ctx.console);
                 if let Err(e) = result {
                     let critical = self.remake_changed.contains(kernel);
                     self.reporter
@@ -841,9 +911,10 @@ impl<'a> Executor<'a> {
         self.record(module, version, kernel, arch, outcome);
     }
 
-    /// Installs `version`, first uninstalling `replaces`; if the new version cannot be
-    /// installed the old one is put back, so a failed upgrade never leaves the kernel without
-    /// the module.
+    /// Installs `version` in place of `replaces` (invariant (b)): each new file is renamed over
+    /// the old one and only then are the old version's files that the new one did not
+    /// overwrite deleted. If the new version cannot be installed the old one is put back, so a
+    /// failed upgrade never leaves the kernel without the module.
     fn install(
         &mut self,
         module: &str,
@@ -853,23 +924,22 @@ impl<'a> Executor<'a> {
         replaces: Option<&str>,
     ) -> Result<()> {
         let facts = self.facts(kernel, arch);
-        if let Some(old) = replaces {
-            let old_job = self.job(module, old);
-            lifecycle::uninstall_one(&old_job, &facts, &mut self.changes)?;
-        }
         let job = self.job(module, version);
-        let result = lifecycle::install_one(&job, &facts, &mut self.changes);
-        if result.is_err() {
-            if let Some(old) = replaces {
+        let result = match replaces {
+            None => lifecycle::install_one(&job, &facts, &mut self.changes),
+            Some(old) => {
                 let old_job = self.job(module, old);
-                if lifecycle::install_one(&old_job, &facts, &mut self.changes).is_ok() {
+                let result =
+                    lifecycle::replace_installed(&old_job, &job, &facts, &mut self.changes);
+                if result.is_err() {
                     self.reporter.say(
                         Severity::Warning,
                         &format!("{module}/{old} stays installed for kernel {kernel} ({arch})"),
                     );
                 }
+                result
             }
-        }
+        };
         if facts.modules_dir.is_dir() && !self.changes.kernels.iter().any(|k| k.kernel == kernel) {
             self.changes.kernels.push(facts);
         }

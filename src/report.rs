@@ -32,10 +32,11 @@ pub enum Policy {
     Always,
 }
 
-/// Reads `rdkms_failure_policy=never|critical|always` from `/etc/dkms/framework.conf` and then
-/// `framework.conf.d/*.conf` (last one wins), as plain `name=value` lines: no shell runs, so
-/// every hook (even apt's) can afford it. Returns a warning for an unknown value.
-pub fn policy(paths: &Paths) -> (Policy, Option<String>) {
+/// The last value of `name=value` in `/etc/dkms/framework.conf` and then
+/// `framework.conf.d/*.conf` (last one wins), read as plain lines: no shell runs, so every
+/// hook (even apt's) can afford it. Returns the value (quotes and comment stripped) and the
+/// file that set it.
+pub fn framework_value(paths: &Paths, wanted: &str) -> Option<(String, PathBuf)> {
     let files = crate::framework::files(paths);
     let mut found: Option<(String, PathBuf)> = None;
     for f in files {
@@ -48,14 +49,20 @@ pub fn policy(paths: &Paths) -> (Policy, Option<String>) {
             let Some((name, value)) = line.split_once('=') else {
                 continue;
             };
-            if name.trim_end() == POLICY_NAME {
+            if name.trim_end() == wanted {
                 let value = value.split('#').next().unwrap_or("").trim();
                 let value = value.trim_matches('"').trim_matches('\'');
                 found = Some((value.to_string(), f.clone()));
             }
         }
     }
-    match found {
+    found
+}
+
+/// Reads `rdkms_failure_policy=never|critical|always` from framework.conf (see
+/// [`framework_value`]). Returns a warning for an unknown value.
+pub fn policy(paths: &Paths) -> (Policy, Option<String>) {
+    match framework_value(paths, POLICY_NAME) {
         None => (Policy::default(), None),
         Some((v, f)) => match v.as_str() {
             "never" => (Policy::Never, None),
@@ -233,8 +240,11 @@ impl Reporter {
             }
             let mut line = format!("kernel {kernel}: {}", parts.join(", "));
             if !t.critical.is_empty() {
+                if !parts.is_empty() {
+                    line.push_str("; ");
+                }
                 line.push_str(&format!(
-                    "; boot-critical failure ({}): the initramfs of {kernel} may lack them, fix this before booting it",
+                    "boot-critical failure ({}): the initramfs of {kernel} may lack them, fix this before booting it",
                     t.critical.join(" ")
                 ));
             }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::build_user::BuildUser;
 use crate::console::Console;
 use crate::error::{Error, IoContext, Result};
 
@@ -48,6 +49,17 @@ impl Script<'_> {
     /// Runs the script. Returns `None` when it is not executable (DKMS warns and goes on),
     /// otherwise its exit status (`-1` when killed by a signal).
     pub fn run(&self, out: Output<'_>, console: &Console) -> Result<Option<i32>> {
+        self.run_as(out, console, None)
+    }
+
+    /// [`Script::run`], as the build user when there is one (build scripts run in the
+    /// directory that user could change, so they never run there as root).
+    pub fn run_as(
+        &self,
+        out: Output<'_>,
+        console: &Console,
+        user: Option<&BuildUser>,
+    ) -> Result<Option<i32>> {
         let (program, args) = self.argv()?;
         if !is_executable(&program) {
             console.say("");
@@ -63,6 +75,9 @@ impl Script<'_> {
         cmd.args(&args).current_dir(self.dir).stdin(Stdio::null());
         for var in crate::build::SCRUBBED_ENV {
             cmd.env_remove(var);
+        }
+        if let Some(user) = user {
+            user.apply(&mut cmd, self.dir);
         }
         match out {
             Output::Log(file) => {

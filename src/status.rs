@@ -501,6 +501,18 @@ impl Reader<'_> {
             }
             built_files.push(tree_mod);
         }
+        // An uninstall running meanwhile drops the link before the files: if the link is gone
+        // now, the missing file was that uninstall, not a damaged installation.
+        let diff = warnings
+            .iter()
+            .any(|w| w.code == WarningCode::DiffBuiltInstalled);
+        if diff && !self.tree.is_installed_build(m, v, k, a) {
+            let now = Build {
+                installed: false,
+                ..b.clone()
+            };
+            return self.build_entry(mv, &now, seen, warning);
+        }
         Some(Entry {
             name: m.clone(),
             version: v.clone(),

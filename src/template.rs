@@ -54,7 +54,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         return Ok(0);
     }
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
-    lifecycle::clean_leftovers(&ctx.tree);
+    lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
     let facts = KernelFacts::probe(&ctx.paths, &kernel, &arch, &ctx.kernel_overrides);
     let mut changes = Changes {
         per_step: true,

@@ -168,19 +168,18 @@ fn adds_from_a_directory_or_its_dkms_conf_by_copying() {
 }
 
 #[test]
-fn refuses_symlinks_out_of_the_source_and_bad_names() {
+fn copies_symlinks_out_of_the_source_as_links_and_refuses_bad_names() {
     let s = Sandbox::new();
     let d = outside_source("evil", "1");
     std::os::unix::fs::symlink("../../etc/passwd", d.path().join("src/passwd")).unwrap();
     let out = s.rdkms(&["add", d.path().to_str().unwrap()]);
-    assert_eq!(code(&out), Some(8), "{}", stderr(&out));
-    assert!(stderr(&out).contains("src/passwd"), "{}", stderr(&out));
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let copied = s.src().join("evil-1/src/passwd");
+    assert!(copied.is_symlink(), "copied as a link, not followed");
     assert_eq!(
-        std::fs::read_dir(s.src()).unwrap().count(),
-        0,
-        "nothing copied"
+        std::fs::read_link(&copied).unwrap(),
+        Path::new("../../etc/passwd")
     );
-    assert!(!s.tree().join("evil").exists());
 
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -190,7 +189,11 @@ fn refuses_symlinks_out_of_the_source_and_bad_names() {
     .unwrap();
     let out = s.rdkms(&["add", d.path().to_str().unwrap()]);
     assert_eq!(code(&out), Some(8), "{}", stderr(&out));
-    assert_eq!(std::fs::read_dir(s.src()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.src()).unwrap().count(),
+        1,
+        "only evil-1"
+    );
 
     let out = s.rdkms(&["add", "foo/1/../../x"]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));

@@ -78,6 +78,9 @@ impl Root {
         let link = self.path(&format!("var/lib/dkms/{name}/kernel-{k}-{a}"));
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(format!("{version}/{k}/{a}"), link).unwrap();
+        let dest = self.path(&format!("lib/modules/{k}/updates/dkms"));
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join(format!("{name}.ko")), "ko").unwrap();
         self
     }
 

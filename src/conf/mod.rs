@@ -243,6 +243,7 @@ pub fn read(req: &LoadRequest) -> crate::Result<Evaluation> {
             path: req.conf_file.clone(),
         });
     }
+    refuse_outward_link(&req.conf_file)?;
     let mut files = vec![req.conf_file.clone()];
     if let Some(etc) = &req.etc_dkms {
         files.extend(override_files(
@@ -262,6 +263,33 @@ pub fn read(req: &LoadRequest) -> crate::Result<Evaluation> {
         e.directives.set(name, 0, value.to_string());
     }
     Ok(e)
+}
+
+/// A dkms.conf that is a symlink out of its own directory to a file not everyone may read
+/// (`/etc/shadow`, say) is not read: its first line would be quoted in the error, and so in
+/// syslog.
+fn refuse_outward_link(conf: &Path) -> crate::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::metadata(conf).is_ok_and(|m| m.permissions().mode() & 0o004 == 0);
+    if !conf.is_symlink() || !private {
+        return Ok(());
+    }
+    let dir = conf.parent().unwrap_or(Path::new("."));
+    let (Ok(real), Ok(real_dir)) = (std::fs::canonicalize(conf), std::fs::canonicalize(dir)) else {
+        return Ok(());
+    };
+    if real.starts_with(&real_dir) {
+        return Ok(());
+    }
+    Err(crate::Error::BadConf {
+        file: conf.to_path_buf(),
+        directive: "dkms.conf".to_string(),
+        problem: format!(
+            "is a symbolic link to {}, a private file outside the module's sources",
+            real.display()
+        ),
+        fix: "replace the link with the file itself".to_string(),
+    })
 }
 
 /// The typed model of an evaluation. On success the files' stderr is passed on (as DKMS

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kernel;
+pub mod reliability;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
