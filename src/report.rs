@@ -37,26 +37,7 @@ pub enum Policy {
 /// hook (even apt's) can afford it. Returns the value (quotes and comment stripped) and the
 /// file that set it.
 pub fn framework_value(paths: &Paths, wanted: &str) -> Option<(String, PathBuf)> {
-    let files = crate::framework::files(paths);
-    let mut found: Option<(String, PathBuf)> = None;
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        for line in text.lines() {
-            let line = line.trim();
-            let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
-            let Some((name, value)) = line.split_once('=') else {
-                continue;
-            };
-            if name.trim_end() == wanted {
-                let value = value.split('#').next().unwrap_or("").trim();
-                let value = value.trim_matches('"').trim_matches('\'');
-                found = Some((value.to_string(), f.clone()));
-            }
-        }
-    }
-    found
+    crate::framework::settings(paths).remove(wanted)
 }
 
 /// Reads `rdkms_failure_policy=never|critical|always` from framework.conf (see
