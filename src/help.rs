@@ -86,6 +86,8 @@ const BUILD_OPTS: &[&str] = &[
     "kernel_config",
     "conf",
     "directives",
+    "allow_untrusted_sources",
+    "build_user",
 ];
 
 const INSTALL_OPTS: &[&str] = &[
@@ -101,6 +103,8 @@ const INSTALL_OPTS: &[&str] = &[
     "kernel_config",
     "conf",
     "directives",
+    "allow_untrusted_sources",
+    "build_user",
 ];
 
 const REMOVE_OPTS: &[&str] = &["module", "version", "kernels", "archs", "all", "no_depmod"];
@@ -219,6 +223,22 @@ pub const ACTIONS: &[ActionDoc] = &[
             "source_only",
         ],
         example: "rdkms mktarball hello/1.0 --all --archive /tmp/hello.dkms.tar.gz",
+    },
+    ActionDoc {
+        name: "generate_mok",
+        group: Group::Packaging,
+        about: "Create the MOK key pair modules are signed with, if it is missing",
+        operand: Operand::None,
+        options: &[],
+        example: "rdkms generate_mok",
+    },
+    ActionDoc {
+        name: "match",
+        group: Group::Module,
+        about: "Install on a kernel the modules another kernel has installed",
+        operand: Operand::Module,
+        options: &["template_kernel", "kernels"],
+        example: "rdkms match --templatekernel 6.1.0-12-amd64 -k 6.1.0-13-amd64",
     },
     ActionDoc {
         name: "ldtarball",
