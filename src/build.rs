@@ -368,9 +368,14 @@ fn compile(
             return Err(Error::BadPatch {
                 module: input.module.to_string(),
                 patch: patch.clone(),
+                // Named where the failed build is kept (DKMS's build directory).
                 problem: format!(
                     "cannot be\nfound in {}/.",
-                    build_dir.join("patches").display()
+                    input
+                        .tree
+                        .version_dir(input.module, input.version)
+                        .join("build/patches")
+                        .display()
                 ),
             });
         }
@@ -621,6 +626,9 @@ fn keep_failed_build(private: &PrivateBuild, tree_root: &Path, kept: &Path, cons
     let log_path = kept.join("make.log");
     if fs::write(&log_path, log).is_ok() {
         let _ = fs::set_permissions(&log_path, fs::Permissions::from_mode(0o644));
+    }
+    // DKMS leaves its build directory silently; invoked as rdkms, say where it is.
+    if !crate::persona::as_dkms() {
         console.say(format!(
             "The failed build is kept in {} (its log: {}); the next successful build or unbuild removes it.",
             kept.display(),

@@ -142,14 +142,16 @@ impl Signer {
             .arg(module)
             .stdin(Stdio::null())
             .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => console.warn(format!(
-                "Failed to sign module '{}': {}",
-                module.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => console.warn(format!("Failed to sign module '{}': {e}", module.display())),
+        let why = match out {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        console.warn(format!("Failed to sign module '{}'!", shown.display()));
+        if crate::persona::as_dkms() {
+            console.say("");
+        } else {
+            console.say(format!("sign-file: {why}"));
         }
     }
 }
@@ -188,6 +190,20 @@ pub fn prepare_mok(
         let _generating = KEY_GENERATION
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the default pair is made: a configured key or certificate that is missing is
+        // reported, never created (that would overwrite the other half of someone's pair).
+        for (path, default, what) in [
+            (&key, dkms_tree.join("mok.key"), "Key"),
+            (&cert, dkms_tree.join("mok.pub"), "Certificate"),
+        ] {
+            if !path.is_file() && *path != default {
+                console.say(format!(
+                    "{what} file {} not found and can't be generated, modules won't be signed",
+                    path.display()
+                ));
+                return Ok(None);
+            }
+        }
         if (!key.is_file() || !cert.is_file()) && !generate_noisily(&key, &cert, console)? {
             return Ok(None);
         }
