@@ -361,9 +361,14 @@ fn compile(
                 problem: "contains '..' path component.".to_string(),
             });
         }
-        let file = build_dir
-            .join("patches")
-            .join(patch.trim_start_matches('/'));
+        if patch.starts_with('/') {
+            return Err(Error::BadPatch {
+                module: input.module.to_string(),
+                patch: patch.clone(),
+                problem: "is an absolute path; name a file in the patches/ directory.".to_string(),
+            });
+        }
+        let file = build_dir.join("patches").join(patch);
         if !file.is_file() {
             return Err(Error::BadPatch {
                 module: input.module.to_string(),

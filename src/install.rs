@@ -256,11 +256,6 @@ impl Placement<'_> {
         true
     }
 
-    /// Removes the installed files of this version and the `kernel-K-A` marker. Only a file in
-    /// the install location, or a byte-identical copy in the raw DEST_MODULE_LOCATION, is
-    /// deleted — never an in-tree module that merely has the same name. The files are
-    /// recorded first and the marker goes before them, so an interrupted uninstall never leaves
-    /// a version "installed" without its files; the next command deletes what is left.
     /// What `uninstall` would print for this installation, printed before it is replaced in
     /// place (`install --force`), where DKMS really uninstalls first.
     pub fn announce_uninstall(&self) {
@@ -282,6 +277,11 @@ impl Placement<'_> {
         }
     }
 
+    /// Removes the installed files of this version and the `kernel-K-A` marker. Only a file in
+    /// the install location, or a byte-identical copy in the raw DEST_MODULE_LOCATION, is
+    /// deleted — never an in-tree module that merely has the same name. The files are
+    /// recorded first and the marker goes before them, so an interrupted uninstall never leaves
+    /// a version "installed" without its files; the next command deletes what is left.
     pub fn uninstall(&self) -> Result<()> {
         let f = self.facts;
         self.console.say(format!(

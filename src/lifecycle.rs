@@ -577,8 +577,12 @@ fn depmod_now(job: &Job<'_>, changes: &mut Changes) -> Result<()> {
         return Ok(());
     }
     let result = finish_depmod(job, changes, &BTreeSet::new());
-    changes.kernels.clear();
-    changes.installed.clear();
+    // A kernel whose depmod failed stays listed, so the command's last depmod keeps its
+    // pending mark instead of forgetting it.
+    if result.is_ok() {
+        changes.kernels.clear();
+        changes.installed.clear();
+    }
     result
 }
 

@@ -31,7 +31,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("\nError! {e}");
+            // DKMS puts an empty line before its errors; rdkms's own error is one line.
+            if rdkms::persona::as_dkms() {
+                eprintln!();
+            }
+            eprintln!("Error! {e}");
             if let Some(hint) = e.hint().filter(|_| !rdkms::persona::as_dkms()) {
                 eprintln!("{hint}");
             }
