@@ -31,19 +31,16 @@ LOGS=$WORK/logs
 # The real module packages under test: package, DKMS module name, the kernel modules it installs.
 # They cover a BUILD_EXCLUSIVE_CONFIG conf, a conf that needs bash (v4l2loopback), AUTOINSTALL
 # in upper case (vpoll) and one package building three modules (tp-smapi). tp-smapi's third
-# module, hdaps, has an unversioned twin in the kernel: Debian 12's dkms keeps the kernel's copy
-# (status then warns "Diff between built and installed module"); Debian 13's dkms 3.2.2 installs
-# it and sets the kernel's copy aside ("Original modules exist"). rdkms must do as the
-# release's dkms does.
+# module, hdaps, has an unversioned twin in the kernel: Debian 12's dkms 3.0.10 keeps the
+# kernel's copy (status then warns "Diff between built and installed module"); DKMS 3.2.2 installs
+# it and sets the kernel's copy aside ("Original modules exist"). rdkms implements 3.2.2 on both
+# releases, so it installs hdaps on both.
 PKGS=(acpi-call-dkms v4l2loopback-dkms vpoll-dkms tp-smapi-dkms)
 declare -A DKMS_NAME=([acpi-call-dkms]=acpi-call [v4l2loopback-dkms]=v4l2loopback
     [vpoll-dkms]=vpoll [tp-smapi-dkms]=tp_smapi)
 declare -A KMODS=([acpi-call-dkms]=acpi_call [v4l2loopback-dkms]=v4l2loopback
     [vpoll-dkms]=vpoll [tp-smapi-dkms]="thinkpad_ec tp_smapi")
-case "$SUITE" in
-    bookworm) HDAPS_FROM=kernel ;;
-    *) HDAPS_FROM=dkms KMODS[tp-smapi-dkms]+=" hdaps" ;;
-esac
+KMODS[tp-smapi-dkms]+=" hdaps"
 # Modules that load in a plain QEMU machine (tp_smapi needs ThinkPad hardware).
 BOOT_MODS="acpi_call v4l2loopback vpoll"
 
@@ -144,14 +141,6 @@ settled() {
     out=$(cin rdkms plan)
     echo "$out"
     [ "$out" = "Nothing to do." ]
-}
-
-# in_tree KVER MOD: MOD resolves to the kernel's own copy.
-in_tree() {
-    local f
-    f=$(cin modinfo -k "$1" -F filename "$2")
-    echo "$f"
-    [[ "$f" == /lib/modules/"$1"/kernel/* ]]
 }
 
 # modules_absent KVER MOD...: none of these modules is installed out of tree for KVER.
@@ -344,12 +333,8 @@ s_modules() {
         check "$p: ${KMODS[$p]} built and installed for $K1" modules_ok "$K1" ${KMODS[$p]}
         check "$p: dkms status says installed for $K1" status_installed "${DKMS_NAME[$p]}" "$K1"
     done
-    if [ "$HDAPS_FROM" = kernel ]; then
-        check "tp-smapi-dkms: hdaps left to the kernel's own copy, as DKMS 3.0.10 does" in_tree "$K1" hdaps
-    else
-        check "tp-smapi-dkms: hdaps replaces the kernel's own copy, as DKMS 3.2.2 does" \
-            sh -c "chroot '$R' dkms status tp_smapi -k '$K1' | grep -iE 'original.modules? exist'"
-    fi
+    check "tp-smapi-dkms: hdaps replaces the kernel's own copy, as DKMS 3.2.2 does" \
+        sh -c "chroot '$R' dkms status tp_smapi -k '$K1' | grep -iE 'original.modules? exist'"
     check "rdkms plan: nothing left to do" settled
     cin dkms status
 
