@@ -190,13 +190,14 @@ pub fn prepare_mok(
         let _generating = KEY_GENERATION
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Only the default pair is made: a configured key or certificate that is missing is
-        // reported, never created (that would overwrite the other half of someone's pair).
-        for (path, default, what) in [
-            (&key, dkms_tree.join("mok.key"), "Key"),
-            (&cert, dkms_tree.join("mok.pub"), "Certificate"),
-        ] {
-            if !path.is_file() && *path != default {
+        // As DKMS, a missing file is made where its directory exists and reported where it
+        // does not. Unlike DKMS, a configured file is never regenerated beside an existing
+        // other half: that would overwrite someone's key with a new one.
+        let defaults = key == dkms_tree.join("mok.key") && cert == dkms_tree.join("mok.pub");
+        let one_exists = key.is_file() != cert.is_file();
+        for (path, what) in [(&key, "Key"), (&cert, "Certificate")] {
+            let no_dir = path.parent().is_some_and(|d| !d.is_dir());
+            if !path.is_file() && (no_dir || (one_exists && !defaults)) {
                 console.say(format!(
                     "{what} file {} not found and can't be generated, modules won't be signed",
                     path.display()
