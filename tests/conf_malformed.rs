@@ -65,12 +65,12 @@ fn rejects_with(text: &str, needles: &[&str], env: &[(&str, &str)]) -> String {
     // DKMS's two lines then rdkms's hint naming the problem and the fix, or (for what DKMS
     // does not check, such as paths leaving their directory) rdkms's own one error line.
     let head = format!(
-        "\nError! Bad conf file.\nFile: {} does not represent a valid dkms.conf file.\n",
+        "Error! Bad conf file.\nFile: {} does not represent a valid dkms.conf file.\n",
         sb.conf.display()
     );
     let rest = stderr
         .strip_prefix(&head)
-        .or_else(|| stderr.strip_prefix("\nError! "))
+        .or_else(|| stderr.strip_prefix("Error! "))
         .unwrap_or_else(|| panic!("{text:?}: stderr {stderr:?}"));
     let lines: Vec<&str> = rest.lines().collect();
     assert_eq!(
