@@ -190,14 +190,12 @@ pub fn prepare_mok(
         let _generating = KEY_GENERATION
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // As DKMS, a missing file is made where its directory exists and reported where it
-        // does not. Unlike DKMS, a configured file is never regenerated beside an existing
-        // other half: that would overwrite someone's key with a new one.
+        // As DKMS, a missing pair is made where the configured directories exist and a file
+        // is reported where its directory does not (the default one, the tree, is created).
         let defaults = key == dkms_tree.join("mok.key") && cert == dkms_tree.join("mok.pub");
-        let one_exists = key.is_file() != cert.is_file();
         for (path, what) in [(&key, "Key"), (&cert, "Certificate")] {
             let no_dir = path.parent().is_some_and(|d| !d.is_dir());
-            if !path.is_file() && (no_dir || (one_exists && !defaults)) {
+            if !defaults && no_dir && !path.is_file() {
                 console.say(format!(
                     "{what} file {} not found and can't be generated, modules won't be signed",
                     path.display()
