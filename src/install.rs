@@ -256,9 +256,8 @@ impl Placement<'_> {
         true
     }
 
-    /// What `uninstall` would print for this installation, printed before it is replaced in
-    /// place (`install --force`), where DKMS really uninstalls first.
-    pub fn announce_uninstall(&self) {
+    /// DKMS's first two lines of an uninstall.
+    fn uninstall_header(&self) {
         let f = self.facts;
         self.console.say(format!(
             "Module {}/{} for kernel {} ({}):",
@@ -266,6 +265,13 @@ impl Placement<'_> {
         ));
         self.console
             .say("Before uninstall, this module version was ACTIVE on this kernel.");
+    }
+
+    /// What `uninstall` would print for this installation, printed before it is replaced in
+    /// place (`install --force`), where DKMS really uninstalls first.
+    pub fn announce_uninstall(&self) {
+        let f = self.facts;
+        self.uninstall_header();
         for m in &self.conf.modules {
             if let Some(dir) = self.module_location(m) {
                 self.console.say(format!(
@@ -284,12 +290,7 @@ impl Placement<'_> {
     /// a version "installed" without its files; the next command deletes what is left.
     pub fn uninstall(&self) -> Result<()> {
         let f = self.facts;
-        self.console.say(format!(
-            "Module {}/{} for kernel {} ({}):",
-            self.module, self.version, f.kernel, f.arch
-        ));
-        self.console
-            .say("Before uninstall, this module version was ACTIVE on this kernel.");
+        self.uninstall_header();
         let found: Vec<(String, Option<PathBuf>)> = self
             .conf
             .modules
