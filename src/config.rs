@@ -74,9 +74,13 @@ impl Paths {
 /// `dir` made absolute against the working directory, `.`/`..` and trailing slashes resolved
 /// lexically (symlinks are kept: `--root` may be a link to where the tree lives).
 fn absolute(dir: &Path) -> PathBuf {
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    lexical(&std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// `path` with `.` and `..` resolved without following links.
+pub fn lexical(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for c in abs.components() {
+    for c in path.components() {
         match c {
             std::path::Component::ParentDir => {
                 out.pop();

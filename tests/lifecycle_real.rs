@@ -174,21 +174,6 @@ fn debian_dkms(sb: &Sandbox, kernel: &str, actions: &[&str]) -> Duration {
     t0.elapsed()
 }
 
-/// `path` with `.` and `..` resolved without following links.
-fn lexical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// What a tree looks like, independent of where it lives: relative paths with the symlink
 /// targets (root prefix removed), skipping rdkms's lock and the signing keys.
 fn shape(sb: &Sandbox) -> Vec<String> {
@@ -205,7 +190,7 @@ fn shape(sb: &Sandbox) -> Vec<String> {
                 // compare where it leads.
                 Ok(t) if t.is_relative() && rel.ends_with("/source") => format!(
                     "{rel} -> {}",
-                    lexical(&p.parent().unwrap().join(t))
+                    rdkms::config::lexical(&p.parent().unwrap().join(t))
                         .display()
                         .to_string()
                         .replace(&root, "ROOT")
