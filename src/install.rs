@@ -172,6 +172,7 @@ impl Placement<'_> {
                     &m.dest_name,
                     &m.install_location,
                     &same,
+                    src,
                     self.console,
                 )?;
             }
@@ -246,7 +247,7 @@ impl Placement<'_> {
             return false;
         }
         let unversioned = our.version.is_empty() && our.srcversion.is_empty();
-        if their == our && (!unversioned || same_bytes(theirs, ours)) {
+        if their == our && (!unversioned || crate::original::same_bytes(theirs, ours)) {
             self.console.say(format!(
                 "Module version {} for {}.ko\nexactly matches what is already found in kernel {}.\nDKMS will not replace this module.\nYou may override by specifying --force.",
                 our.version, m.dest_name, f.kernel
@@ -502,9 +503,6 @@ fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
 }
 
 /// Whether two module files hold the same module, compressed or not.
-fn same_bytes(a: &Path, b: &Path) -> bool {
-    fs::read(a).is_ok_and(|x| fs::read(b).is_ok_and(|y| x == y))
-}
 
 /// The version fields of a module file.
 #[derive(Debug, PartialEq, Eq)]

@@ -25,13 +25,19 @@ impl Originals<'_> {
     /// the module's install location, or the only one anywhere in the kernel's tree
     /// (`same_named`). Several and none of the preferred places: left in place (DKMS moves them
     /// all to `collisions/` and never restores them; rdkms keeps the kernel intact).
+    /// A file in the module's own install location with the bytes of `ours` is this module's
+    /// copy left by a run killed before it recorded the install, not an original: it stays.
     pub fn set_aside(
         &self,
         name: &str,
         install_location: &str,
         same_named: &[PathBuf],
+        ours: &Path,
         console: &Console,
     ) -> Result<()> {
+        let own_dir = self
+            .modules_dir
+            .join(install_location.trim_start_matches('/'));
         let preferred = ["extra", "updates", install_location.trim_start_matches('/')]
             .into_iter()
             .flat_map(|dir| {
@@ -46,6 +52,9 @@ impl Originals<'_> {
         }) else {
             return Ok(());
         };
+        if found.parent() == Some(own_dir.as_path()) && same_bytes(&found, ours) {
+            return Ok(());
+        }
         let record = self.recorded(&found);
         console.say(format!(
             "Found pre-existing {}, archiving for uninstallation",
@@ -129,6 +138,11 @@ impl Originals<'_> {
             Err(_) => path.to_path_buf(),
         }
     }
+}
+
+/// Whether two files hold the same bytes (unreadable counts as different).
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    fs::read(a).is_ok_and(|x| fs::read(b).is_ok_and(|y| x == y))
 }
 
 /// A recorded path must not climb out with `..`.

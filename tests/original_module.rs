@@ -7,6 +7,8 @@ mod common;
 
 use std::fs;
 
+use predicates::prelude::*;
+
 use common::{arch, Sandbox};
 
 const K: &str = "6.12.117+deb13-amd64";
@@ -71,4 +73,42 @@ fn the_kernels_module_is_set_aside_and_restored() {
     assert!(!installed.join("hdaps.ko.xz").exists());
     assert!(!sb.tree().join("tp-smapi/original_module").exists());
     assert_eq!(sb.status(), format!("tp-smapi/0.44, {K}, {a}: built\n"));
+}
+
+/// A run killed after copying a module but before recording the install leaves this module's
+/// own file in `updates/dkms`; the next install must not archive it as the kernel's original
+/// (found by the random-kill test in `hooks_concurrency`). Another module's file there still is.
+#[test]
+fn a_leftover_of_an_interrupted_install_is_not_an_original() {
+    let sb = Sandbox::new();
+    sb.fake_kernel(K);
+    let a = arch();
+    sb.source("tp-smapi", "0.44")
+        .modules(&["thinkpad_ec", "hdaps"])
+        .create();
+    sb.rdkms(["install", "tp-smapi/0.44", "-k", K, "-q"])
+        .assert()
+        .success();
+    // What a kill between the copy and the link leaves behind.
+    fs::remove_file(sb.tree().join(format!("tp-smapi/kernel-{K}-{a}"))).unwrap();
+    sb.rdkms(["install", "tp-smapi/0.44", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("archiving").not());
+    assert!(!sb.tree().join("tp-smapi/original_module").exists());
+    assert_eq!(sb.status(), format!("tp-smapi/0.44, {K}, {a}: installed\n"));
+
+    // A different hdaps in the same place (another DKMS module's) is archived as DKMS does.
+    sb.rdkms(["uninstall", "tp-smapi/0.44", "-k", K, "-q"])
+        .assert()
+        .success();
+    let other = sb.modules_dir(K).join("updates/dkms/hdaps.ko.xz");
+    fs::create_dir_all(other.parent().unwrap()).unwrap();
+    fs::write(&other, "another package's hdaps").unwrap();
+    sb.rdkms(["install", "tp-smapi/0.44", "-k", K])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains(format!(
+            "Found pre-existing /lib/modules/{K}/updates/dkms/hdaps.ko.xz, archiving for uninstallation"
+        )));
 }
