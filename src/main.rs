@@ -11,7 +11,9 @@ fn main() -> ExitCode {
         .var(rdkms::cmd::manpage::COMPLETE_VAR)
         .complete();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let Some(code) = rdkms::cmd::help::handle(&args) {
+    if let Some(code) =
+        rdkms::cmd::manpage::handle(&args).or_else(|| rdkms::cmd::help::handle(&args))
+    {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let cli = match <rdkms::cmd::cli::Cli as clap::Parser>::try_parse() {

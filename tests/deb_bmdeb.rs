@@ -9,7 +9,7 @@ use std::process::Command;
 
 use deb_common::*;
 use predicates::prelude::*;
-use rdkms::package::bmdeb;
+use rdkms::state::dpkg;
 use rdkms::system::config::Paths;
 
 const FAKE_K: &str = "6.1.0-99-amd64";
@@ -239,7 +239,7 @@ fn installs_and_removes_with_dpkg_in_a_sandbox_root() {
     );
     assert!(depmod_lists(t, FAKE_K).contains(&"updates/dkms/sbx.ko".to_string()));
 
-    let pkgs = bmdeb::installed_packages(&Paths::under(t)).unwrap();
+    let pkgs = dpkg::installed_packages(&Paths::under(t)).unwrap();
     assert_eq!(pkgs.len(), 1);
     assert_eq!(pkgs[0].package, format!("sbx-modules-{FAKE_K}"));
     assert_eq!(pkgs[0].state, "installed");
@@ -253,7 +253,7 @@ fn installs_and_removes_with_dpkg_in_a_sandbox_root() {
     run(dpkg(t).arg("-r").arg(format!("sbx-modules-{FAKE_K}")));
     assert!(!installed.exists());
     assert!(depmod_lists(t, FAKE_K).is_empty());
-    assert!(bmdeb::installed_packages(&Paths::under(t))
+    assert!(dpkg::installed_packages(&Paths::under(t))
         .unwrap()
         .is_empty());
 }
@@ -278,12 +278,12 @@ fn package_wins_over_a_dkms_built_copy() {
     fs::create_dir_all(file.parent().unwrap()).unwrap();
     fs::write(&file, b"dkms-built copy").unwrap();
     let paths = Paths::under(t);
-    assert!(bmdeb::owner(&paths, &bmdeb::installed_packages(&paths).unwrap(), &file).is_none());
+    assert!(dpkg::owner(&paths, &dpkg::installed_packages(&paths).unwrap(), &file).is_none());
 
     run(dpkg(t).arg("-i").arg(&deb));
     assert_eq!(fs::metadata(&file).unwrap().len(), 3000, "dpkg replaced it");
-    let pkgs = bmdeb::installed_packages(&paths).unwrap();
-    let owner = bmdeb::owner(&paths, &pkgs, &file).expect("owned by the package");
+    let pkgs = dpkg::installed_packages(&paths).unwrap();
+    let owner = dpkg::owner(&paths, &pkgs, &file).expect("owned by the package");
     assert_eq!(owner.package, format!("both-modules-{FAKE_K}"));
     assert_eq!(
         status_lines(t, &[]),

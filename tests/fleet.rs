@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use deb_common::*;
-use rdkms::package::bmdeb;
+use rdkms::state::dpkg;
 use rdkms::system::config::Paths;
 
 /// A target host: its own apt configuration, lists, cache and dpkg database under `root`.
@@ -204,7 +204,7 @@ fn build_once_publish_install_everywhere() {
     let deps = depmod_lists(target.root(), &k);
     assert!(!deps.iter().any(|d| d.contains("hello")), "{deps:?}");
     assert!(deps.contains(&"updates/dkms/acpi_call.ko".to_string()));
-    let left = bmdeb::installed_packages(&Paths::under(target.root())).unwrap();
+    let left = dpkg::installed_packages(&Paths::under(target.root())).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].name, "acpi-call");
 }

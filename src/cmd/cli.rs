@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::base::error::{Error, Result};
+use crate::system::config::{absolute, Paths};
+use crate::system::options::{KernelTarget, Options};
 
 /// Every option rdkms accepts. DKMS has a flat grammar (the action is a bare word that may
 /// appear anywhere), so this is one flat struct rather than clap subcommands.
@@ -264,11 +266,25 @@ impl Action {
     }
 }
 
-/// A kernel target: version plus optional architecture from `-k KVER/ARCH` or `-a`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelTarget {
-    pub kernel: String,
-    pub arch: Option<String>,
+/// The layout for a command line: `--root` (or `RDKMS_ROOT`) first, then explicit tree options,
+/// which are taken as given (relative to the working directory), not under the root.
+/// Relative paths are made absolute first: builds run make in other directories.
+pub fn paths(cli: &Cli) -> Paths {
+    let root = cli
+        .root
+        .as_deref()
+        .map_or_else(|| PathBuf::from("/"), absolute);
+    let mut paths = Paths::under(root);
+    if let Some(d) = &cli.dkms_tree {
+        paths.dkms_tree = absolute(d);
+    }
+    if let Some(d) = &cli.source_tree {
+        paths.source_tree = absolute(d);
+    }
+    if let Some(d) = &cli.install_tree {
+        paths.install_tree = absolute(d);
+    }
+    paths
 }
 
 /// The command line after DKMS's word-order rules have been applied.
@@ -286,6 +302,37 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// The typed options every layer below the command layer reads.
+    pub fn options(&self) -> Options {
+        let cli = &self.cli;
+        Options {
+            paths: paths(cli),
+            module: self.module.clone(),
+            version: self.version.clone(),
+            source_path: self.source_path.clone(),
+            kernels: self.kernels.clone(),
+            archs: cli.archs.clone(),
+            all: cli.all,
+            force: cli.force,
+            quiet: cli.quiet,
+            verbose: cli.verbose,
+            jobs: cli.jobs,
+            lock_timeout: cli.lock_timeout,
+            kernel_source_dir: cli.kernel_source_dir.clone(),
+            kernel_config: cli.kernel_config.clone(),
+            conf: cli.conf.clone(),
+            directives: cli.directives.clone(),
+            archive: cli.archive.clone(),
+            output: cli.output.clone(),
+            binaries_only: cli.binaries_only,
+            source_only: cli.source_only,
+            force_version_override: cli.force_version_override,
+            no_depmod: cli.no_depmod,
+            allow_untrusted_sources: cli.allow_untrusted_sources,
+            build_user: cli.build_user.clone(),
+        }
+    }
+
     /// Applies DKMS's rules to the parsed words: exactly one action word; an existing path to a
     /// dkms.conf or to a directory holding one is a source; anything else sets module[/version].
     pub fn from_cli(mut cli: Cli) -> Result<Invocation> {
@@ -346,7 +393,7 @@ impl Invocation {
             }
         }
         if let (None, Some(word)) = (action, &first_unknown) {
-            return Err(Error::Usage(crate::cmd::help::unknown_action(word)));
+            return Err(Error::Usage(crate::cmd::actions::unknown_action(word)));
         }
         if action == Some(Action::ConfShow) {
             if operands.first().map(String::as_str) != Some("show") {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use crate::base::error::{Error, Result};
 use crate::cmd::cli::Invocation;
 use crate::conf::{self, model::Target, EvalMode, LoadRequest};
-use crate::system::config::Paths;
 use crate::system::host;
 
 /// Runs `conf show`.
@@ -25,7 +24,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
     } else {
         arg.clone()
     };
-    let paths = Paths::from_cli(&inv.cli);
+    let paths = crate::cmd::cli::paths(&inv.cli);
     let (module, module_version) =
         name_version_from_dir(conf_file.parent().unwrap_or(Path::new("")));
     let kernel = inv

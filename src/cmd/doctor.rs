@@ -23,6 +23,7 @@ use crate::state::atomic::TMP_MARK;
 use crate::state::lock::TreeLock;
 use crate::system::config::Paths;
 use crate::system::host;
+use crate::system::options::Options;
 
 /// A lock held longer than this is reported (no build takes that long).
 const LOCK_TOO_LONG: Duration = Duration::from_secs(30 * 60);
@@ -69,8 +70,8 @@ struct Report<'a> {
 }
 
 /// Runs every check and prints the findings.
-pub fn run(inv: &Invocation) -> Result<i32> {
-    let ctx = Ctx::from_invocation(inv);
+pub fn run(inv: &Invocation, opts: &Options) -> Result<i32> {
+    let ctx = Ctx::from_options(opts);
     let findings = diagnose(&ctx);
     let healthy = !findings.iter().any(|f| f.severity == Severity::Problem);
     if inv.cli.json {

@@ -5,13 +5,12 @@
 use crate::base::error::Result;
 use crate::cmd::cli::Invocation;
 use crate::effects::signing::{self, SigningConfig};
-use crate::system::config::Paths;
 use crate::system::console::Console;
 
 /// Runs `generate_mok`: prints where the key and certificate are and makes them if needed.
 /// Exit status 1 when they cannot be made, as DKMS.
 pub fn run(inv: &Invocation) -> Result<i32> {
-    let paths = Paths::from_cli(&inv.cli);
+    let paths = crate::cmd::cli::paths(&inv.cli);
     let console = Console {
         quiet: inv.cli.quiet,
         verbose: inv.cli.verbose,

@@ -11,7 +11,8 @@ use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 
 use crate::base::error::{IoContext, Result};
-use crate::cmd::help::{self, Group, ACTIONS};
+use crate::cmd::actions::{Group, ACTIONS, GLOBAL};
+use crate::cmd::help;
 
 /// The variable the completion scripts set when they call rdkms back for candidates.
 pub const COMPLETE_VAR: &str = "RDKMS_COMPLETE";
@@ -198,7 +199,7 @@ fn actions_section() -> Roff {
             let options: Vec<String> = sub
                 .get_arguments()
                 .filter(|a| !a.is_positional() && !a.is_hide_set() && a.get_id() != "help")
-                .filter(|a| !help::GLOBAL.contains(&a.get_id().as_str()))
+                .filter(|a| !GLOBAL.contains(&a.get_id().as_str()))
                 .map(option_name)
                 .collect();
             if !options.is_empty() {
@@ -273,4 +274,35 @@ pub fn write_completions(dir: &Path, completer: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+/// Runs the hidden package-build commands (before any parsing, as `help::handle` does for
+/// help); returns the exit status when `args` was one of them.
+pub fn handle(args: &[std::ffi::OsString]) -> Option<i32> {
+    let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    match words.iter().find(|w| !w.starts_with('-')).copied() {
+        Some(kind @ ("generate-man" | "generate-completions")) => Some(generate(kind, &words)),
+        _ => None,
+    }
+}
+
+/// The hidden package-build commands: `generate-man DIR`, `generate-completions DIR
+/// [COMPLETER]` (the binary the scripts call back, default /usr/sbin/rdkms).
+fn generate(kind: &str, words: &[&str]) -> i32 {
+    let mut operands = words.iter().filter(|w| !w.starts_with('-')).skip(1);
+    let Some(dir) = operands.next() else {
+        eprintln!("Error! Usage: rdkms {kind} DIR");
+        return 2;
+    };
+    let dir = Path::new(dir);
+    let result = match kind {
+        "generate-man" => write_man(dir),
+        _ => write_completions(dir, operands.next().copied().unwrap_or("/usr/sbin/rdkms")),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error! {e}");
+            e.exit_code()
+        }
+    }
 }

@@ -1,7 +1,9 @@
-//! Layer 8, the command layer: the command line (`cli`), help and man page, and one file per
-//! command family; the hooks' orchestration (`reconcile`). Only this layer sees
-//! `cli::Invocation`. May use every layer.
+//! Layer 8, the command layer: the command line (`cli`), the actions' documentation table
+//! (`actions`), help and man page, one file per command family and the hooks' orchestration
+//! (`reconcile`). Only this layer sees `cli::Invocation`; it hands the layers below the typed
+//! `system::options::Options`, made once. May use every layer.
 
+pub mod actions;
 pub mod cli;
 pub mod conf_show;
 pub mod doctor;
@@ -17,6 +19,7 @@ use crate::base::persona;
 use crate::ops::{add, lifecycle};
 use crate::package::{bmdeb, mkdeb, tarball};
 use crate::system::progress;
+use lifecycle::Operation;
 
 use cli::{Action, Invocation};
 
@@ -37,7 +40,7 @@ pub fn run(inv: Invocation) -> Result<i32> {
         println!("{}", persona::version());
         return Ok(0);
     }
-    progress::init(&inv.cli);
+    progress::init(inv.cli.quiet || inv.cli.hook || inv.cli.from_apt);
     // A new tree may start in a new directory, but not below a mistyped path.
     if let Some(root) = inv.cli.root.as_deref().filter(|r| !root_usable(r)) {
         return Err(Error::Usage(format!(
@@ -51,26 +54,29 @@ pub fn run(inv: Invocation) -> Result<i32> {
                 .to_string(),
         ));
     };
+    let opts = inv.options();
     match action {
         Action::ConfShow => conf_show::run(&inv),
-        Action::Mkbmdeb => bmdeb::run(&inv),
-        Action::Mkdeb => mkdeb::run(&inv),
-        Action::Mktarball => tarball::make(&inv),
-        Action::Ldtarball => tarball::load(&inv),
-        Action::Doctor => doctor::run(&inv),
+        Action::Mkbmdeb => bmdeb::run(&opts),
+        Action::Mkdeb => mkdeb::run(&opts),
+        Action::Mktarball => tarball::make(&opts),
+        Action::Ldtarball => tarball::load(&opts),
+        Action::Doctor => doctor::run(&inv, &opts),
         Action::GenerateMok => generate_mok::run(&inv),
-        Action::Match => template::run(&inv),
+        Action::Match => template::run(&inv, &opts),
         Action::Status => status::run(&inv),
-        Action::Add => add::run(&inv),
+        Action::Add => add::run(&opts),
         Action::Autoinstall
         | Action::KernelPostinst
         | Action::KernelPrerm
         | Action::KernelPreinst
         | Action::Reconcile
         | Action::Plan
-        | Action::CommonPostinst => reconcile::run(action, &inv),
-        Action::Build | Action::Install | Action::Uninstall | Action::Unbuild | Action::Remove => {
-            lifecycle::run(action, &inv)
-        }
+        | Action::CommonPostinst => reconcile::run(action, &inv, &opts),
+        Action::Build => lifecycle::run(Operation::Build, &opts),
+        Action::Install => lifecycle::run(Operation::Install, &opts),
+        Action::Uninstall => lifecycle::run(Operation::Uninstall, &opts),
+        Action::Unbuild => lifecycle::run(Operation::Unbuild, &opts),
+        Action::Remove => lifecycle::run(Operation::Remove, &opts),
     }
 }

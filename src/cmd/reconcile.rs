@@ -25,6 +25,7 @@ use crate::package::tarball;
 use crate::planning::inventory;
 use crate::planning::plan::{self, ConfFacts, Plan, Request, Scope, Step};
 use crate::state::atomic::{self, Removals};
+use crate::state::failures::{self, FailureNote};
 use crate::state::fingerprint;
 use crate::state::journal::Marks;
 use crate::state::lock::{self, TreeLock};
@@ -33,7 +34,8 @@ use crate::state::tree::{self, Selection, Tree};
 use crate::system::config::Paths;
 use crate::system::host;
 use crate::system::kernel::KernelFacts;
-use crate::system::report::{self, FailureNote, Outcome, Record, Reporter, Severity};
+use crate::system::options::Options;
+use crate::system::report::{self, Outcome, Record, Reporter, Severity};
 
 /// Exit status of DKMS's kernel_prerm when a module could not be removed.
 const PRERM_FAILURE_EXIT: i32 = 14;
@@ -198,7 +200,7 @@ struct PlanOutput<'a> {
 /// takes no lock.
 fn run_plan(inv: &Invocation, ctx: &Ctx, req: &Request) -> Result<i32> {
     let (_, plan) = plan_now(ctx, &arch(inv), req);
-    let failures = report::failures(&ctx.paths);
+    let failures = failures::failures(&ctx.paths);
     if inv.cli.json {
         let out = PlanOutput {
             plan: &plan,
@@ -220,8 +222,8 @@ fn run_plan(inv: &Invocation, ctx: &Ctx, req: &Request) -> Result<i32> {
 }
 
 /// Runs one of the hook commands.
-pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
-    let ctx = Ctx::from_invocation(inv);
+pub fn run(action: Action, inv: &Invocation, opts: &Options) -> Result<i32> {
+    let ctx = Ctx::from_options(opts);
     let req = request(inv, action, &ctx.paths)?;
     if action == Action::Plan {
         return run_plan(inv, &ctx, &req);
@@ -243,7 +245,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     let arch = arch(inv);
 
     if action == Action::CommonPostinst {
-        if let Some(code) = common_postinst_checks(inv, &ctx, &reporter)? {
+        if let Some(code) = common_postinst_checks(opts, &ctx, &reporter)? {
             return Ok(code);
         }
     }
@@ -256,7 +258,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     } else {
         lock::ReadLock::try_acquire(&ctx.paths).and_then(|reading| {
             let (snap, plan) = plan_now(&ctx, &arch, &req);
-            changes_nothing(&plan, &report::failures(&ctx.paths), &snap.arch)
+            changes_nothing(&plan, &failures::failures(&ctx.paths), &snap.arch)
                 .then_some((reading, snap, plan))
         })
     };
@@ -278,7 +280,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             fingerprint::invalidate(&ctx.paths)?;
             lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
             if action == Action::CommonPostinst {
-                add_for_postinst(inv, &ctx, &lock)?;
+                add_for_postinst(opts, &ctx, &lock)?;
             }
             let (snap, plan) = plan_now(&ctx, &arch, &req);
             (Held::Write { _tree: lock }, snap, plan, true)
@@ -445,10 +447,10 @@ fn store_fingerprint(paths: &Paths, reporter: &Reporter) {
 }
 
 /// common.postinst's checks before anything changes; `Some(code)` ends the command.
-fn common_postinst_checks(inv: &Invocation, ctx: &Ctx, reporter: &Reporter) -> Result<Option<i32>> {
+fn common_postinst_checks(opts: &Options, ctx: &Ctx, reporter: &Reporter) -> Result<Option<i32>> {
     let (Some(module), Some(version)) = (
-        inv.module.as_deref().filter(|m| !m.is_empty()),
-        inv.version.as_deref().filter(|v| !v.is_empty()),
+        opts.module.as_deref().filter(|m| !m.is_empty()),
+        opts.version.as_deref().filter(|v| !v.is_empty()),
     ) else {
         return Err(Error::MissingModule {
             action: "common_postinst".to_string(),
@@ -463,13 +465,13 @@ fn common_postinst_checks(inv: &Invocation, ctx: &Ctx, reporter: &Reporter) -> R
     }
     let added = ctx.tree.is_added(module, version);
     // DKMS's order: a binary or source tarball shipped by the package first, then the sources.
-    if let Some(archive) = inv.cli.archive.as_ref().filter(|a| a.is_file()) {
+    if let Some(archive) = opts.archive.as_ref().filter(|a| a.is_file()) {
         if !added {
             reporter.say(
                 Severity::Info,
                 &format!("loading {} for {module}/{version}", archive.display()),
             );
-            tarball::load(inv)?;
+            tarball::load(opts)?;
         }
         return Ok(None);
     }
@@ -481,18 +483,18 @@ fn common_postinst_checks(inv: &Invocation, ctx: &Ctx, reporter: &Reporter) -> R
 }
 
 /// Registers the package's `/usr/src/NAME-VERSION` (under the lock already held).
-fn add_for_postinst(inv: &Invocation, ctx: &Ctx, lock: &TreeLock) -> Result<()> {
-    let (Some(module), Some(version)) = (inv.module.as_deref(), inv.version.as_deref()) else {
+fn add_for_postinst(opts: &Options, ctx: &Ctx, lock: &TreeLock) -> Result<()> {
+    let (Some(module), Some(version)) = (opts.module.as_deref(), opts.version.as_deref()) else {
         return Err(Error::MissingModule {
             action: "common_postinst".to_string(),
         });
     };
-    let opts = AddOptions {
+    let add_opts = AddOptions {
         force: false,
         quiet: true,
-        ..AddOptions::from_invocation(inv)
+        ..AddOptions::from_options(opts)
     };
-    add::ensure_added(&ctx.paths, lock, module, version, &opts).map(|_| ())
+    add::ensure_added(&ctx.paths, lock, module, version, &add_opts).map(|_| ())
 }
 
 /// Executes a plan step by step, tracking per kernel what failed, what changed and which
@@ -682,7 +684,7 @@ impl<'a> Executor<'a> {
         let paths = &self.ctx.paths;
         let remembered = match &outcome {
             _ if !self.remember => Ok(()),
-            Outcome::Failed { code, reason } => report::remember_failure(
+            Outcome::Failed { code, reason } => failures::remember_failure(
                 paths,
                 &FailureNote {
                     module: module.to_string(),
@@ -694,7 +696,7 @@ impl<'a> Executor<'a> {
                     critical,
                 },
             ),
-            _ => report::forget_failures(paths, Some(module), kernel),
+            _ => failures::forget_failures(paths, Some(module), kernel),
         };
         if let Err(e) = remembered {
             self.reporter.say(Severity::Warning, &e.to_string());
@@ -765,7 +767,7 @@ impl<'a> Executor<'a> {
                 }
                 if *gone {
                     let _ = depmod::forget(&self.ctx.paths, kernel);
-                    let _ = report::forget_failures(&self.ctx.paths, None, kernel);
+                    let _ = failures::forget_failures(&self.ctx.paths, None, kernel);
                 }
             }
             Step::Build {
@@ -1049,11 +1051,7 @@ fn purge_without_conf(
             let name = entry.file_name();
             if name.to_string_lossy().contains(".ko") {
                 let file = dir.join(&name);
-                match fs::remove_file(&file) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("delete", file, e)),
-                }
+                crate::base::files::remove_file(&file, "delete")?;
             }
         }
         fs::remove_file(&link).ctx("delete", &link)?;

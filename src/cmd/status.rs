@@ -51,8 +51,8 @@ use serde::Serialize;
 use crate::base::error::{Error, Result};
 use crate::cmd::cli::Invocation;
 use crate::conf::{self, EvalMode, LoadRequest, ModuleEntry, Target};
-use crate::package::bmdeb;
 use crate::package::deb;
+use crate::state::dpkg;
 use crate::state::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Tree};
 use crate::system::config::Paths;
 use crate::system::host;
@@ -196,7 +196,7 @@ impl Format {
 /// Runs `status`. Always exits 0, like DKMS, even when nothing matches. Takes no lock.
 pub fn run(inv: &Invocation) -> Result<i32> {
     let format = Format::from_invocation(inv)?;
-    let paths = Paths::from_cli(&inv.cli);
+    let paths = crate::cmd::cli::paths(&inv.cli);
     let entries = collect(&paths, &Query::from_invocation(inv));
     if inv.cli.quiet {
         return Ok(0);
@@ -303,7 +303,7 @@ fn package_entries(
     query: &Query,
     targets: &[(Option<String>, Option<String>)],
 ) -> Vec<Entry> {
-    let packages = match bmdeb::installed_packages(paths) {
+    let packages = match dpkg::installed_packages(paths) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("Warning: binary module packages are not listed: {e}");

@@ -10,10 +10,11 @@ use crate::ops::lifecycle::{self, Changes, Ctx, Job};
 use crate::state::lock::{self, TreeLock};
 use crate::system::host;
 use crate::system::kernel::KernelFacts;
+use crate::system::options::Options;
 
 /// Runs `match`; exit codes and messages are DKMS 3.2.2's.
-pub fn run(inv: &Invocation) -> Result<i32> {
-    let ctx = Ctx::from_invocation(inv);
+pub fn run(inv: &Invocation, opts: &Options) -> Result<i32> {
+    let ctx = Ctx::from_options(opts);
     let Some(template) = inv.cli.template_kernel.clone() else {
         return Err(Error::Match {
             text: "Invalid number of parameters passed.\n\

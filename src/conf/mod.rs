@@ -1,6 +1,7 @@
 //! The dkms.conf engine. dkms.conf is bash: DKMS sources it in a subshell, keeps only a
 //! whitelist of names and evaluates each value a second time. A static evaluator handles the
 //! plain files quickly; anything it does not fully understand goes to an exact bash fallback.
+//! Layer 1 (see `lib.rs`): may use `base` only.
 
 pub mod bash;
 pub mod directives;

@@ -14,16 +14,13 @@ use crate::base::date::Utc;
 use crate::base::error::{Error, IoContext, Result};
 use crate::conf::DkmsConf;
 use crate::effects::build_user::BuildUser;
-use crate::effects::script::{Output, Script};
+use crate::effects::script::{Output, Script, SCRUBBED_ENV};
 use crate::effects::signing::{Signer, SigningConfig};
 use crate::planning::build_order::BuildTime;
 use crate::state::atomic;
 use crate::state::tree::Tree;
 use crate::system::console::Console;
 use crate::system::kernel::{module_file_name, Compression, KernelFacts};
-
-/// Environment variables DKMS unsets before building (they would override kbuild's choices).
-pub const SCRUBBED_ENV: [&str; 5] = ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"];
 
 /// Where private build directories live, under the dkms tree (same file system, so the result
 /// can be renamed into place): `<dkmstree>/.rdkms-build/<K>-<A>-<random>/`.

@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::base::error::{Error, IoContext, Result};
+use crate::base::files;
 use crate::base::version::ver_cmp;
 use crate::conf::{DkmsConf, ModuleEntry};
 use crate::effects::original::Originals;
 use crate::effects::script::{Output, Script};
-use crate::package::bmdeb::{self, BinaryPackage};
 use crate::state::atomic;
+use crate::state::dpkg::{self, BinaryPackage};
 use crate::state::journal::Removal;
+use crate::state::module_files::{find_module_file, same_named};
 use crate::state::tree::Tree;
 use crate::system::config::Paths;
 use crate::system::console::Console;
@@ -46,16 +48,6 @@ pub struct InstallOptions {
     pub force: bool,
     /// `--force-version-override`: skip the version check only.
     pub version_override: bool,
-}
-
-/// Finds the built file of a module in `dir`: uncompressed first, then the kernel's
-/// compression, then any other (DKMS's `compressed_or_uncompressed`).
-pub fn find_module_file(dir: &Path, name: &str, preferred: Compression) -> Option<PathBuf> {
-    std::iter::once(Compression::None)
-        .chain(std::iter::once(preferred))
-        .chain(Compression::ALL)
-        .map(|c| dir.join(module_file_name(name, c)))
-        .find(|p| p.is_file())
 }
 
 impl Placement<'_> {
@@ -308,10 +300,8 @@ impl Placement<'_> {
         let key = format!("{}-{}-{}-{}", self.module, self.version, f.kernel, f.arch);
         let removal = Removal::begin(&self.tree.root, &key, &doomed)?;
         let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
-        match fs::remove_file(&link) {
-            Ok(()) => atomic::sync_dir(link.parent().unwrap_or(Path::new(".")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("delete", link, e)),
+        if files::remove_file(&link, "delete")? {
+            atomic::sync_dir(link.parent().unwrap_or(Path::new(".")))?;
         }
         for (name, dir) in &found {
             let file_name = module_file_name(name, f.compression);
@@ -321,7 +311,7 @@ impl Placement<'_> {
                         .say(format!("Deleting {}/{file_name}", dir.display()));
                     for c in Compression::ALL {
                         let p = dir.join(module_file_name(name, c));
-                        if let Some(pkg) = bmdeb::owner(self.paths, self.packages, &p) {
+                        if let Some(pkg) = dpkg::owner(self.paths, self.packages, &p) {
                             self.console.say(format!(
                                 "Left {} in place: it belongs to the package {}",
                                 p.display(),
@@ -330,11 +320,7 @@ impl Placement<'_> {
                         }
                     }
                     for p in doomed.iter().filter(|p| p.parent() == Some(dir.as_path())) {
-                        match fs::remove_file(p) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(Error::io("delete", p, e)),
-                        }
+                        files::remove_file(p, "delete")?;
                     }
                     atomic::clean_leftovers_once(dir);
                     remove_empty_dirs(dir, &f.modules_dir);
@@ -415,11 +401,7 @@ impl Placement<'_> {
     /// files of a replaced version that the new one did not overwrite.
     pub fn remove_stale(&self, files: &[PathBuf], keep: &[PathBuf]) -> Result<()> {
         for p in files.iter().filter(|p| !keep.contains(p)) {
-            match fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("delete", p, e)),
-            }
+            files::remove_file(p, "delete")?;
             if let Some(dir) = p.parent() {
                 remove_empty_dirs(dir, &self.facts.modules_dir);
             }
@@ -439,7 +421,7 @@ impl Placement<'_> {
             .iter()
             .map(|c| dir.join(module_file_name(name, *c)))
             .filter(|p| fs::symlink_metadata(p).is_ok())
-            .filter(|p| bmdeb::owner(self.paths, self.packages, p).is_none())
+            .filter(|p| dpkg::owner(self.paths, self.packages, p).is_none())
             .collect()
     }
 
@@ -454,7 +436,7 @@ impl Placement<'_> {
             .join(location.trim_start_matches('/'));
         Compression::ALL.iter().find_map(|c| {
             let file = dir.join(module_file_name(name, *c));
-            let pkg = bmdeb::owner(self.paths, self.packages, &file)?;
+            let pkg = dpkg::owner(self.paths, self.packages, &file)?;
             Some((file, pkg))
         })
     }
@@ -478,28 +460,6 @@ impl Placement<'_> {
         }
         None
     }
-}
-
-/// Whether the kernel's module tree holds any `<name>.ko*` (not following symlinks).
-pub fn kernel_has_module(kernel_dir: &Path, name: &str) -> bool {
-    !same_named(kernel_dir, name).is_empty()
-}
-
-/// Every `<name>.ko[.gz|.xz|.zst]` below a kernel's module directory (not following the
-/// `build`/`source` links).
-fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
-    let wanted: Vec<String> = Compression::ALL
-        .iter()
-        .map(|c| module_file_name(name, *c))
-        .collect();
-    walkdir::WalkDir::new(kernel_dir)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file())
-        .filter(|e| wanted.iter().any(|w| e.file_name() == w.as_str()))
-        .map(|e| e.into_path())
-        .collect()
 }
 
 /// The version fields of a module file.
@@ -544,22 +504,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_uncompressed_before_compressed() {
-        let t = tempfile::tempdir().unwrap();
-        fs::write(t.path().join("a.ko.xz"), "").unwrap();
-        assert_eq!(
-            find_module_file(t.path(), "a", Compression::None),
-            Some(t.path().join("a.ko.xz"))
-        );
-        fs::write(t.path().join("a.ko"), "").unwrap();
-        assert_eq!(
-            find_module_file(t.path(), "a", Compression::Xz),
-            Some(t.path().join("a.ko"))
-        );
-        assert_eq!(find_module_file(t.path(), "b", Compression::Xz), None);
-    }
-
-    #[test]
     fn empty_dirs_are_removed_up_to_the_kernel_dir() {
         let t = tempfile::tempdir().unwrap();
         let k = t.path().join("K");
@@ -569,18 +513,5 @@ mod tests {
         remove_empty_dirs(&d, &k);
         assert!(!k.join("updates").exists());
         assert!(k.join("kernel").is_dir());
-    }
-
-    #[test]
-    fn same_named_skips_the_build_link() {
-        let t = tempfile::tempdir().unwrap();
-        let k = t.path().join("K");
-        fs::create_dir_all(k.join("kernel/x")).unwrap();
-        fs::write(k.join("kernel/x/foo.ko.xz"), "").unwrap();
-        let ext = t.path().join("ext");
-        fs::create_dir_all(&ext).unwrap();
-        fs::write(ext.join("foo.ko"), "").unwrap();
-        std::os::unix::fs::symlink(&ext, k.join("build")).unwrap();
-        assert_eq!(same_named(&k, "foo"), vec![k.join("kernel/x/foo.ko.xz")]);
     }
 }

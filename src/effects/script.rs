@@ -10,6 +10,9 @@ use crate::base::error::{Error, IoContext, Result};
 use crate::effects::build_user::BuildUser;
 use crate::system::console::Console;
 
+/// Environment variables DKMS unsets before building (they would override kbuild's choices).
+pub const SCRUBBED_ENV: [&str; 5] = ["CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"];
+
 /// Where a script's output goes.
 pub enum Output<'a> {
     /// Appended to a log file (build scripts, as upstream DKMS does).
@@ -73,7 +76,7 @@ impl Script<'_> {
         console.command(format!("cd {} && {}", self.dir.display(), self.line));
         let mut cmd = Command::new(&program);
         cmd.args(&args).current_dir(self.dir).stdin(Stdio::null());
-        for var in crate::effects::build::SCRUBBED_ENV {
+        for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
         if let Some(user) = user {

@@ -14,13 +14,15 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::base::error::{Error, IoContext, Result};
-use crate::cmd::cli::Invocation;
 use crate::conf::{self, DkmsConf, EvalMode, LoadRequest, Target};
+use crate::state::atomic;
 use crate::state::lock::{self, TreeLock};
 use crate::state::tree::Tree;
 use crate::state::trust::Trust;
 use crate::system::config::Paths;
+use crate::system::console::Console;
 use crate::system::host;
+use crate::system::options::Options;
 
 /// How to add.
 #[derive(Debug, Clone, Default)]
@@ -42,21 +44,21 @@ pub struct AddOptions {
 
 impl AddOptions {
     /// Options from a command line.
-    pub fn from_invocation(inv: &Invocation) -> AddOptions {
-        let first = inv.kernels.first();
+    pub fn from_options(opts: &Options) -> AddOptions {
+        let first = opts.kernels.first();
         AddOptions {
-            force: inv.cli.force,
-            conf: inv.cli.conf.clone(),
+            force: opts.force,
+            conf: opts.conf.clone(),
             kernel: first
                 .map(|k| k.kernel.clone())
                 .unwrap_or_else(host::running_kernel),
             arch: first
                 .and_then(|k| k.arch.clone())
-                .or_else(|| inv.cli.archs.first().cloned())
+                .or_else(|| opts.archs.first().cloned())
                 .unwrap_or_else(host::machine_arch),
-            kernel_source_dir: inv.cli.kernel_source_dir.clone(),
-            quiet: inv.cli.quiet,
-            allow_untrusted: inv.cli.allow_untrusted_sources,
+            kernel_source_dir: opts.kernel_source_dir.clone(),
+            quiet: opts.quiet,
+            allow_untrusted: opts.allow_untrusted_sources,
         }
     }
 }
@@ -103,13 +105,11 @@ pub fn ensure_added(
     let version_dir = tree.version_dir(module, version);
     fs::create_dir_all(version_dir.join("build")).ctx("create", &version_dir)?;
     let link = tree.source_link(module, version);
-    if !opts.quiet {
-        eprintln!(
-            "Creating symlink {} -> {}",
-            link.display(),
-            source_dir.display()
-        );
-    }
+    console(opts.quiet).say(format!(
+        "Creating symlink {} -> {}",
+        link.display(),
+        source_dir.display()
+    ));
     let staged = version_dir.join(format!(".source.rdkms-{}", std::process::id()));
     let _ = fs::remove_file(&staged);
     let target = link_target(paths, &version_dir, &source_dir);
@@ -118,7 +118,7 @@ pub fn ensure_added(
         let _ = fs::remove_file(&staged);
         return Err(Error::io("replace", &link, e));
     }
-    sync_dir(&version_dir)?;
+    atomic::sync_dir(&version_dir)?;
     let post_add_status = match &conf.post_add {
         Some(script) => run_post_add(&link, script, opts.quiet)?,
         None => 0,
@@ -230,37 +230,37 @@ impl SourcePath {
 
 /// Runs `add`: NAME/VERSION (`-m/-v`), or a source directory / dkms.conf path whose
 /// PACKAGE_NAME/PACKAGE_VERSION name the copy in the source tree.
-pub fn run(inv: &Invocation) -> Result<i32> {
-    let paths = Paths::from_cli(&inv.cli);
-    let opts = AddOptions::from_invocation(inv);
-    let from_dir = match (&inv.source_path, &inv.module, &inv.version) {
-        (Some(p), None, None) => Some(SourcePath::read(&paths, p, &opts)?),
+pub fn run(opts: &Options) -> Result<i32> {
+    let paths = opts.paths.clone();
+    let add_opts = AddOptions::from_options(opts);
+    let from_dir = match (&opts.source_path, &opts.module, &opts.version) {
+        (Some(p), None, None) => Some(SourcePath::read(&paths, p, &add_opts)?),
         _ => None,
     };
     let (module, version) = match &from_dir {
         Some(sp) => (sp.module.clone(), sp.version.clone()),
-        None => module_args(inv)?,
+        None => module_args(opts)?,
     };
     check_name("module name", &module)?;
     check_name("module version", &version)?;
 
-    let lock = TreeLock::acquire(&paths, lock::timeout(inv.cli.lock_timeout))?;
+    let lock = TreeLock::acquire(&paths, lock::timeout(opts.lock_timeout))?;
     let tree = Tree::new(&paths.dkms_tree);
-    if tree.is_added(&module, &version) && !opts.force {
+    if tree.is_added(&module, &version) && !add_opts.force {
         return Err(Error::AlreadyAdded { module, version });
     }
     if let Some(sp) = &from_dir {
-        sp.copy_to_source_tree(&paths, opts.quiet)?;
+        sp.copy_to_source_tree(&paths, add_opts.quiet)?;
     }
-    match ensure_added(&paths, &lock, &module, &version, &opts)? {
+    match ensure_added(&paths, &lock, &module, &version, &add_opts)? {
         Added::New { post_add_status } => Ok(post_add_status),
         Added::Already => Ok(0),
     }
 }
 
 /// NAME and VERSION from the command line; a path-like word without dkms.conf is exit 9.
-fn module_args(inv: &Invocation) -> Result<(String, String)> {
-    match (&inv.module, &inv.version) {
+fn module_args(opts: &Options) -> Result<(String, String)> {
+    match (&opts.module, &opts.version) {
         (Some(m), Some(v)) if !m.is_empty() => Ok((m.clone(), v.clone())),
         (Some(m), v) => {
             let word = match v {
@@ -350,6 +350,14 @@ fn check_name(what: &str, s: &str) -> Result<()> {
     }
 }
 
+/// Where add's messages go: stderr, through the one output path, unless `-q`.
+fn console(quiet: bool) -> Console {
+    Console {
+        quiet,
+        verbose: false,
+    }
+}
+
 /// DKMS's `run_build_script post_add`: `<dkmstree>/M/V/source/SCRIPT ARGS...` split on
 /// blanks, run from the source directory, output shown live (on stderr here).
 fn run_post_add(source: &Path, script: &str, quiet: bool) -> Result<i32> {
@@ -362,15 +370,13 @@ fn run_post_add(source: &Path, script: &str, quiet: bool) -> Result<i32> {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
     if !executable {
-        if !quiet {
-            eprintln!("Warning: The post_add script is not executable.");
-        }
+        console(quiet).warn("The post_add script is not executable.");
         return Ok(0);
     }
     let (out, err) = if quiet {
         (Stdio::null(), Stdio::null())
     } else {
-        eprintln!("Running the post_add script:");
+        console(quiet).say("Running the post_add script:");
         (
             Stdio::from(std::io::stderr().as_fd_owned()?),
             Stdio::inherit(),
@@ -433,25 +439,13 @@ fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     }
     let result = copy_tree(from, &staging).and_then(|()| {
         if dest.exists() {
-            if !quiet {
-                eprintln!(
-                    "Replacing {} with a copy of {}",
-                    dest.display(),
-                    from.display()
-                );
-            }
-            nix::fcntl::renameat2(
-                None,
-                &staging,
-                None,
-                dest,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-            )
-            .map_err(|e| Error::io("replace", dest, e.into()))?;
-        } else {
-            fs::rename(&staging, dest).ctx("rename", dest)?;
+            console(quiet).say(format!(
+                "Replacing {} with a copy of {}",
+                dest.display(),
+                from.display()
+            ));
         }
-        sync_dir(parent)
+        atomic::replace_dir(&staging, dest)
     });
     if staging.exists() {
         let _ = fs::remove_dir_all(&staging);
@@ -539,13 +533,6 @@ fn same_copy(from: &Path, copy: &Path) -> bool {
 /// Two reads that both succeeded with the same value.
 fn equal_ok<T: PartialEq>(a: std::io::Result<T>, b: std::io::Result<T>) -> bool {
     matches!((a, b), (Ok(a), Ok(b)) if a == b)
-}
-
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .ctx("sync", dir)
 }
 
 #[cfg(test)]

@@ -9,23 +9,24 @@ use std::sync::OnceLock;
 
 use crate::base::error::{Error, IoContext, Result};
 use crate::base::version::ver_cmp;
-use crate::cmd::cli::{Action, Invocation};
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
 use crate::effects::build::{self, BuildInput, Jobs};
 use crate::effects::build_user::BuildUser;
 use crate::effects::depmod;
-use crate::effects::install::{find_module_file, InstallOptions, Placement};
+use crate::effects::install::{InstallOptions, Placement};
 use crate::effects::signing::SigningConfig;
 use crate::ops::add::{self, AddOptions, SourcePath};
-use crate::package::bmdeb::{self, BinaryPackage};
 use crate::state::atomic::{self, Removals};
+use crate::state::dpkg::{self, BinaryPackage};
 use crate::state::lock::{self, TreeLock};
+use crate::state::module_files::find_module_file;
 use crate::state::tree::{Pattern, Tree};
 use crate::state::trust::Trust;
 use crate::system::config::Paths;
 use crate::system::console::Console;
 use crate::system::host;
 use crate::system::kernel::{KernelFacts, KernelOverrides};
+use crate::system::options::Options;
 
 /// Entries of `<tree>/M/V` that are not kernels (DKMS's list, plus `bmdeb`, where `mkbmdeb`
 /// writes its packages: `remove` deletes the version with them, as DKMS does).
@@ -63,27 +64,27 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn from_invocation(inv: &Invocation) -> Ctx {
-        let paths = Paths::from_cli(&inv.cli);
+    pub fn from_options(opts: &Options) -> Ctx {
+        let paths = opts.paths.clone();
         Ctx {
             tree: Tree::new(paths.dkms_tree.clone()),
             console: Console {
-                quiet: inv.cli.quiet,
-                verbose: inv.cli.verbose,
+                quiet: opts.quiet,
+                verbose: opts.verbose,
             },
-            force: inv.cli.force,
-            version_override: inv.cli.force_version_override,
-            no_depmod: inv.cli.no_depmod,
-            jobs: Jobs::resolve(inv.cli.jobs),
+            force: opts.force,
+            version_override: opts.force_version_override,
+            no_depmod: opts.no_depmod,
+            jobs: Jobs::resolve(opts.jobs),
             kernel_overrides: KernelOverrides {
-                source_dir: inv.cli.kernel_source_dir.clone(),
-                config: inv.cli.kernel_config.clone(),
+                source_dir: opts.kernel_source_dir.clone(),
+                config: opts.kernel_config.clone(),
             },
-            conf_override: inv.cli.conf.clone(),
-            directives: inv.cli.directives.clone(),
+            conf_override: opts.conf.clone(),
+            directives: opts.directives.clone(),
             signing: SigningConfig::load(&paths),
-            trust: Trust::new(&paths, inv.cli.allow_untrusted_sources),
-            build_user_option: inv.cli.build_user.clone(),
+            trust: Trust::new(&paths, opts.allow_untrusted_sources),
+            build_user_option: opts.build_user.clone(),
             paths,
             packages: OnceLock::new(),
         }
@@ -94,7 +95,7 @@ impl Ctx {
         if let Some(p) = self.packages.get() {
             return Ok(p);
         }
-        let read = bmdeb::installed_packages(&self.paths)?;
+        let read = dpkg::installed_packages(&self.paths)?;
         Ok(self.packages.get_or_init(|| read))
     }
 }
@@ -248,34 +249,57 @@ impl Changes {
     }
 }
 
+/// The commands this module runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Build,
+    Install,
+    Uninstall,
+    Unbuild,
+    Remove,
+}
+
+impl Operation {
+    /// The command's word, as DKMS's messages name it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Operation::Build => "build",
+            Operation::Install => "install",
+            Operation::Uninstall => "uninstall",
+            Operation::Unbuild => "unbuild",
+            Operation::Remove => "remove",
+        }
+    }
+}
+
 /// Runs build, install, uninstall, unbuild or remove.
-pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
-    let ctx = Ctx::from_invocation(inv);
-    let builds = matches!(action, Action::Build | Action::Install);
+pub fn run(action: Operation, opts: &Options) -> Result<i32> {
+    let ctx = Ctx::from_options(opts);
+    let builds = matches!(action, Operation::Build | Operation::Install);
     // `build PATH` / `install PATH`: the sources name the module (DKMS accepts this too).
-    let source = match (&inv.source_path, &inv.module, &inv.version) {
+    let source = match (&opts.source_path, &opts.module, &opts.version) {
         (Some(p), None, None) if builds => {
-            Some(SourcePath::read(&ctx.paths, p, &add_options(inv))?)
+            Some(SourcePath::read(&ctx.paths, p, &add_options(opts))?)
         }
         _ => None,
     };
     let named = match &source {
         Some(s) => (Some(s.module.clone()), Some(s.version.clone())),
-        None => (inv.module.clone(), inv.version.clone()),
+        None => (opts.module.clone(), opts.version.clone()),
     };
     let (Some(module), Some(version)) = named else {
         return Err(Error::MissingModule {
             action: action.word().to_string(),
         });
     };
-    if inv.cli.all && builds {
+    if opts.all && builds {
         return Err(Error::AllNotSupported {
             action: action.word().to_string(),
         });
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
-    let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
+    let lock = TreeLock::acquire(&ctx.paths, lock::timeout(opts.lock_timeout))?;
     clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
 
     let job = Job {
@@ -285,11 +309,11 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     };
     let was_added = job.is_added();
     if let Some(source) = &source {
-        source.ensure_added(&ctx.paths, &lock, &add_options(inv))?;
+        source.ensure_added(&ctx.paths, &lock, &add_options(opts))?;
     }
     match action {
-        Action::Build | Action::Install => {
-            ensure_added(&job, &lock, inv)?;
+        Operation::Build | Operation::Install => {
+            ensure_added(&job, &lock, opts)?;
             // DKMS sets the add it does first apart from the build with an empty line.
             if !was_added {
                 ctx.console.say("");
@@ -303,9 +327,9 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         }
         _ => {}
     }
-    let targets = targets(&job, inv);
+    let targets = targets(&job, opts);
     let owed = depmod::pending(&ctx.paths);
-    if action != Action::Build && !ctx.no_depmod {
+    if action != Operation::Build && !ctx.no_depmod {
         for (kernel, _) in &targets {
             if ctx.paths.install_tree.join(kernel).is_dir() {
                 depmod::record(&ctx.paths, kernel)?;
@@ -320,21 +344,17 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     for (i, (kernel, arch)) in targets.iter().enumerate() {
         let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
         // DKMS separates kernels with an empty line (remove: after each one).
-        if i > 0 && matches!(action, Action::Uninstall | Action::Unbuild) {
+        if i > 0 && matches!(action, Operation::Uninstall | Operation::Unbuild) {
             ctx.console.say("");
         }
         let result = match action {
-            Action::Build => build_one(&job, &facts),
-            Action::Install => install_one(&job, &facts, &mut changes),
-            Action::Uninstall => uninstall_one(&job, &facts, &mut changes),
-            Action::Unbuild | Action::Remove => uninstall_one(&job, &facts, &mut changes)
+            Operation::Build => build_one(&job, &facts),
+            Operation::Install => install_one(&job, &facts, &mut changes),
+            Operation::Uninstall => uninstall_one(&job, &facts, &mut changes),
+            Operation::Unbuild | Operation::Remove => uninstall_one(&job, &facts, &mut changes)
                 .and_then(|()| unbuild_one(&job, &facts, &mut changes)),
-            other => Err(Error::Usage(format!(
-                "'{}' is not a lifecycle action",
-                other.word()
-            ))),
         };
-        if action == Action::Remove {
+        if action == Operation::Remove {
             ctx.console.say("");
         }
         if let Err(e) = result {
@@ -344,7 +364,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         }
     }
     let removed = match action {
-        Action::Remove => remove_if_unused(&job),
+        Operation::Remove => remove_if_unused(&job),
         _ => Ok(()),
     };
     for result in [removed, finish_depmod(&job, &changes, &owed)] {
@@ -362,20 +382,20 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
 
 /// The kernel/arch pairs to act on: `-k` (with `-a`), `--all` = every kernel the version is
 /// built for (version order), else the running kernel; the arch defaults to `uname -m`.
-fn targets(job: &Job<'_>, inv: &Invocation) -> Vec<(String, String)> {
-    if inv.cli.all {
+fn targets(job: &Job<'_>, opts: &Options) -> Vec<(String, String)> {
+    if opts.all {
         let mut out = built_kernels(&job.ctx.tree, &job.module, &job.version);
         out.sort_by(|a, b| ver_cmp(&a.0, &b.0).then_with(|| a.1.cmp(&b.1)));
         return out;
     }
-    if inv.kernels.is_empty() {
-        let arch = inv.cli.archs.first().cloned();
+    if opts.kernels.is_empty() {
+        let arch = opts.archs.first().cloned();
         return vec![(
             host::running_kernel(),
             arch.unwrap_or_else(host::machine_arch),
         )];
     }
-    inv.kernels
+    opts.kernels
         .iter()
         .map(|k| {
             (
@@ -397,16 +417,8 @@ fn built_kernels(tree: &Tree, module: &str, version: &str) -> Vec<(String, Strin
 
 /// Names of the real (not symlinked, not hidden) subdirectories of `dir`.
 fn subdirs(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
+    let mut names = crate::base::files::subdirs(dir).unwrap_or_default();
+    names.retain(|n| !n.starts_with('.'));
     names
 }
 
@@ -445,22 +457,22 @@ pub fn clean_leftovers(tree: &Tree, install_tree: &Path) {
 /// Adds `<sourcetree>/NAME-VERSION` unless the version is added already: what every command
 /// that builds does first, under the tree lock it holds. (`--force` there means "rebuild", not
 /// "add again".)
-pub fn ensure_added(job: &Job<'_>, lock: &TreeLock, inv: &Invocation) -> Result<()> {
+pub fn ensure_added(job: &Job<'_>, lock: &TreeLock, opts: &Options) -> Result<()> {
     add::ensure_added(
         &job.ctx.paths,
         lock,
         &job.module,
         &job.version,
-        &add_options(inv),
+        &add_options(opts),
     )?;
     Ok(())
 }
 
 /// How building commands add: as `add`, except that `--force` means "rebuild", not "add again".
-fn add_options(inv: &Invocation) -> AddOptions {
+fn add_options(opts: &Options) -> AddOptions {
     AddOptions {
         force: false,
-        ..AddOptions::from_invocation(inv)
+        ..AddOptions::from_options(opts)
     }
 }
 

@@ -15,6 +15,8 @@ use crate::base::date::Utc;
 use crate::base::error::{Error, IoContext, Result};
 use crate::base::tool;
 
+pub use crate::base::arch::{debian_arch, kernel_arch};
+
 /// Maintainer written when the environment names nobody. `.invalid` (RFC 2606) is a domain that
 /// never resolves, which says "no real address" honestly; lintian rejects `localhost` and `root`.
 pub const DEFAULT_MAINTAINER: &str = "rdkms <rdkms@localhost.invalid>";
@@ -98,50 +100,6 @@ pub fn installed_size(entries: &[Entry]) -> u64 {
         }
     }
     size + dirs.len() as u64
-}
-
-/// The Debian architecture for a kernel (`uname -m`) architecture; Debian names pass through.
-pub fn debian_arch(arch: &str) -> Option<&'static str> {
-    Some(match arch {
-        "x86_64" | "amd64" => "amd64",
-        "aarch64" | "arm64" => "arm64",
-        "i386" | "i486" | "i586" | "i686" => "i386",
-        "armv7l" | "armv7" | "armhf" => "armhf",
-        "armv5tel" | "armv5l" | "armv6l" | "armel" => "armel",
-        "ppc64le" | "ppc64el" => "ppc64el",
-        "ppc64" => "ppc64",
-        "ppc" | "powerpc" => "powerpc",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        "mips64" | "mips64el" => "mips64el",
-        "mips" | "mipsel" => "mipsel",
-        "loongarch64" | "loong64" => "loong64",
-        "sparc64" => "sparc64",
-        "alpha" => "alpha",
-        "parisc" | "parisc64" | "hppa" => "hppa",
-        "ia64" => "ia64",
-        "m68k" => "m68k",
-        "sh4" => "sh4",
-        _ => return None,
-    })
-}
-
-/// The kernel architecture DKMS records for a Debian architecture (inverse of `debian_arch`).
-pub fn kernel_arch(debian: &str) -> &str {
-    match debian {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "i386" => "i686",
-        "armhf" => "armv7l",
-        "armel" => "armv5tel",
-        "ppc64el" => "ppc64le",
-        "powerpc" => "ppc",
-        "mips64el" => "mips64",
-        "mipsel" => "mips",
-        "loong64" => "loongarch64",
-        "hppa" => "parisc",
-        other => other,
-    }
 }
 
 /// A DKMS module name as a Debian package-name part: lower case, `_` becomes `-` (as DKMS 2's

@@ -7,12 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::base::error::{Error, IoContext, Result};
-use crate::cmd::cli::Invocation;
 use crate::package::archive;
 use crate::package::copyright::{self, Notices};
 use crate::package::deb::{self, Content, Entry, Package, Plan};
 use crate::state::registered::{self, Registered};
-use crate::system::config::Paths;
+use crate::system::options::Options;
 
 /// What a DKMS source package is made from.
 #[derive(Debug, Clone)]
@@ -214,9 +213,9 @@ pub fn read_sources(dir: &Path) -> Result<Vec<Entry>> {
 /// `rdkms mkdeb NAME/VERSION` (sources of a registered module; written to
 /// `<dkmstree>/NAME/VERSION/deb/`) or `rdkms mkdeb SOURCE-DIR` (written to the current
 /// directory); `--output DIR` overrides. Prints the package path on stdout.
-pub fn run(inv: &Invocation) -> Result<i32> {
-    let paths = Paths::from_cli(&inv.cli);
-    let (module, version, source, default_out) = match &inv.source_path {
+pub fn run(opts: &Options) -> Result<i32> {
+    let paths = opts.paths.clone();
+    let (module, version, source, default_out) = match &opts.source_path {
         Some(p) => {
             let dir = if p.is_dir() {
                 p.clone()
@@ -228,11 +227,11 @@ pub fn run(inv: &Invocation) -> Result<i32> {
             } else {
                 dir
             };
-            let (m, v) = registered::identity(&paths, &dir, inv)?;
+            let (m, v) = registered::identity(&paths, &dir, opts)?;
             (m, v, dir, PathBuf::from("."))
         }
         None => {
-            let reg = Registered::from_invocation(inv, "mkdeb")?;
+            let reg = Registered::from_options(opts, "mkdeb")?;
             let src = reg.source_dir()?;
             let out = reg.dir().join("deb");
             (reg.module, reg.version, src, out)
@@ -254,8 +253,8 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         maintainer: deb::maintainer_from_env(),
         epoch,
     })?;
-    let out_dir = inv.cli.output.clone().unwrap_or(default_out);
-    deb::publish(&plan, &out_dir, "DKMS source package", inv.cli.quiet)?;
+    let out_dir = opts.output.clone().unwrap_or(default_out);
+    deb::publish(&plan, &out_dir, "DKMS source package", opts.quiet)?;
     Ok(0)
 }
 

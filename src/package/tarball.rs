@@ -7,17 +7,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{renameat2, RenameFlags};
-
 use crate::base::error::{Error, IoContext, Result};
-use crate::cmd::cli::Invocation;
 use crate::ops::add::{self, AddOptions};
 use crate::package::archive::{self, Builder, Compression};
 use crate::package::deb;
+use crate::state::atomic;
 use crate::state::lock::{self, TreeLock};
 use crate::state::registered::{self, Registered};
 use crate::state::tree::Tree;
 use crate::system::config::Paths;
+use crate::system::console::Console;
+use crate::system::options::Options;
 
 /// Above this length the kernel list in the default name becomes `manykernels` (as in DKMS).
 const MAX_KERNEL_LIST: usize = 200;
@@ -41,19 +41,27 @@ pub fn default_name(module: &str, version: &str, builds: &[(String, String)]) ->
     format!("{module}-{version}-{list}.dkms.tar.gz")
 }
 
+/// Where the tarball commands' messages go: stderr, through the one output path, unless `-q`.
+fn console(quiet: bool) -> Console {
+    Console {
+        quiet,
+        verbose: false,
+    }
+}
+
 /// `rdkms mktarball NAME/VERSION [-k KVER]... [--all] [--source-only | --binaries-only]
 /// [--archive [DIR/]NAME]`: writes the archive (default in `<dkmstree>/NAME/VERSION/tarball/`)
 /// and prints its path on stdout.
-pub fn make(inv: &Invocation) -> Result<i32> {
-    if inv.cli.binaries_only && inv.cli.source_only {
+pub fn make(opts: &Options) -> Result<i32> {
+    if opts.binaries_only && opts.source_only {
         return Err(Error::TarballKinds);
     }
-    let reg = Registered::from_invocation(inv, "mktarball")?;
-    let _lock = TreeLock::acquire(&reg.paths, lock::timeout(inv.cli.lock_timeout))?;
-    let builds = if inv.cli.source_only {
+    let reg = Registered::from_options(opts, "mktarball")?;
+    let _lock = TreeLock::acquire(&reg.paths, lock::timeout(opts.lock_timeout))?;
+    let builds = if opts.source_only {
         Vec::new()
     } else {
-        reg.requested_builds(inv)?
+        reg.requested_builds(opts)?
     };
     let mut b = Builder::new();
     b.dir("dkms_main_tree");
@@ -75,8 +83,8 @@ pub fn make(inv: &Invocation) -> Result<i32> {
             false,
         )?;
     }
-    if inv.cli.binaries_only {
-        let conf = match &inv.cli.conf {
+    if opts.binaries_only {
+        let conf = match &opts.conf {
             Some(c) => c.clone(),
             None => reg.source_dir()?.join("dkms.conf"),
         };
@@ -99,7 +107,7 @@ pub fn make(inv: &Invocation) -> Result<i32> {
         .collect();
     let mut name = default_name(&reg.module, &reg.version, &pairs);
     let mut dir = reg.dir().join("tarball");
-    if let Some(a) = &inv.cli.archive {
+    if let Some(a) = &opts.archive {
         if let Some(n) = a.file_name() {
             name = n.to_string_lossy().into_owned();
         }
@@ -110,9 +118,7 @@ pub fn make(inv: &Invocation) -> Result<i32> {
     let epoch = deb::source_date_epoch()?.unwrap_or_else(|| b.newest_mtime());
     let dest = dir.join(&name);
     b.write(&dest, Compression::for_name(&name), epoch)?;
-    if !inv.cli.quiet {
-        eprintln!("Tarball location: {}", dest.display());
-    }
+    console(opts.quiet).say(format!("Tarball location: {}", dest.display()));
     println!("{}", dest.display());
     Ok(0)
 }
@@ -149,19 +155,13 @@ fn place(from: &Path, to: &Path) -> Result<()> {
         .ctx("create a staging directory in", parent)?;
     let new = staging.path().join("new");
     copy_tree(from, &new)?;
-    if to.symlink_metadata().is_ok() {
-        renameat2(None, &new, None, to, RenameFlags::RENAME_EXCHANGE)
-            .map_err(|e| Error::io("replace", to, e.into()))?;
-    } else {
-        fs::rename(&new, to).ctx("move into place", to)?;
-    }
-    Ok(())
+    atomic::replace_dir(&new, to)
 }
 
 /// Registers M/V with `add` (the `source` link to `<sourcetree>/M-V`, POST_ADD), as DKMS's
 /// ldtarball ends with add_module.
-fn register(paths: &Paths, lock: &TreeLock, inv: &Invocation, m: &str, v: &str) -> Result<()> {
-    add::ensure_added(paths, lock, m, v, &AddOptions::from_invocation(inv))?;
+fn register(paths: &Paths, lock: &TreeLock, opts: &Options, m: &str, v: &str) -> Result<()> {
+    add::ensure_added(paths, lock, m, v, &AddOptions::from_options(opts))?;
     Ok(())
 }
 
@@ -180,8 +180,8 @@ fn find_conf(root: &Path) -> Option<PathBuf> {
 /// `rdkms ldtarball FILE` (or `--archive FILE`): loads a DKMS tarball (sources into
 /// `<sourcetree>/M-V`, builds into `<dkmstree>/M/V/K/A`) or a plain source archive holding a
 /// dkms.conf, and registers the module. Existing builds are kept unless `--force`.
-pub fn load(inv: &Invocation) -> Result<i32> {
-    let Some(archive) = inv.cli.archive.clone() else {
+pub fn load(opts: &Options) -> Result<i32> {
+    let Some(archive) = opts.archive.clone() else {
         return Err(Error::Usage(
             "ldtarball needs an archive: rdkms ldtarball FILE (or --archive FILE)".into(),
         ));
@@ -189,7 +189,7 @@ pub fn load(inv: &Invocation) -> Result<i32> {
     if !archive.is_file() {
         return Err(Error::ArchiveMissing { path: archive });
     }
-    let paths = Paths::from_cli(&inv.cli);
+    let paths = opts.paths.clone();
     let work = tempfile::Builder::new()
         .prefix("rdkms-ldtarball-")
         .tempdir()
@@ -197,12 +197,8 @@ pub fn load(inv: &Invocation) -> Result<i32> {
     let root = work.path().join("x");
     fs::create_dir(&root).ctx("create", &root)?;
     archive::extract(&archive, &root)?;
-    let lock = TreeLock::acquire(&paths, lock::timeout(inv.cli.lock_timeout))?;
-    let say = |s: String| {
-        if !inv.cli.quiet {
-            eprintln!("{s}");
-        }
-    };
+    let lock = TreeLock::acquire(&paths, lock::timeout(opts.lock_timeout))?;
+    let say = |s: String| console(opts.quiet).say(s);
 
     let main_tree = root.join("dkms_main_tree");
     if !main_tree.is_dir() {
@@ -211,10 +207,10 @@ pub fn load(inv: &Invocation) -> Result<i32> {
             problem: "no dkms.conf found within it".into(),
         })?;
         let src = conf.parent().unwrap_or(&root);
-        let (m, v) = registered::identity(&paths, src, inv)?;
+        let (m, v) = registered::identity(&paths, src, opts)?;
         say(format!("Loading source tree of {m}-{v}"));
         place(src, &paths.source_tree.join(format!("{m}-{v}")))?;
-        register(&paths, &lock, inv, &m, &v)?;
+        register(&paths, &lock, opts, &m, &v)?;
         return Ok(0);
     }
 
@@ -226,9 +222,9 @@ pub fn load(inv: &Invocation) -> Result<i32> {
             archive: archive.clone(),
             problem: "no dkms.conf in dkms_source_tree or dkms_binaries_only".into(),
         })?;
-    let (m, v) = registered::identity(&paths, &conf_dir, inv)?;
+    let (m, v) = registered::identity(&paths, &conf_dir, opts)?;
     let tree = Tree::new(&paths.dkms_tree);
-    if tree.is_added(&m, &v) && !inv.cli.force {
+    if tree.is_added(&m, &v) && !opts.force {
         return Err(Error::ArchiveAlreadyAdded {
             module: m,
             version: v,
@@ -238,9 +234,9 @@ pub fn load(inv: &Invocation) -> Result<i32> {
     let source = paths.source_tree.join(format!("{m}-{v}"));
     if kind == "dkms_source_tree" {
         place(&conf_dir, &source)?;
-        register(&paths, &lock, inv, &m, &v)?;
+        register(&paths, &lock, opts, &m, &v)?;
     } else if source.is_dir() {
-        register(&paths, &lock, inv, &m, &v)?;
+        register(&paths, &lock, opts, &m, &v)?;
     } else {
         // Binaries only and no sources here: DKMS keeps the dkms.conf in a real `source` dir.
         let stub = work.path().join("stub");
@@ -256,11 +252,11 @@ pub fn load(inv: &Invocation) -> Result<i32> {
     for kernel in sorted_subdirs(&main_tree)? {
         for arch in sorted_subdirs(&main_tree.join(&kernel))? {
             let to = tree.build_dir(&m, &v, &kernel, &arch);
-            if to.exists() && !inv.cli.force {
-                eprintln!(
-                    "Warning: {} already exists. Skipping... (use --force to replace it)",
+            if to.exists() && !opts.force {
+                console(false).warn(format!(
+                    "{} already exists. Skipping... (use --force to replace it)",
                     to.display()
-                );
+                ));
                 continue;
             }
             say(format!("Loading {}...", to.display()));
@@ -272,15 +268,7 @@ pub fn load(inv: &Invocation) -> Result<i32> {
 
 /// Names of the directories directly in `dir`, sorted.
 fn sorted_subdirs(dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).ctx("read", dir)? {
-        let e = e.ctx("read", dir)?;
-        if e.file_type().ctx("read", e.path())?.is_dir() {
-            out.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
+    crate::base::files::subdirs(dir).ctx("read", dir)
 }
 
 #[cfg(test)]

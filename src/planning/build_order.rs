@@ -112,15 +112,12 @@ fn stored_logs(module_dir: &Path) -> Vec<(SystemTime, PathBuf)> {
     out
 }
 
-/// The directories (not symlinks) directly inside `dir`; none when it cannot be read.
+/// The directories (not symlinks) directly inside `dir`, sorted; none when it cannot be read.
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
+    crate::base::files::subdirs(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| dir.join(n))
         .collect()
 }
 

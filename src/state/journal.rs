@@ -11,6 +11,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use crate::base::error::{Error, IoContext, Result};
+use crate::base::files;
 use crate::state::atomic;
 
 /// A set of kernels with a pending piece of work, kept as empty files in one directory of the
@@ -76,10 +77,8 @@ impl Marks {
     /// last one unless it is kept.
     pub fn clear(&self, kernel: &str) -> Result<()> {
         let file = self.dir.join(kernel);
-        match fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("remove", &file, e)),
+        if !files::remove_file(&file, "remove")? {
+            return Ok(());
         }
         if !self.keep_dir && fs::remove_dir(&self.dir).is_ok() {
             return Ok(());
@@ -118,11 +117,7 @@ impl Removal {
 
     /// The files are gone: forget the record (and its directory when it was the last).
     pub fn finish(self) -> Result<()> {
-        match fs::remove_file(&self.record) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &self.record, e)),
-        }
+        files::remove_file(&self.record, "remove")?;
         if let Some(dir) = self.record.parent() {
             let _ = fs::remove_dir(dir);
         }

@@ -12,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::base::error::{Error, IoContext, Result};
 use crate::system::config::Paths;
+use crate::system::console::Console;
 
 /// How long a command waits for the lock unless told otherwise (`--lock-timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -60,11 +61,11 @@ impl TreeLock {
                     }
                     // A holder that recorded nothing is a `ReadLock`, gone in a moment.
                     if !told && holder_record(&mut unlocked).is_some() {
-                        eprintln!(
+                        Console::default().say(format!(
                             "rdkms: waiting for {} (held by {})",
                             path.display(),
                             holder(&mut unlocked)
-                        );
+                        ));
                         told = true;
                     }
                     std::thread::sleep(pause.min(timeout - waited));

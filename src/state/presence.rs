@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
-use crate::effects::install::find_module_file;
+use crate::state::module_files::find_module_file;
 use crate::state::tree::Tree;
 use crate::system::config::Paths;
 use crate::system::host;
@@ -25,7 +25,7 @@ pub fn installed_files_present(paths: &Paths, m: &str, v: &str, k: &str, a: &str
             [&e.install_location, &e.dest_location]
                 .iter()
                 .any(|loc| in_dir(&kernel_dir.join(loc.trim_start_matches('/')), &e.dest_name))
-                || crate::effects::install::kernel_has_module(&kernel_dir, &e.dest_name)
+                || crate::state::module_files::kernel_has_module(&kernel_dir, &e.dest_name)
         }),
         None => {
             let Some(files) = tree.built_module_files(m, v, k, a) else {

@@ -6,11 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::base::error::{Error, IoContext, Result};
-use crate::cmd::cli::Invocation;
 use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
 use crate::state::tree::Tree;
 use crate::system::config::Paths;
 use crate::system::host;
+use crate::system::options::Options;
 
 /// A module/version known to the dkms tree.
 #[derive(Debug, Clone)]
@@ -47,19 +47,19 @@ impl Registered {
     }
 
     /// The module/version named on the command line of `action`, which must be registered.
-    pub fn from_invocation(inv: &Invocation, action: &str) -> Result<Registered> {
-        let (Some(module), Some(version)) = (&inv.module, &inv.version) else {
+    pub fn from_options(opts: &Options, action: &str) -> Result<Registered> {
+        let (Some(module), Some(version)) = (&opts.module, &opts.version) else {
             return Err(Error::MissingModule {
                 action: action.into(),
             });
         };
-        Registered::open(&Paths::from_cli(&inv.cli), module, version)
+        Registered::open(&opts.paths.clone(), module, version)
     }
 
     /// The builds a command line asks for: `--all` = every build in the tree; otherwise each
     /// `-k KVER[/ARCH]` (arch defaulting to the machine's), or the running kernel, as DKMS does.
-    pub fn requested_builds(&self, inv: &Invocation) -> Result<Vec<Build>> {
-        if inv.cli.all {
+    pub fn requested_builds(&self, opts: &Options) -> Result<Vec<Build>> {
+        if opts.all {
             let builds = self.builds()?;
             if builds.is_empty() {
                 return Err(Error::NotBuilt {
@@ -71,18 +71,17 @@ impl Registered {
             }
             return Ok(builds);
         }
-        if inv.kernels.is_empty() {
+        if opts.kernels.is_empty() {
             return Ok(vec![Build {
                 kernel: host::running_kernel(),
-                arch: inv
-                    .cli
+                arch: opts
                     .archs
                     .first()
                     .cloned()
                     .unwrap_or_else(host::machine_arch),
             }]);
         }
-        Ok(inv
+        Ok(opts
             .kernels
             .iter()
             .map(|k| Build {
@@ -197,7 +196,7 @@ impl Registered {
 }
 
 /// PACKAGE_NAME and PACKAGE_VERSION of an unregistered source directory, read from its dkms.conf.
-pub fn identity(paths: &Paths, dir: &Path, inv: &Invocation) -> Result<(String, String)> {
+pub fn identity(paths: &Paths, dir: &Path, opts: &Options) -> Result<(String, String)> {
     let base = dir
         .canonicalize()
         .ctx("read", dir)?
@@ -208,7 +207,7 @@ pub fn identity(paths: &Paths, dir: &Path, inv: &Invocation) -> Result<(String, 
         .rsplit_once('-')
         .map(|(m, v)| (m.to_string(), v.to_string()))
         .unwrap_or((base.clone(), String::new()));
-    let kernel = inv
+    let kernel = opts
         .kernels
         .first()
         .map(|k| k.kernel.clone())
@@ -230,7 +229,7 @@ pub fn identity(paths: &Paths, dir: &Path, inv: &Invocation) -> Result<(String, 
         dkms_tree: paths.dkms_tree.clone(),
         source_tree: paths.source_tree.clone(),
         install_tree: paths.install_tree.clone(),
-        directive_overrides: inv.cli.directives.clone(),
+        directive_overrides: opts.directives.clone(),
         mode: EvalMode::Auto,
     })?;
     Ok((conf.package_name, conf.package_version))
@@ -238,18 +237,7 @@ pub fn identity(paths: &Paths, dir: &Path, inv: &Invocation) -> Result<(String, 
 
 /// Names of the real (non-symlink) subdirectories of `dir`, sorted; none if `dir` is absent.
 fn sorted_dirs(dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    for entry in rd {
-        let entry = entry.ctx("read", dir)?;
-        if entry.file_type().ctx("read", entry.path())?.is_dir() {
-            out.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(crate::base::files::subdirs(dir).unwrap_or_default())
 }
 
 #[cfg(test)]

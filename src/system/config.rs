@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cmd::cli::Cli;
-
 /// Resolved locations of every tree and file rdkms reads or writes.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -39,27 +37,6 @@ impl Paths {
         }
     }
 
-    /// The layout for a command line: `--root` (or `RDKMS_ROOT`) first, then explicit tree options,
-    /// which are taken as given (relative to the working directory), not under the root.
-    /// Relative paths are made absolute first: builds run make in other directories.
-    pub fn from_cli(cli: &Cli) -> Paths {
-        let root = cli
-            .root
-            .as_deref()
-            .map_or_else(|| PathBuf::from("/"), absolute);
-        let mut paths = Paths::under(root);
-        if let Some(d) = &cli.dkms_tree {
-            paths.dkms_tree = absolute(d);
-        }
-        if let Some(d) = &cli.source_tree {
-            paths.source_tree = absolute(d);
-        }
-        if let Some(d) = &cli.install_tree {
-            paths.install_tree = absolute(d);
-        }
-        paths
-    }
-
     /// A system path (absolute, as DKMS spells it) mapped under the root.
     pub fn system(&self, path: impl AsRef<Path>) -> PathBuf {
         rooted(&self.root, path)
@@ -73,7 +50,7 @@ impl Paths {
 
 /// `dir` made absolute against the working directory, `.`/`..` and trailing slashes resolved
 /// lexically (symlinks are kept: `--root` may be a link to where the tree lives).
-fn absolute(dir: &Path) -> PathBuf {
+pub fn absolute(dir: &Path) -> PathBuf {
     lexical(&std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
 }
 

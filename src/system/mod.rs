@@ -1,11 +1,13 @@
 //! Layer 2, the machine and its settings: where every path lives under `--root` (`config`),
-//! framework.conf, host and target-kernel facts, and the output to people (`console`, `progress`)
-//! and to apt/syslog (`report`). May use `base`.
+//! framework.conf, host and target-kernel facts, the typed `Options` of one command (made by
+//! `cmd`), and the output to people (`console`, `progress`)
+//! and to apt/syslog (`report`). May use `base` and `conf`.
 
 pub mod config;
 pub mod console;
 pub mod framework;
 pub mod host;
 pub mod kernel;
+pub mod options;
 pub mod progress;
 pub mod report;

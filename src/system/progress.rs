@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cmd::cli::Cli;
-
 /// The display, when this process shows one (decided once, before any output).
 static DISPLAY: OnceLock<Option<MultiProgress>> = OnceLock::new();
 
 /// Decides whether this command shows progress: stderr is a terminal, the terminal is not
-/// `dumb`, and neither `-q` nor a hook run (`--hook`, `--from-apt`) asked for silence.
-pub fn init(cli: &Cli) {
+/// `dumb`, and `silent` (`-q`, or a hook run: `--hook`, `--from-apt`) was not asked for.
+pub fn init(silent: bool) {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
-    let enabled = terminal && !cli.quiet && !cli.hook && !cli.from_apt;
+    let enabled = terminal && !silent;
     let _ = DISPLAY.set(
         enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10))),
     );

@@ -1,14 +1,11 @@
 //! What hooks tell people and apt: nothing on stdout; on stderr one line per module and kernel
 //! and a summary per kernel; the same lines in syslog (tag `rdkms`); failures remembered in
-//! the dkms tree for `plan`/`status`; and the exit status from the failure policy.
+//! the dkms tree (`state::failures`); and the exit status from the failure policy.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::base::error::{Error, IoContext, Result};
 use crate::system::config::Paths;
 
 /// Exit status of a hook run that the policy says must fail (DKMS's autoinstall failure code).
@@ -16,9 +13,6 @@ pub const FAILURE_EXIT: i32 = 11;
 
 /// Name of the framework.conf setting that chooses the policy.
 pub const POLICY_NAME: &str = "rdkms_failure_policy";
-
-/// Directory in the dkms tree with one record per failed module build.
-pub const FAILURES_DIR: &str = ".rdkms-failures";
 
 /// When a hook's exit status reports module failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,18 +73,6 @@ pub struct Record {
     /// REMAKE_INITRD: a failure can leave the machine unbootable.
     pub critical: bool,
     pub outcome: Outcome,
-}
-
-/// A failure remembered in the tree until the module builds or its kernel goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureNote {
-    pub module: String,
-    pub version: String,
-    pub kernel: String,
-    pub arch: String,
-    pub code: i32,
-    pub reason: String,
-    pub critical: bool,
 }
 
 #[derive(Debug, Default)]
@@ -258,60 +240,15 @@ impl Reporter {
     }
 }
 
+/// The root's `/dev/log`, non-blocking. Written by hand rather than with the `syslog` crate:
+/// all a hook sends is one RFC 3164 datagram (`<PRI>rdkms[PID]: text`; the daemon adds time
+/// and host) to a socket under `--root`, never waiting and ignoring every failure; these few
+/// lines cost less than the crate's formatters and its `hostname` and time dependencies.
 fn connect(path: &Path) -> Option<UnixDatagram> {
     let sock = UnixDatagram::unbound().ok()?;
     sock.set_nonblocking(true).ok()?;
     sock.connect(path).ok()?;
     Some(sock)
-}
-
-fn failure_file(paths: &Paths, module: &str, version: &str, kernel: &str, arch: &str) -> PathBuf {
-    paths
-        .dkms_tree
-        .join(FAILURES_DIR)
-        .join(format!("{module}@{version}@{kernel}@{arch}"))
-}
-
-/// Remembers a failed build (replacing an older note for the same module/version/kernel/arch).
-pub fn remember_failure(paths: &Paths, note: &FailureNote) -> Result<()> {
-    let dir = paths.dkms_tree.join(FAILURES_DIR);
-    std::fs::create_dir_all(&dir).ctx("create", &dir)?;
-    let file = failure_file(paths, &note.module, &note.version, &note.kernel, &note.arch);
-    let tmp = file.with_extension("tmp");
-    let text = serde_json::to_string(note).map_err(|e| Error::io("encode", &file, e.into()))?;
-    std::fs::write(&tmp, text).ctx("write", &tmp)?;
-    std::fs::rename(&tmp, &file).ctx("rename", &file)
-}
-
-/// Forgets the failure notes of a module on a kernel (it built, or was purged), or of every
-/// module of `kernel` when `module` is None.
-pub fn forget_failures(paths: &Paths, module: Option<&str>, kernel: &str) -> Result<()> {
-    for note in failures(paths) {
-        if note.kernel == kernel && module.is_none_or(|m| m == note.module) {
-            let f = failure_file(paths, &note.module, &note.version, &note.kernel, &note.arch);
-            match std::fs::remove_file(&f) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", &f, e)),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every remembered failure, sorted by kernel then module.
-pub fn failures(paths: &Paths) -> Vec<FailureNote> {
-    let mut out: Vec<FailureNote> = std::fs::read_dir(paths.dkms_tree.join(FAILURES_DIR))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_none_or(|x| x != "tmp"))
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .filter_map(|t| serde_json::from_str(&t).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_by(|a, b| (&a.kernel, &a.module).cmp(&(&b.kernel, &b.module)));
-    out
 }
 
 #[cfg(test)]
@@ -422,31 +359,5 @@ mod tests {
         for _ in 0..10_000 {
             r.say(Severity::Info, "flood");
         }
-    }
-
-    #[test]
-    fn failures_are_remembered_until_forgotten() {
-        let (_d, p) = root();
-        let note = |m: &str, k: &str| FailureNote {
-            module: m.into(),
-            version: "1".into(),
-            kernel: k.into(),
-            arch: "x86_64".into(),
-            code: 10,
-            reason: "make failed".into(),
-            critical: false,
-        };
-        remember_failure(&p, &note("b", "k1")).unwrap();
-        remember_failure(&p, &note("a", "k1")).unwrap();
-        remember_failure(&p, &note("a", "k2")).unwrap();
-        remember_failure(&p, &note("a", "k2")).unwrap();
-        assert_eq!(
-            failures(&p),
-            vec![note("a", "k1"), note("b", "k1"), note("a", "k2")]
-        );
-        forget_failures(&p, Some("a"), "k1").unwrap();
-        assert_eq!(failures(&p), vec![note("b", "k1"), note("a", "k2")]);
-        forget_failures(&p, None, "k2").unwrap();
-        assert_eq!(failures(&p), vec![note("b", "k1")]);
     }
 }
