@@ -240,6 +240,7 @@ fn plan_findings(plan: &plan::Plan, out: &mut Vec<Finding>) {
                 version,
                 kernel,
                 reason,
+                ..
             } => (
                 "modules",
                 format!("{module}/{version} cannot be built for kernel {kernel}: {reason}"),

@@ -10,11 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::base::error::{Error, IoContext, Result};
+use crate::base::error::{Error, Result};
 use crate::cmd::cli::{Action, Invocation};
 use crate::effects::build::{self, Jobs};
 use crate::effects::depmod;
@@ -23,13 +22,14 @@ use crate::ops::add::{self, AddOptions};
 use crate::ops::lifecycle::{self, Changes, Ctx, Job};
 use crate::package::tarball;
 use crate::planning::inventory;
-use crate::planning::plan::{self, ConfFacts, Plan, Request, Scope, Step};
-use crate::state::atomic::{self, Removals};
+use crate::planning::plan::{self, ConfFacts, FailCause, Plan, Request, Scope, Step};
+use crate::state::atomic::Removals;
 use crate::state::failures::{self, FailureNote};
 use crate::state::fingerprint;
 use crate::state::journal::Marks;
 use crate::state::lock::{self, TreeLock};
 use crate::state::presence;
+use crate::state::purge;
 use crate::state::tree::{self, Selection, Tree};
 use crate::system::config::Paths;
 use crate::system::host;
@@ -360,10 +360,11 @@ fn changes_nothing(plan: &Plan, remembered: &[FailureNote], arch: &str) -> bool 
             version,
             kernel,
             reason,
+            cause,
         } => remembered.iter().any(|n| {
             (&n.module, &n.version, &n.kernel, &n.reason) == (module, version, kernel, reason)
                 && n.arch == arch
-                && n.code == fail_code(reason)
+                && n.code == fail_code(*cause)
                 && !n.critical
         }),
         _ => false,
@@ -371,11 +372,10 @@ fn changes_nothing(plan: &Plan, remembered: &[FailureNote], arch: &str) -> bool 
 }
 
 /// The exit status a planned failure is remembered with.
-fn fail_code(reason: &str) -> i32 {
-    if reason.contains("BUILD_DEPENDS") || reason.contains("dependenc") {
-        DEPENDENCY_EXIT
-    } else {
-        8
+fn fail_code(cause: FailCause) -> i32 {
+    match cause {
+        FailCause::Dependency => DEPENDENCY_EXIT,
+        FailCause::Conf => 8,
     }
 }
 
@@ -739,61 +739,15 @@ impl<'a> Executor<'a> {
                 kernel,
                 arch,
                 ..
-            } => {
-                self.reporter.say(
-                    Severity::Info,
-                    &format!("removing module {module}/{version} for kernel {kernel} ({arch})"),
-                );
-                match self.purge(module, version, kernel, arch) {
-                    Ok(()) => self.record(module, version, kernel, arch, Outcome::Purged),
-                    Err(e) => {
-                        self.prerm_failed = true;
-                        self.record(
-                            module,
-                            version,
-                            kernel,
-                            arch,
-                            Outcome::Failed {
-                                code: e.exit_code(),
-                                reason: e.to_string(),
-                            },
-                        );
-                    }
-                }
-            }
-            Step::CleanKernel { kernel, gone } => {
-                if let Err(e) = clean_kernel(&self.ctx.paths, kernel, *gone) {
-                    self.reporter.failure(None, false, &e.to_string());
-                }
-                if *gone {
-                    let _ = depmod::forget(&self.ctx.paths, kernel);
-                    let _ = failures::forget_failures(&self.ctx.paths, None, kernel);
-                }
-            }
+            } => self.step_purge(module, version, kernel, arch),
+            Step::CleanKernel { kernel, gone } => self.step_clean_kernel(kernel, *gone),
             Step::Build {
                 module,
                 version,
                 kernel,
                 arch,
                 needs,
-            } => {
-                if let Some(dep) = self.failed_dependency(kernel, needs) {
-                    let reason = format!("dependency {dep} failed");
-                    let outcome = Outcome::Failed {
-                        code: DEPENDENCY_EXIT,
-                        reason,
-                    };
-                    self.record(module, version, kernel, arch, outcome);
-                    return;
-                }
-                let result = prebuilt.unwrap_or_else(|| {
-                    let facts = self.facts(kernel, arch);
-                    lifecycle::build_one(&self.job(module, version), &facts)
-                });
-                if let Err(e) = result {
-                    self.build_error(module, version, kernel, arch, e);
-                }
-            }
+            } => self.step_build(module, version, kernel, arch, needs, prebuilt),
             Step::Install {
                 module,
                 version,
@@ -802,93 +756,39 @@ impl<'a> Executor<'a> {
                 replaces,
                 remake_initrd,
                 needs,
-            } => {
-                if self.is_done(kernel, module) {
-                    return;
-                }
-                if let Some(dep) = self.failed_dependency(kernel, needs) {
-                    let outcome = Outcome::Failed {
-                        code: DEPENDENCY_EXIT,
-                        reason: format!("dependency {dep} failed"),
-                    };
-                    self.record(module, version, kernel, arch, outcome);
-                    return;
-                }
-                match self.install(module, version, kernel, arch, replaces.as_deref()) {
-                    Ok(()) => {
-                        if *remake_initrd {
-                            self.remake_changed.insert(kernel.clone());
-                        }
-                        self.record(module, version, kernel, arch, Outcome::Installed);
-                    }
-                    Err(e) => self.build_error(module, version, kernel, arch, e),
-                }
-            }
+            } => self.step_install(
+                module,
+                version,
+                kernel,
+                arch,
+                replaces.as_deref(),
+                *remake_initrd,
+                needs,
+            ),
             Step::Skip {
                 module,
                 version,
                 kernel,
                 reason,
             } => {
-                let arch = snap.arch.clone();
-                self.record(
-                    module,
-                    version,
-                    kernel,
-                    &arch,
-                    Outcome::Skipped(reason.to_string()),
-                );
+                let outcome = Outcome::Skipped(reason.to_string());
+                self.record(module, version, kernel, &snap.arch, outcome);
             }
             Step::Fail {
                 module,
                 version,
                 kernel,
                 reason,
+                cause,
             } => {
-                let code = fail_code(reason);
-                let arch = snap.arch.clone();
                 let outcome = Outcome::Failed {
-                    code,
+                    code: fail_code(*cause),
                     reason: reason.clone(),
                 };
-                self.record(module, version, kernel, &arch, outcome);
+                self.record(module, version, kernel, &snap.arch, outcome);
             }
-            Step::NoHeaders { kernel, package } => {
-                self.missing_headers.push(kernel.clone());
-                self.reporter.say(
-                    Severity::Warning,
-                    &format!(
-                        "kernel {kernel}: its headers are not installed, so its DKMS modules cannot be built; install {package}"
-                    ),
-                );
-            }
-            Step::Depmod { kernel } => {
-                let facts = self
-                    .changes
-                    .kernels
-                    .iter()
-                    .find(|f| &f.kernel == kernel)
-                    .cloned()
-                    .or_else(|| {
-                        snap.depmod_pending
-                            .contains(kernel)
-                            .then(|| self.facts(kernel, &snap.arch))
-                    });
-                let Some(facts) = facts else {
-                    // Nothing changed after all (every install was skipped or failed).
-                    let _ = depmod::forget(&self.ctx.paths, kernel);
-                    return;
-                };
-                if self.ctx.no_depmod || !facts.modules_dir.is_dir() {
-                    return;
-                }
-                let result = depmod::run_recorded(&self.ctx.paths, &facts, &self.ctx.console);
-                if let Err(e) = result {
-                    let critical = self.remake_changed.contains(kernel);
-                    self.reporter
-                        .failure(Some(kernel), critical, &e.to_string());
-                }
-            }
+            Step::NoHeaders { kernel, package } => self.step_no_headers(kernel, package),
+            Step::Depmod { kernel } => self.step_depmod(kernel, snap),
             Step::UpdateInitramfs { kernel } => self.update_initramfs(kernel, snap),
             Step::ForgetInitramfs { kernel } => {
                 if let Err(e) = initramfs::clear(&self.ctx.paths, kernel) {
@@ -898,10 +798,150 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// A build or install error: exit 77 (BUILD_EXCLUSIVE found at build time) is a skip that
-    /// satisfies dependents; anything else a failure.
+    /// Removes a build of a kernel that is gone or being removed; a failure fails prerm.
+    fn step_purge(&mut self, module: &str, version: &str, kernel: &str, arch: &str) {
+        self.reporter.say(
+            Severity::Info,
+            &format!("removing module {module}/{version} for kernel {kernel} ({arch})"),
+        );
+        match self.purge(module, version, kernel, arch) {
+            Ok(()) => self.record(module, version, kernel, arch, Outcome::Purged),
+            Err(e) => {
+                self.prerm_failed = true;
+                self.record(
+                    module,
+                    version,
+                    kernel,
+                    arch,
+                    Outcome::Failed {
+                        code: e.exit_code(),
+                        reason: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Removes what a purged kernel left; a kernel that is gone also loses its records.
+    fn step_clean_kernel(&mut self, kernel: &str, gone: bool) {
+        if let Err(e) = purge::clean_kernel(&self.ctx.paths, kernel, gone) {
+            self.reporter.failure(None, false, &e.to_string());
+        }
+        if gone {
+            let _ = depmod::forget(&self.ctx.paths, kernel);
+            let _ = failures::forget_failures(&self.ctx.paths, None, kernel);
+        }
+    }
+
+    /// Builds a module (or takes the result of its concurrent build), unless a module it
+    /// needs failed.
+    fn step_build(
+        &mut self,
+        module: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+        needs: &[String],
+        prebuilt: Option<Result<()>>,
+    ) {
+        if let Some(dep) = self.failed_dependency(kernel, needs) {
+            let reason = format!("dependency {dep} failed");
+            let outcome = Outcome::Failed {
+                code: DEPENDENCY_EXIT,
+                reason,
+            };
+            self.record(module, version, kernel, arch, outcome);
+            return;
+        }
+        let result = prebuilt.unwrap_or_else(|| {
+            let facts = self.facts(kernel, arch);
+            lifecycle::build_one(&self.job(module, version), &facts)
+        });
+        if let Err(e) = result {
+            self.build_error(module, version, kernel, arch, e);
+        }
+    }
+
+    /// Installs a built module (replacing `replaces`), unless its build already ended it or a
+    /// module it needs failed.
+    #[allow(clippy::too_many_arguments)]
+    fn step_install(
+        &mut self,
+        module: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+        replaces: Option<&str>,
+        remake_initrd: bool,
+        needs: &[String],
+    ) {
+        if self.is_done(kernel, module) {
+            return;
+        }
+        if let Some(dep) = self.failed_dependency(kernel, needs) {
+            let outcome = Outcome::Failed {
+                code: DEPENDENCY_EXIT,
+                reason: format!("dependency {dep} failed"),
+            };
+            self.record(module, version, kernel, arch, outcome);
+            return;
+        }
+        match self.install(module, version, kernel, arch, replaces) {
+            Ok(()) => {
+                if remake_initrd {
+                    self.remake_changed.insert(kernel.to_string());
+                }
+                self.record(module, version, kernel, arch, Outcome::Installed);
+            }
+            Err(e) => self.build_error(module, version, kernel, arch, e),
+        }
+    }
+
+    /// A kernel without headers: remembered for the exit status, and said once.
+    fn step_no_headers(&mut self, kernel: &str, package: &str) {
+        self.missing_headers.push(kernel.to_string());
+        self.reporter.say(
+            Severity::Warning,
+            &format!(
+                "kernel {kernel}: its headers are not installed, so its DKMS modules cannot be built; install {package}"
+            ),
+        );
+    }
+
+    /// Runs depmod for a kernel whose modules changed (or whose depmod is owed). A failure is
+    /// reported and the record kept, so the next run retries; the modules stay installed.
+    fn step_depmod(&mut self, kernel: &str, snap: &plan::Snapshot) {
+        let facts = self
+            .changes
+            .kernels
+            .iter()
+            .find(|f| f.kernel == kernel)
+            .cloned()
+            .or_else(|| {
+                snap.depmod_pending
+                    .contains(kernel)
+                    .then(|| self.facts(kernel, &snap.arch))
+            });
+        let Some(facts) = facts else {
+            // Nothing changed after all (every install was skipped or failed).
+            let _ = depmod::forget(&self.ctx.paths, kernel);
+            return;
+        };
+        if self.ctx.no_depmod || !facts.modules_dir.is_dir() {
+            return;
+        }
+        let result = depmod::run_recorded(&self.ctx.paths, &facts, &self.ctx.console);
+        if let Err(e) = result {
+            let critical = self.remake_changed.contains(kernel);
+            self.reporter
+                .failure(Some(kernel), critical, &e.to_string());
+        }
+    }
+
+    /// A build or install error: BUILD_EXCLUSIVE found at build time is a skip that satisfies
+    /// dependents (DKMS's exit 77); anything else a failure.
     fn build_error(&mut self, module: &str, version: &str, kernel: &str, arch: &str, e: Error) {
-        if e.exit_code() == 77 {
+        if matches!(e, Error::BuildExclusive { .. }) {
             self.skipped
                 .entry(kernel.to_string())
                 .or_default()
@@ -973,7 +1013,7 @@ impl<'a> Executor<'a> {
                 self.ctx.console.say(format!(
                     "{e}; removing {module}/{version} for {kernel} ({arch}) from its built files"
                 ));
-                purge_without_conf(
+                purge::purge_without_conf(
                     &self.ctx.paths,
                     &self.ctx.tree,
                     (module, version, kernel, arch),
@@ -1025,87 +1065,6 @@ impl<'a> Executor<'a> {
     }
 }
 
-/// Removes a build whose dkms.conf cannot be read: its installed copies (the files of its
-/// `module/` directory, found in the distribution's install location) when `kernel-K-A`
-/// points at it, the link, and `<tree>/M/V/K/A`.
-fn purge_without_conf(
-    paths: &Paths,
-    tree: &Tree,
-    (module, version, kernel, arch): (&str, &str, &str, &str),
-    removals: &mut Removals,
-) -> Result<()> {
-    let build = tree.build_dir(module, version, kernel, arch);
-    let link = tree.installed_link(module, kernel, arch);
-    let points_here = matches!(
-        (fs::canonicalize(&link), fs::canonicalize(&build)),
-        (Ok(a), Ok(b)) if a == b
-    );
-    if points_here {
-        let location = host::location_override(paths).unwrap_or_else(|| "/updates/dkms".into());
-        let dir = paths
-            .install_tree
-            .join(kernel)
-            .join(location.trim_start_matches('/'));
-        let built = tree.built_modules_dir(module, version, kernel, arch);
-        for entry in fs::read_dir(&built).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().contains(".ko") {
-                let file = dir.join(&name);
-                crate::base::files::remove_file(&file, "delete")?;
-            }
-        }
-        fs::remove_file(&link).ctx("delete", &link)?;
-    }
-    let kernel_dir = tree.version_dir(module, version).join(kernel);
-    let only_build = fs::read_dir(&kernel_dir).is_ok_and(|d| {
-        d.flatten().all(|e| {
-            e.file_name().to_str() == Some(arch)
-                || e.file_name().to_string_lossy().ends_with(atomic::TMP_MARK)
-        })
-    });
-    if only_build {
-        removals.hide(&kernel_dir)
-    } else {
-        removals.hide(&build)
-    }
-}
-
-/// After purging a kernel: removes the dkms install directories it left empty and, for a kernel
-/// that is gone, the depmod files once no module file is left, then its directory if empty.
-/// Never touches a kernel's own modules or its headers link.
-fn clean_kernel(paths: &Paths, kernel: &str, gone: bool) -> Result<()> {
-    let dir = paths.install_tree.join(kernel);
-    let location = host::location_override(paths).unwrap_or_else(|| "/updates/dkms".into());
-    let mut sub = dir.join(location.trim_start_matches('/'));
-    while sub.starts_with(&dir) && sub != dir {
-        if fs::remove_dir(&sub).is_err() {
-            break;
-        }
-        sub.pop();
-    }
-    if !gone || has_module_files(&dir) {
-        return Ok(());
-    }
-    for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if is_file && name.starts_with("modules.") {
-            fs::remove_file(entry.path()).ctx("delete", entry.path())?;
-        }
-    }
-    let _ = fs::remove_dir(&dir);
-    Ok(())
-}
-
-/// Whether any `*.ko*` file remains below `dir` (not following symlinks such as `build`).
-fn has_module_files(dir: &Path) -> bool {
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-        .any(|e| e.file_type().is_file() && e.file_name().to_string_lossy().contains(".ko"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1117,7 +1076,7 @@ mod tests {
             version: "1.0".into(),
             kernel: "K".into(),
             arch: "x86_64".into(),
-            code: fail_code(reason),
+            code: fail_code(FailCause::Dependency),
             reason: reason.into(),
             critical: false,
         }
@@ -1136,6 +1095,7 @@ mod tests {
             version: "1.0".into(),
             kernel: "K".into(),
             reason: reason.into(),
+            cause: FailCause::Dependency,
         }
     }
 

@@ -106,6 +106,16 @@ pub enum SkipReason {
     Broken,
 }
 
+/// Why a module cannot be built, so that the executor picks its exit status by kind, not by
+/// reading the reason's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailCause {
+    /// A BUILD_DEPENDS problem: missing, failed or circular dependencies.
+    Dependency,
+    /// The module's dkms.conf could not be read or evaluated for the kernel.
+    Conf,
+}
+
 /// One thing to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
@@ -154,6 +164,9 @@ pub enum Step {
         version: String,
         kernel: String,
         reason: String,
+        /// What kind of failure `reason` describes (not part of `plan --json`).
+        #[serde(skip)]
+        cause: FailCause,
     },
     /// An installed kernel without headers: nothing can be built for it.
     NoHeaders { kernel: String, package: String },
@@ -360,12 +373,14 @@ fn purge_autoinstall(snap: &Snapshot, kernel: &str, steps: &mut Vec<Step>) {
                     version: version.clone(),
                     kernel: kernel.to_string(),
                     reason: reason.clone(),
+                    cause: FailCause::Conf,
                 }),
                 None => steps.push(Step::Fail {
                     module: module.clone(),
                     version: version.clone(),
                     kernel: kernel.to_string(),
                     reason: "dkms.conf was not read".to_string(),
+                    cause: FailCause::Conf,
                 }),
             },
             Step::CleanKernel { .. } if !any => {}
@@ -425,7 +440,7 @@ fn plan_kernel(snap: &Snapshot, req: &Request, k: &Kernel, steps: &mut Vec<Step>
         .filter(|m| installed_version(m, kernel, arch).is_some())
         .map(|m| m.name.as_str())
         .collect();
-    let mut failed: BTreeMap<&str, (String, String)> = BTreeMap::new();
+    let mut failed: BTreeMap<&str, (String, String, FailCause)> = BTreeMap::new();
     for m in &outdated {
         let Some(v) = newest(m) else {
             let version = m.versions.last().map(|v| v.version.clone());
@@ -450,11 +465,12 @@ fn plan_kernel(snap: &Snapshot, req: &Request, k: &Kernel, steps: &mut Vec<Step>
                     (
                         v.version.clone(),
                         "dkms.conf was not read for this kernel".into(),
+                        FailCause::Conf,
                     ),
                 );
             }
             Some(Err(e)) => {
-                failed.insert(&m.name, (v.version.clone(), e.clone()));
+                failed.insert(&m.name, (v.version.clone(), e.clone(), FailCause::Conf));
             }
             Some(Ok(f)) if !f.autoinstall => steps.push(skip(SkipReason::NoAutoinstall)),
             Some(Ok(f)) => {
@@ -514,12 +530,13 @@ fn plan_kernel(snap: &Snapshot, req: &Request, k: &Kernel, steps: &mut Vec<Step>
         installs = true;
         remake |= c.facts.remake_initrd && !kernel_hook;
     }
-    for (name, (version, reason)) in failed {
+    for (name, (version, reason, cause)) in failed {
         steps.push(Step::Fail {
             module: name.to_string(),
             version,
             kernel: kernel.to_string(),
             reason,
+            cause,
         });
     }
     if installs || snap.depmod_pending.contains(kernel) {
@@ -545,7 +562,7 @@ fn initramfs_steps(kernel: &str, update: bool, forget: bool, steps: &mut Vec<Ste
 fn dependency_order<'a>(
     candidates: &BTreeMap<&'a str, Candidate<'a>>,
     satisfied: &BTreeSet<&str>,
-    failed: &mut BTreeMap<&'a str, (String, String)>,
+    failed: &mut BTreeMap<&'a str, (String, String, FailCause)>,
 ) -> Vec<&'a str> {
     let mut waiting: BTreeMap<&'a str, BTreeSet<&'a str>> = BTreeMap::new();
     for (&name, c) in candidates {
@@ -564,6 +581,7 @@ fn dependency_order<'a>(
                 (
                     c.version.version.clone(),
                     format!("missing dependencies: {}", missing.join(" ")),
+                    FailCause::Dependency,
                 ),
             );
             continue;
@@ -604,6 +622,7 @@ fn dependency_order<'a>(
                 (
                     candidates[name].version.version.clone(),
                     format!("dependency {dep} failed"),
+                    FailCause::Dependency,
                 ),
             );
             continue;
@@ -627,6 +646,7 @@ fn dependency_order<'a>(
                 (
                     candidates[name].version.version.clone(),
                     format!("circular BUILD_DEPENDS: {text}"),
+                    FailCause::Dependency,
                 ),
             );
         }
@@ -722,6 +742,7 @@ impl fmt::Display for Step {
                 version,
                 kernel,
                 reason,
+                ..
             } => write!(f, "fail       {module}/{version} for {kernel}: {reason}"),
             Step::NoHeaders { kernel, package } => write!(
                 f,
@@ -1210,12 +1231,14 @@ mod tests {
             version: "1".into(),
             kernel: K1.into(),
             reason: "missing dependencies: manual".into(),
+            cause: FailCause::Dependency,
         }));
         assert!(p.steps.contains(&Step::Fail {
             module: "orphan".into(),
             version: "1".into(),
             kernel: K1.into(),
             reason: "missing dependencies: not-registered".into(),
+            cause: FailCause::Dependency,
         }));
         assert!(installs(&p, K1).is_empty());
         assert_eq!(count(&p, |s| matches!(s, Step::Depmod { .. })), 0);

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod lock;
 pub mod module_files;
 pub mod presence;
+pub mod purge;
 pub mod registered;
 pub mod sources;
 pub mod tree;
