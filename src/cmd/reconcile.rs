@@ -1044,17 +1044,17 @@ impl<'a> Executor<'a> {
         }
         let search = std::env::var_os("PATH").unwrap_or_default();
         match initramfs::regenerate(paths, kernel, &search) {
-            Ok(initramfs::Outcome::Updated(cmd)) => self.reporter.say(
+            Ok(initramfs::Regeneration::Updated(cmd)) => self.reporter.say(
                 Severity::Info,
                 &format!("kernel {kernel}: initramfs updated ({cmd})"),
             ),
-            Ok(initramfs::Outcome::NoImage) => self.reporter.say(
+            Ok(initramfs::Regeneration::NoImage) => self.reporter.say(
                 Severity::Info,
                 &format!(
                     "kernel {kernel}: no initramfs yet; the kernel's own hook will create it with the modules"
                 ),
             ),
-            Ok(initramfs::Outcome::NoTool) => self.reporter.say(
+            Ok(initramfs::Regeneration::NoTool) => self.reporter.say(
                 Severity::Warning,
                 &format!(
                     "kernel {kernel}: neither update-initramfs nor dracut is installed; its initramfs was not updated"

@@ -122,7 +122,7 @@ pub fn image_exists(paths: &Paths, kernel: &str) -> bool {
 
 /// What `regenerate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Regeneration {
     /// The tool ran and succeeded; the command line.
     Updated(String),
     /// The kernel has no initramfs yet; the kernel's own hook creates it with our modules.
@@ -134,9 +134,9 @@ pub enum Outcome {
 /// Regenerates the initramfs of `kernel` once and clears its pending record unless the tool
 /// failed (then it stays recorded and the next run retries). The tool's output goes to stderr:
 /// hooks never write to stdout.
-pub fn regenerate(paths: &Paths, kernel: &str, search_path: &OsStr) -> Result<Outcome> {
+pub fn regenerate(paths: &Paths, kernel: &str, search_path: &OsStr) -> Result<Regeneration> {
     let outcome = if !image_exists(paths, kernel) {
-        Outcome::NoImage
+        Regeneration::NoImage
     } else if let Some(tool) = find_tool(paths, search_path) {
         let mut cmd = tool.command(kernel);
         let stdout = std::io::stderr()
@@ -164,9 +164,9 @@ pub fn regenerate(paths: &Paths, kernel: &str, search_path: &OsStr) -> Result<Ou
                 },
             });
         }
-        Outcome::Updated(described)
+        Regeneration::Updated(described)
     } else {
-        Outcome::NoTool
+        Regeneration::NoTool
     };
     clear(paths, kernel)?;
     Ok(outcome)
@@ -188,7 +188,7 @@ mod tests {
         SPAWN.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn regen(p: &Paths, kernel: &str, path: &OsStr) -> Result<Outcome> {
+    fn regen(p: &Paths, kernel: &str, path: &OsStr) -> Result<Regeneration> {
         let _guard = spawn_guard();
         regenerate(p, kernel, path)
     }
@@ -244,7 +244,10 @@ mod tests {
         let path = stub(&p, "update-initramfs", 0);
         record(&p, K).unwrap();
         let out = regen(&p, K, &path).unwrap();
-        assert_eq!(out, Outcome::Updated(format!("update-initramfs -u -k {K}")));
+        assert_eq!(
+            out,
+            Regeneration::Updated(format!("update-initramfs -u -k {K}"))
+        );
         assert_eq!(calls(&p), format!("update-initramfs -u -k {K}\n"));
         assert!(pending(&p).is_empty());
     }
@@ -275,7 +278,7 @@ mod tests {
         let (_d, p) = root();
         let path = stub(&p, "update-initramfs", 0);
         record(&p, K).unwrap();
-        assert_eq!(regen(&p, K, &path).unwrap(), Outcome::NoImage);
+        assert_eq!(regen(&p, K, &path).unwrap(), Regeneration::NoImage);
         assert_eq!(calls(&p), "");
         assert!(pending(&p).is_empty());
     }
@@ -298,7 +301,7 @@ mod tests {
         fs::write(p.boot.join(format!("initrd.img-{K}")), "").unwrap();
         assert_eq!(
             regen(&p, K, outside.path().as_os_str()).unwrap(),
-            Outcome::NoTool
+            Regeneration::NoTool
         );
     }
 

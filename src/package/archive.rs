@@ -17,7 +17,7 @@ use crate::base::error::{Error, IoContext, Result};
 
 /// How an archive is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub enum TarCompression {
     None,
     Gzip,
     Xz,
@@ -25,35 +25,35 @@ pub enum Compression {
     Zstd,
 }
 
-impl Compression {
+impl TarCompression {
     /// The compression `tar -a` picks for a file name.
-    pub fn for_name(name: &str) -> Compression {
+    pub fn for_name(name: &str) -> TarCompression {
         let n = name.to_ascii_lowercase();
         if n.ends_with(".gz") || n.ends_with(".tgz") {
-            Compression::Gzip
+            TarCompression::Gzip
         } else if n.ends_with(".xz") || n.ends_with(".txz") {
-            Compression::Xz
+            TarCompression::Xz
         } else if n.ends_with(".bz2") || n.ends_with(".tbz2") || n.ends_with(".tbz") {
-            Compression::Bzip2
+            TarCompression::Bzip2
         } else if n.ends_with(".zst") || n.ends_with(".tzst") {
-            Compression::Zstd
+            TarCompression::Zstd
         } else {
-            Compression::None
+            TarCompression::None
         }
     }
 
     /// The compression of existing data, from its magic bytes.
-    pub fn sniff(head: &[u8]) -> Compression {
+    pub fn sniff(head: &[u8]) -> TarCompression {
         if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
+            TarCompression::Gzip
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-            Compression::Xz
+            TarCompression::Xz
         } else if head.starts_with(b"BZh") {
-            Compression::Bzip2
+            TarCompression::Bzip2
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
+            TarCompression::Zstd
         } else {
-            Compression::None
+            TarCompression::None
         }
     }
 
@@ -61,11 +61,11 @@ impl Compression {
     /// the input only (no name or time in gzip headers, single-threaded xz and zstd).
     fn compressor(self) -> Option<Command> {
         let (prog, args): (&str, &[&str]) = match self {
-            Compression::None => return None,
-            Compression::Gzip => ("gzip", &["-9nc"]),
-            Compression::Xz => ("xz", &["-6", "-T1", "-c"]),
-            Compression::Bzip2 => ("bzip2", &["-9c"]),
-            Compression::Zstd => ("zstd", &["-19", "-T1", "-q", "-c"]),
+            TarCompression::None => return None,
+            TarCompression::Gzip => ("gzip", &["-9nc"]),
+            TarCompression::Xz => ("xz", &["-6", "-T1", "-c"]),
+            TarCompression::Bzip2 => ("bzip2", &["-9c"]),
+            TarCompression::Zstd => ("zstd", &["-19", "-T1", "-q", "-c"]),
         };
         let mut c = Command::new(prog);
         c.args(args);
@@ -74,11 +74,11 @@ impl Compression {
 
     fn decompressor(self) -> Option<Command> {
         let prog = match self {
-            Compression::None => return None,
-            Compression::Gzip => "gzip",
-            Compression::Xz => "xz",
-            Compression::Bzip2 => "bzip2",
-            Compression::Zstd => "zstd",
+            TarCompression::None => return None,
+            TarCompression::Gzip => "gzip",
+            TarCompression::Xz => "xz",
+            TarCompression::Bzip2 => "bzip2",
+            TarCompression::Zstd => "zstd",
         };
         let mut c = Command::new(prog);
         c.args(["-dc"]);
@@ -264,7 +264,7 @@ fn plain_tar(archive: &Path, work: &Path) -> Result<tempfile::NamedTempFile> {
         .and_then(|mut f| f.read(&mut head))
         .ctx("read", archive)?;
     let tmp = tempfile::NamedTempFile::new_in(work).ctx("create a file in", work)?;
-    match Compression::sniff(&head[..n]).decompressor() {
+    match TarCompression::sniff(&head[..n]).decompressor() {
         None => {
             fs::copy(archive, tmp.path()).ctx("read", archive)?;
         }
@@ -475,7 +475,7 @@ impl Builder {
     /// Writes the archive to `dest` (through a temporary file in the same directory, renamed when
     /// complete). Entries are root-owned; times are the files' own, clamped to `epoch`, which is
     /// also the time of generated entries.
-    pub fn write(&self, dest: &Path, compression: Compression, epoch: u64) -> Result<()> {
+    pub fn write(&self, dest: &Path, compression: TarCompression, epoch: u64) -> Result<()> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).ctx("create", dir)?;
         let tmp = tempfile::NamedTempFile::new_in(dir).ctx("create a file in", dir)?;
@@ -633,12 +633,15 @@ mod tests {
     #[test]
     fn compression_by_name_and_magic() {
         assert_eq!(
-            Compression::for_name("m-1-source-only.dkms.tar.gz"),
-            Compression::Gzip
+            TarCompression::for_name("m-1-source-only.dkms.tar.gz"),
+            TarCompression::Gzip
         );
-        assert_eq!(Compression::for_name("x.tar.zst"), Compression::Zstd);
-        assert_eq!(Compression::for_name("x.tar"), Compression::None);
-        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(b"BZh91AY"), Compression::Bzip2);
+        assert_eq!(TarCompression::for_name("x.tar.zst"), TarCompression::Zstd);
+        assert_eq!(TarCompression::for_name("x.tar"), TarCompression::None);
+        assert_eq!(
+            TarCompression::sniff(&[0x1f, 0x8b, 8]),
+            TarCompression::Gzip
+        );
+        assert_eq!(TarCompression::sniff(b"BZh91AY"), TarCompression::Bzip2);
     }
 }

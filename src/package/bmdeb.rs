@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use crate::base::error::{Error, IoContext, Result};
 use crate::ops::lifecycle;
 use crate::package::copyright::{self, Notices};
-use crate::package::deb::{self, Content, Entry, Package, Plan};
+use crate::package::deb::{self, Content, Entry, Package, PackagePlan};
 use crate::state::lock::{self, TreeLock};
 use crate::state::registered::{Build, Registered};
 use crate::system::kernel::KernelFacts;
@@ -40,7 +40,7 @@ pub struct Inputs {
 }
 
 /// The package for one module build; pure, so that tests can check every byte of the plan.
-pub fn plan(i: &Inputs) -> Result<Plan> {
+pub fn plan(i: &Inputs) -> Result<PackagePlan> {
     let name = deb::name_part(&i.module)?;
     let package = format!("{name}-modules-{}", i.kernel);
     deb::check_package_name(&package)?;
@@ -108,7 +108,7 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
             ),
         ),
     ];
-    Ok(Plan {
+    Ok(PackagePlan {
         file_name: format!("{package}_{}_{debarch}.deb", i.version),
         package: Package {
             fields,

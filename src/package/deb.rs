@@ -45,7 +45,7 @@ pub struct Entry {
 
 /// A planned package and the file name it gets (`NAME_VERSION_ARCH.deb`).
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct PackagePlan {
     pub file_name: String,
     pub package: Package,
 }
@@ -366,7 +366,7 @@ fn md5sums(root: &Path, files: &[PathBuf]) -> Result<Vec<u8>> {
 
 /// Builds a planned package into `out_dir` and reports it as the packaging commands do: a line
 /// naming the package on stderr (unless `quiet`) and the path on stdout, which scripts read.
-pub fn publish(plan: &Plan, out_dir: &Path, kind: &str, quiet: bool) -> Result<()> {
+pub fn publish(plan: &PackagePlan, out_dir: &Path, kind: &str, quiet: bool) -> Result<()> {
     let path = build(&plan.package, out_dir, &plan.file_name)?;
     if !quiet {
         eprintln!(

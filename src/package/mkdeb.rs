@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::base::error::{Error, IoContext, Result};
 use crate::package::archive;
 use crate::package::copyright::{self, Notices};
-use crate::package::deb::{self, Content, Entry, Package, Plan};
+use crate::package::deb::{self, Content, Entry, Package, PackagePlan};
 use crate::state::registered::{self, Registered};
 use crate::system::options::Options;
 
@@ -46,7 +46,7 @@ fn check_word(package: &str, what: &str, word: &str) -> Result<()> {
 }
 
 /// The package for one module version; pure.
-pub fn plan(i: &Inputs) -> Result<Plan> {
+pub fn plan(i: &Inputs) -> Result<PackagePlan> {
     let package = format!("{}-dkms", deb::name_part(&i.module)?);
     check_word(&package, "PACKAGE_NAME", &i.module)?;
     check_word(&package, "PACKAGE_VERSION", &i.version)?;
@@ -108,7 +108,7 @@ pub fn plan(i: &Inputs) -> Result<Plan> {
             ),
         ),
     ];
-    Ok(Plan {
+    Ok(PackagePlan {
         file_name: format!("{package}_{}_all.deb", i.version),
         package: Package {
             fields,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::base::error::{Error, IoContext, Result};
 use crate::ops::add::{self, AddOptions};
-use crate::package::archive::{self, Builder, Compression};
+use crate::package::archive::{self, Builder, TarCompression};
 use crate::package::deb;
 use crate::state::atomic;
 use crate::state::lock::{self, TreeLock};
@@ -117,7 +117,7 @@ pub fn make(opts: &Options) -> Result<i32> {
     }
     let epoch = deb::source_date_epoch()?.unwrap_or_else(|| b.newest_mtime());
     let dest = dir.join(&name);
-    b.write(&dest, Compression::for_name(&name), epoch)?;
+    b.write(&dest, TarCompression::for_name(&name), epoch)?;
     console(opts.quiet).say(format!("Tarball location: {}", dest.display()));
     println!("{}", dest.display());
     Ok(0)
