@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "skip.rs"]
+mod skip;
+
 /// The Debian dkms the compatibility tests compare with.
 pub const DKMS: &str = "/usr/sbin/dkms";
 
@@ -22,14 +25,7 @@ pub fn dkms_missing() -> Option<String> {
 
 /// Skips a test (or panics when `CI` is set) if a prerequisite is missing.
 pub fn require(missing: Option<String>) -> bool {
-    match missing {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("prerequisite missing: {why}"),
-        Some(why) => {
-            println!("skipped: {why}");
-            false
-        }
-    }
+    missing.is_none_or(|why| !skip::skip(&why))
 }
 
 /// One temp dir with `tree/` (dkms tree), `src/` (source tree), `inst/` (install tree) and

@@ -4,6 +4,10 @@
 
 pub mod fake_kernel;
 pub mod reliability;
+pub mod skip;
+
+#[allow(unused_imports)] // not every test binary that includes this module skips
+pub use skip::skip;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,16 +22,9 @@ pub fn arch() -> String {
         .into_owned()
 }
 
-/// Whether a prerequisite is missing: panics under CI, else prints "skipped" and returns true.
+/// Whether a prerequisite is missing (see `skip`).
 pub fn skip_unless(ok: bool, why: &str) -> bool {
-    if ok {
-        return false;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("prerequisite missing in CI: {why}");
-    }
-    eprintln!("skipped: {why}");
-    true
+    !ok && skip(why)
 }
 
 /// A file of this repository.

@@ -11,14 +11,10 @@ use assert_cmd::Command as BinCommand;
 
 pub const ARCH: &str = "x86_64";
 
-/// Skips (or fails under CI) when a prerequisite is missing.
-pub fn skip(why: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("prerequisite missing under CI: {why}");
-    }
-    eprintln!("skipped: {why}");
-    true
-}
+#[path = "../common/skip.rs"]
+mod skip;
+#[allow(unused_imports)] // not every test binary that includes this module skips
+pub use skip::skip;
 
 /// Whether `tool` runs; otherwise skip.
 pub fn have(tool: &str) -> bool {
