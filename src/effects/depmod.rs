@@ -19,7 +19,7 @@ pub struct DepmodCall {
 }
 
 /// Plans `depmod -a [-b BASE] [-F System.map] K` for `install_tree`.
-pub fn plan(install_tree: &Path, facts: &KernelFacts) -> Result<DepmodCall> {
+pub fn call_for(install_tree: &Path, facts: &KernelFacts) -> Result<DepmodCall> {
     let mut command = Command::new("depmod");
     command.arg("-a");
     let mut base_dir = None;
@@ -87,7 +87,7 @@ pub fn forget(paths: &Paths, kernel: &str) -> Result<()> {
 
 /// Runs depmod for one kernel; a failure is an error (exit 6) carrying depmod's last line.
 pub fn run(install_tree: &Path, facts: &KernelFacts, console: &Console) -> Result<()> {
-    let mut call = plan(install_tree, facts)?;
+    let mut call = call_for(install_tree, facts)?;
     console.command(format!("{:?}", call.command));
     console.begin("Running depmod");
     let out = call
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn system_tree_needs_no_base() {
-        let c = plan(
+        let c = call_for(
             Path::new("/lib/modules"),
             &facts("6.1", Some("/boot/System.map-6.1")),
         )
@@ -144,14 +144,14 @@ mod tests {
 
     #[test]
     fn rooted_tree_uses_the_root_as_base() {
-        let c = plan(Path::new("/tmp/r/lib/modules"), &facts("6.1", None)).unwrap();
+        let c = call_for(Path::new("/tmp/r/lib/modules"), &facts("6.1", None)).unwrap();
         assert_eq!(args(&c), ["-a", "-b", "/tmp/r", "6.1"]);
     }
 
     #[test]
     fn other_trees_get_a_linked_base() {
         let t = tempfile::tempdir().unwrap();
-        let c = plan(t.path(), &facts("6.1", None)).unwrap();
+        let c = call_for(t.path(), &facts("6.1", None)).unwrap();
         let a = args(&c);
         assert_eq!(a[1], "-b");
         let link = Path::new(&a[2]).join("lib/modules");

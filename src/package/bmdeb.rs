@@ -40,7 +40,7 @@ pub struct Inputs {
 }
 
 /// The package for one module build; pure, so that tests can check every byte of the plan.
-pub fn plan(i: &Inputs) -> Result<PackagePlan> {
+pub fn package_plan(i: &Inputs) -> Result<PackagePlan> {
     let name = deb::name_part(&i.module)?;
     let package = format!("{name}-modules-{}", i.kernel);
     deb::check_package_name(&package)?;
@@ -271,7 +271,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     let maintainer = deb::maintainer_from_env();
     let plans = builds
         .iter()
-        .map(|b| plan(&inputs(&reg, b, &opts.directives, env_epoch, &maintainer)?))
+        .map(|b| package_plan(&inputs(&reg, b, &opts.directives, env_epoch, &maintainer)?))
         .collect::<Result<Vec<_>>>()?;
     for p in plans {
         deb::publish(&p, &out_dir, "Binary module package", opts.quiet)?;
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn plan_has_the_documented_fields_in_order() {
         let tmp = tempfile::tempdir().unwrap();
-        let p = plan(&inputs(tmp.path())).unwrap();
+        let p = package_plan(&inputs(tmp.path())).unwrap();
         assert_eq!(p.file_name, "hello-modules-6.1.0-56-amd64_1.0_amd64.deb");
         let names: Vec<&str> = p.package.fields.iter().map(|(n, _)| *n).collect();
         assert_eq!(

@@ -46,7 +46,7 @@ fn check_word(package: &str, what: &str, word: &str) -> Result<()> {
 }
 
 /// The package for one module version; pure.
-pub fn plan(i: &Inputs) -> Result<PackagePlan> {
+pub fn package_plan(i: &Inputs) -> Result<PackagePlan> {
     let package = format!("{}-dkms", deb::name_part(&i.module)?);
     check_word(&package, "PACKAGE_NAME", &i.module)?;
     check_word(&package, "PACKAGE_VERSION", &i.version)?;
@@ -245,7 +245,7 @@ pub fn run(opts: &Options) -> Result<i32> {
             _ => None,
         })),
     };
-    let plan = plan(&Inputs {
+    let plan = package_plan(&Inputs {
         module,
         version,
         sources,
@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn plan_puts_sources_under_usr_src_and_scripts_call_dkms() {
-        let p = plan(&Inputs {
+        let p = package_plan(&Inputs {
             module: "acpi_call".into(),
             version: "1.2.2".into(),
             sources: vec![Entry {
@@ -303,8 +303,8 @@ mod tests {
             maintainer: deb::DEFAULT_MAINTAINER.into(),
             epoch: 0,
         };
-        assert!(plan(&i("ok", "1'; rm -rf /")).is_err());
-        assert!(plan(&i("a$b", "1")).is_err());
+        assert!(package_plan(&i("ok", "1'; rm -rf /")).is_err());
+        assert!(package_plan(&i("a$b", "1")).is_err());
     }
 
     #[test]
