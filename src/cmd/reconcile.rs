@@ -32,6 +32,7 @@ use crate::state::presence;
 use crate::state::purge;
 use crate::state::tree::{self, Selection, Tree};
 use crate::system::config::Paths;
+use crate::system::console::Console;
 use crate::system::host;
 use crate::system::kernel::KernelFacts;
 use crate::system::options::Options;
@@ -383,7 +384,7 @@ fn fail_code(cause: FailCause) -> i32 {
 fn announce(plan: &Plan, reporter: &mut Reporter) {
     let as_dkms = crate::base::persona::as_dkms();
     if plan.autoinstall_disabled && as_dkms {
-        eprintln!("Automatic installation of modules has been disabled.");
+        Console::default().say("Automatic installation of modules has been disabled.");
     } else if plan.autoinstall_disabled {
         reporter.say(
             Severity::Info,

@@ -55,6 +55,7 @@ use crate::package::deb;
 use crate::state::dpkg;
 use crate::state::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Tree};
 use crate::system::config::Paths;
+use crate::system::console::Console;
 use crate::system::host;
 
 /// What one status line says.
@@ -284,7 +285,7 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
         for (entries, warning) in lines {
             if let Some((key, text)) = warning {
                 if warned.insert(key) {
-                    eprintln!("{text}");
+                    Console::default().say(text);
                 }
             }
             out.extend(entries);
@@ -306,7 +307,7 @@ fn package_entries(
     let packages = match dpkg::installed_packages(paths) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("Warning: binary module packages are not listed: {e}");
+            Console::default().warn(format!("binary module packages are not listed: {e}"));
             return Vec::new();
         }
     };

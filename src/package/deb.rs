@@ -14,6 +14,7 @@ use nix::sys::time::TimeSpec;
 use crate::base::date::Utc;
 use crate::base::error::{Error, IoContext, Result};
 use crate::base::tool;
+use crate::system::console::Console;
 
 pub use crate::base::arch::{debian_arch, kernel_arch};
 
@@ -368,13 +369,15 @@ fn md5sums(root: &Path, files: &[PathBuf]) -> Result<Vec<u8>> {
 /// naming the package on stderr (unless `quiet`) and the path on stdout, which scripts read.
 pub fn publish(plan: &PackagePlan, out_dir: &Path, kind: &str, quiet: bool) -> Result<()> {
     let path = build(&plan.package, out_dir, &plan.file_name)?;
-    if !quiet {
-        eprintln!(
-            "{kind} {} ({}) written.",
-            plan.package.field("Package").unwrap_or_default(),
-            plan.package.field("Version").unwrap_or_default()
-        );
-    }
+    let console = Console {
+        quiet,
+        verbose: false,
+    };
+    console.say(format!(
+        "{kind} {} ({}) written.",
+        plan.package.field("Package").unwrap_or_default(),
+        plan.package.field("Version").unwrap_or_default()
+    ));
     println!("{}", path.display());
     Ok(())
 }
