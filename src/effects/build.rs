@@ -732,6 +732,7 @@ fn run_quiet(cmd: &mut Command, console: &Console) -> bool {
 
 /// Copies a module's source tree like `cp -a` (modes and times kept), except that a symlink
 /// pointing outside the tree is not copied (it could make the build read or write anywhere).
+/// (`add` and `ldtarball` copy trees with other rules on purpose; see their `copy_tree`.)
 pub fn copy_source(src: &Path, dst: &Path, console: &Console) -> Result<()> {
     let root = fs::canonicalize(src).ctx("resolve", src)?;
     for entry in walkdir::WalkDir::new(&root).follow_links(false) {

@@ -453,7 +453,9 @@ fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     result
 }
 
-/// The copy itself (into a fresh `to`).
+/// The copy itself (into a fresh `to`): DKMS's `cp -r` of a user's directory, so unlike
+/// `build::copy_source` top-level hidden entries stay behind, links are kept wherever they
+/// point, and every file becomes root-only (see `Trust`).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir(to).ctx("create", to)?;
     let walk = walkdir::WalkDir::new(from)

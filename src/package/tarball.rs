@@ -124,6 +124,8 @@ pub fn make(opts: &Options) -> Result<i32> {
 }
 
 /// Copies a checked, extracted tree (files, directories, symlinks) to `to`, which must not exist.
+/// Not add's copier: every member was already checked by `archive::extract`, and the archive's
+/// tree is restored whole, hidden entries included.
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).ctx("create", to)?;
     for entry in walkdir::WalkDir::new(from).min_depth(1).follow_links(false) {
