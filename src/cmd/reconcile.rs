@@ -47,7 +47,7 @@ const DEPENDENCY_EXIT: i32 = 13;
 /// Reads everything the planner looks at, except dkms.conf facts (see `read_confs`).
 pub fn snapshot(paths: &Paths, arch: &str) -> plan::Snapshot {
     let tree = Tree::new(&paths.dkms_tree);
-    let read = tree::Snapshot::read(&tree, &Selection::all());
+    let read = tree::TreeSnapshot::read(&tree, &Selection::all());
     let mut modules: BTreeMap<String, plan::Module> = BTreeMap::new();
     let mut kernels = BTreeSet::new();
     for mv in read.modules {

@@ -4,7 +4,7 @@
 //! How each line is decided, following DKMS 3.0.10's `module_status`/`is_module_built`/
 //! `module_status_built_extra`:
 //! - module versions come from `<tree>/M/V` in glob order, kernels from
-//!   `<tree>/M/V/+([0-9]).*/A` (or the `-k`/`-a` words), see `tree::Snapshot`;
+//!   `<tree>/M/V/+([0-9]).*/A` (or the `-k`/`-a` words), see `tree::TreeSnapshot`;
 //! - a kernel is "built" when `module/` holds every DEST_MODULE_NAME of the dkms.conf
 //!   (`.ko`, or `.ko` plus the kernel's compression suffix taken from its `modules.dep`),
 //!   "installed" when `kernel-K-A` also resolves to it; a version with no such kernel prints
@@ -53,7 +53,7 @@ use crate::cmd::cli::Invocation;
 use crate::conf::{self, EvalMode, LoadRequest, ModuleEntry, Target};
 use crate::package::deb;
 use crate::state::dpkg;
-use crate::state::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Tree};
+use crate::state::tree::{Pattern, Selection, Tree, TreeBuild, TreeSnapshot, TreeVersion};
 use crate::system::config::Paths;
 use crate::system::console::Console;
 use crate::system::host;
@@ -121,7 +121,7 @@ pub struct Warning {
 
 /// One status line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
+pub struct StatusEntry {
     pub name: String,
     pub version: String,
     pub kernel: Option<String>,
@@ -213,7 +213,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
 }
 
 /// Renders entries in one format.
-pub fn render(entries: &[Entry], format: Format) -> String {
+pub fn render(entries: &[StatusEntry], format: Format) -> String {
     if format == Format::Json {
         let mut s = serde_json::to_string_pretty(entries).unwrap_or_else(|_| "[]".into());
         s.push('\n');
@@ -244,7 +244,7 @@ pub fn render(entries: &[Entry], format: Format) -> String {
 /// Reads the tree and decides every line, in DKMS's order. Pure reading, no subprocess.
 /// Module versions are independent, so their lines are decided on several threads when there
 /// are many; warnings are printed afterwards, in listing order.
-pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
+pub fn collect(paths: &Paths, query: &Query) -> Vec<StatusEntry> {
     let reader = Reader {
         paths,
         tree: Tree::new(&paths.dkms_tree),
@@ -266,7 +266,7 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
             kernel: Pattern::or(kernel.as_deref(), Pattern::KernelLike),
             arch: Pattern::or(arch.as_deref(), Pattern::Any),
         };
-        let modules = Snapshot::read(&reader.tree, &sel).modules;
+        let modules = TreeSnapshot::read(&reader.tree, &sel).modules;
         // The kernels DKMS's built test has seen before each module (its sticky suffix).
         let mut seen = Vec::new();
         let mut before = Vec::with_capacity(modules.len());
@@ -303,7 +303,7 @@ fn package_entries(
     paths: &Paths,
     query: &Query,
     targets: &[(Option<String>, Option<String>)],
-) -> Vec<Entry> {
+) -> Vec<StatusEntry> {
     let packages = match dpkg::installed_packages(paths) {
         Ok(p) => p,
         Err(e) => {
@@ -334,7 +334,7 @@ fn package_entries(
             {
                 continue;
             }
-            out.push(Entry {
+            out.push(StatusEntry {
                 name: name.clone(),
                 version: p.version.clone(),
                 kernel: Some(p.kernel.clone()),
@@ -380,10 +380,10 @@ impl Reader<'_> {
     /// `before`.
     fn module_lines(
         &self,
-        mv: &ModuleVersion,
+        mv: &TreeVersion,
         seen: &[&str],
         before: usize,
-    ) -> (Vec<Entry>, Pending) {
+    ) -> (Vec<StatusEntry>, Pending) {
         let mut warning = None;
         let mut out = Vec::new();
         for (j, build) in mv.builds.iter().filter(|b| b.is_built()).enumerate() {
@@ -393,7 +393,7 @@ impl Reader<'_> {
             }
         }
         if out.is_empty() {
-            out.push(Entry {
+            out.push(StatusEntry {
                 source_missing: mv.source.is_broken(),
                 name: mv.name.clone(),
                 version: mv.version.clone(),
@@ -414,11 +414,11 @@ impl Reader<'_> {
     /// stat'ed once.
     fn build_entry(
         &self,
-        mv: &ModuleVersion,
-        b: &Build,
+        mv: &TreeVersion,
+        b: &TreeBuild,
         seen: &[&str],
         warning: &mut Pending,
-    ) -> Option<Entry> {
+    ) -> Option<StatusEntry> {
         let (m, v, k, a) = (&mv.name, &mv.version, &b.kernel, &b.arch);
         let moddir = self.tree.built_modules_dir(m, v, k, a);
         let expected = self.expected(mv, b, warning);
@@ -508,13 +508,13 @@ impl Reader<'_> {
             .iter()
             .any(|w| w.code == WarningCode::DiffBuiltInstalled);
         if diff && !self.tree.is_installed_build(m, v, k, a) {
-            let now = Build {
+            let now = TreeBuild {
                 installed: false,
                 ..b.clone()
             };
             return self.build_entry(mv, &now, seen, warning);
         }
-        Some(Entry {
+        Some(StatusEntry {
             name: m.clone(),
             version: v.clone(),
             kernel: Some(k.clone()),
@@ -529,7 +529,7 @@ impl Reader<'_> {
     }
 
     /// The expected modules of a build. Reads dkms.conf with the static evaluator only.
-    fn expected(&self, mv: &ModuleVersion, b: &Build, warning: &mut Pending) -> Expected {
+    fn expected(&self, mv: &TreeVersion, b: &TreeBuild, warning: &mut Pending) -> Expected {
         let conf_file = self
             .tree
             .source_link(&mv.name, &mv.version)
@@ -726,7 +726,7 @@ mod tests {
 
     #[test]
     fn renders_both_text_formats() {
-        let e = Entry {
+        let e = StatusEntry {
             name: "foo".into(),
             version: "1.0".into(),
             kernel: Some("6.1.0-1-amd64".into()),
@@ -741,7 +741,7 @@ mod tests {
             }],
             package: None,
         };
-        let added = Entry {
+        let added = StatusEntry {
             kernel: None,
             arch: None,
             state: State::Added,
@@ -753,7 +753,7 @@ mod tests {
             render(&both, Format::Dkms),
             "foo/1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo/1.0: added\n"
         );
-        let pkg = Entry {
+        let pkg = StatusEntry {
             state: State::InstalledPackage,
             warnings: vec![],
             package: Some(PackageRef {

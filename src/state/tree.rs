@@ -2,7 +2,7 @@
 //! DKMS read and write the same places:
 //! `<tree>/M/V/source -> <sourcetree>/M-V`, `<tree>/M/V/K/A/{module,log}`,
 //! `<tree>/M/kernel-K-A -> V/K/A` (the "installed" marker).
-//! The read half (`Pattern`, `Selection`, `Snapshot`) enumerates the tree exactly as DKMS's
+//! The read half (`Pattern`, `Selection`, `TreeSnapshot`) enumerates the tree exactly as DKMS's
 //! status globs do, so status, autoinstall and the planner agree with DKMS on what exists.
 //! Writers stage under names starting with `.` (hidden from every glob here) and rename.
 
@@ -434,26 +434,26 @@ impl Selection {
 
 /// The state of the selected part of a dkms tree at one moment, for status and planners.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub struct TreeSnapshot {
     /// Added module versions, in DKMS's order.
-    pub modules: Vec<ModuleVersion>,
+    pub modules: Vec<TreeVersion>,
 }
 
 /// One added `M/V`.
 #[derive(Debug, Clone)]
-pub struct ModuleVersion {
+pub struct TreeVersion {
     pub name: String,
     pub version: String,
     pub source: Source,
     /// `<tree>/M/original_module` exists (modules DKMS displaced; never on Debian).
     pub original_modules: bool,
     /// Every selected `K/A` directory, in DKMS's order, built or not.
-    pub builds: Vec<Build>,
+    pub builds: Vec<TreeBuild>,
 }
 
 /// One `<tree>/M/V/K/A` directory.
 #[derive(Debug, Clone)]
-pub struct Build {
+pub struct TreeBuild {
     pub kernel: String,
     pub arch: String,
     /// `module/` exists (else an unfinished or foreign dir). Its files are not listed here:
@@ -463,35 +463,35 @@ pub struct Build {
     pub installed: bool,
 }
 
-impl Build {
+impl TreeBuild {
     /// `module/` exists.
     pub fn is_built(&self) -> bool {
         self.built
     }
 }
 
-impl Snapshot {
+impl TreeSnapshot {
     /// Reads the selected module versions and their kernel dirs. Pure reading: entries that
     /// vanish meanwhile are skipped, hidden (`.`) staging entries are never seen. Each module
     /// directory is listed once and entry types come from the listings, so a module costs a
     /// few syscalls; modules are read on several threads when there are many.
-    pub fn read(tree: &Tree, sel: &Selection) -> Snapshot {
+    pub fn read(tree: &Tree, sel: &Selection) -> TreeSnapshot {
         let modules: Vec<Listed> = matching(&tree.root, &sel.module)
             .into_iter()
             .filter(|m| m.kind != Kind::Other)
             .collect();
-        let mut found: Vec<ModuleVersion> =
+        let mut found: Vec<TreeVersion> =
             crate::base::par::map(&modules, 64, |_, m| read_module(tree, &m.name, sel))
                 .into_iter()
                 .flatten()
                 .collect();
         sort_pairs(&mut found, |m| (&m.name, &m.version));
-        Snapshot { modules: found }
+        TreeSnapshot { modules: found }
     }
 }
 
 /// The added versions of one module directory (unsorted).
-fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<ModuleVersion> {
+fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<TreeVersion> {
     let dir = tree.module_dir(name);
     let Some(entries) = list(&dir) else {
         return Vec::new();
@@ -508,7 +508,7 @@ fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<ModuleVersion> {
                 return None;
             }
             let vdir = dir.join(&v.name);
-            let mut builds: Vec<Build> = Vec::new();
+            let mut builds: Vec<TreeBuild> = Vec::new();
             for k in matching(&vdir, &sel.kernel) {
                 if !k.is_dir_in(&vdir) {
                     continue;
@@ -519,7 +519,7 @@ fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<ModuleVersion> {
                     let installed =
                         has(&link) && installed_here(tree, name, &v.name, &k.name, &a, &kdir);
                     let built = kdir.join(&a.name).join("module").is_dir();
-                    builds.push(Build {
+                    builds.push(TreeBuild {
                         kernel: k.name.clone(),
                         arch: a.name,
                         built,
@@ -528,7 +528,7 @@ fn read_module(tree: &Tree, name: &str, sel: &Selection) -> Vec<ModuleVersion> {
                 }
             }
             sort_pairs(&mut builds, |b| (&b.kernel, &b.arch));
-            Some(ModuleVersion {
+            Some(TreeVersion {
                 name: name.to_string(),
                 version: v.name.clone(),
                 source,
@@ -644,7 +644,7 @@ mod tests {
         )
         .unwrap();
 
-        let snap = Snapshot::read(&t, &Selection::all());
+        let snap = TreeSnapshot::read(&t, &Selection::all());
         let names: Vec<_> = snap.modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["foo", "gone"]);
         let foo = &snap.modules[0];
@@ -671,7 +671,7 @@ mod tests {
             kernel: Pattern::Word("custom".into()),
             ..Selection::all()
         };
-        let snap = Snapshot::read(&t, &custom);
+        let snap = TreeSnapshot::read(&t, &custom);
         assert_eq!(snap.modules[0].builds.len(), 1);
         assert_eq!(snap.modules[0].builds[0].kernel, "custom");
     }
