@@ -145,11 +145,12 @@ class Root:
             (kdir / "module").mkdir(parents=True, exist_ok=True)
             (kdir / "log").mkdir(exist_ok=True)
             (kdir / "log/make.log").write_text(f"DKMS make.log for {pkg.dirname} for kernel {k} ({ARCH})\n")
+            ext = "".join(Path(template_ko).suffixes)  # .ko, or .ko.xz where the kernel compresses
             for ko in kos:
-                shutil.copyfile(template_ko, kdir / "module" / f"{ko.built_name}.ko")
+                shutil.copyfile(template_ko, kdir / "module" / f"{ko.built_name}{ext}")
                 dest = self.modules_dir(k) / ko.location.lstrip("/")
                 dest.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(template_ko, dest / f"{ko.dest_name}.ko")
+                shutil.copyfile(template_ko, dest / f"{ko.dest_name}{ext}")
             link = self.tree / pkg.name / f"kernel-{k}-{ARCH}"
             if not link.is_symlink():
                 link.symlink_to(f"{pkg.version}/{k}/{ARCH}")
