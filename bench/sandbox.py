@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,5 +212,12 @@ class Mounts:
         if self.current is None:
             return
         for rel in reversed(MOUNTED):
-            subprocess.run(["umount", "/" + rel], check=True)
+            # A process of the last run may still be leaving the tree (seen with dkms 3.2.2's
+            # postinst hook on a loaded machine): wait a little, then detach it lazily.
+            for _ in range(20):
+                if subprocess.run(["umount", "/" + rel], stderr=subprocess.DEVNULL).returncode == 0:
+                    break
+                time.sleep(0.25)
+            else:
+                subprocess.run(["umount", "-l", "/" + rel], check=True)
         self.current = None

@@ -46,7 +46,12 @@ table() {
             while IFS=$'\t' read -r p dr df dx ds dc rr rf rx rs rc; do
                 same=no
                 [ "$df" = "$rf" ] && same=yes
-                [ "$same" = yes ] || df="dkms: $df; rdkms: $rf"
+                # A package one tool has not reached yet (a run still going) is not compared.
+                if [ "$dr" = - ] || [ "$rr" = - ]; then
+                    same=-
+                elif [ "$same" = no ]; then
+                    df="dkms: $df; rdkms: $rf"
+                fi
                 echo "| $p | $dr | $rr | $same | $dx/$rx | $ds/$rs | $dc/$rc | $df |"
             done
     } >"$OUT/table.md"
