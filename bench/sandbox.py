@@ -152,6 +152,11 @@ class Root:
                 dest = self.modules_dir(k) / ko.location.lstrip("/")
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(template_ko, dest / f"{ko.dest_name}{ext}")
+                # As depmod lists it: both tools' status take the kernel's compression from
+                # modules.dep, which a kernel with its image installed has.
+                with open(self.modules_dir(k) / "modules.dep", "a") as dep:
+                    rel = (dest / f"{ko.dest_name}{ext}").relative_to(self.modules_dir(k))
+                    dep.write(f"{rel}:\n")
             link = self.tree / pkg.name / f"kernel-{k}-{ARCH}"
             if not link.is_symlink():
                 link.symlink_to(f"{pkg.version}/{k}/{ARCH}")
