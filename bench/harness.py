@@ -98,19 +98,20 @@ class Bench:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     def make_template(self):
-        """Builds examples/hello-dkms once with rdkms against the real headers: its signed .ko is
-        copied as every module file of the generated states, and its MOK is shared by all trees
-        (so no tool generates a key inside a timed run)."""
+        """Builds examples/hello-dkms once with rdkms against the real headers: its signed module
+        file (compressed as the kernel's own) is copied as every module file of the generated
+        states, and its MOK is shared by all trees (so no tool generates a key inside a timed run)."""
         root = sandbox.Root(self.scratch / "template", [self.kernel], self.headers).create()
         shutil.copytree(HELLO, root.src / "hello-1.0")
         out = subprocess.run(
             [self.rdkms, "build", "hello/1.0", "-k", self.kernel, "--root", str(root.path)],
             capture_output=True, text=True,
         )
-        ko = root.tree / f"hello/1.0/{self.kernel}/{sandbox.ARCH}/module/hello.ko"
-        if out.returncode != 0 or not ko.exists():
-            sys.exit(f"bench: building examples/hello-dkms failed:\n{out.stderr}")
-        return ko, root.tree
+        # Stored as the kernel stores its modules: hello.ko.xz for Debian 13's kernels.
+        kos = sorted((root.tree / f"hello/1.0/{self.kernel}/{sandbox.ARCH}/module").glob("hello.ko*"))
+        if out.returncode != 0 or not kos:
+            sys.exit(f"bench: building examples/hello-dkms failed:\n{out.stdout}{out.stderr}")
+        return kos[0], root.tree
 
     # ----- states -----
 

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,11 +146,17 @@ class Root:
             (kdir / "module").mkdir(parents=True, exist_ok=True)
             (kdir / "log").mkdir(exist_ok=True)
             (kdir / "log/make.log").write_text(f"DKMS make.log for {pkg.dirname} for kernel {k} ({ARCH})\n")
+            ext = "".join(Path(template_ko).suffixes)  # .ko, or .ko.xz where the kernel compresses
             for ko in kos:
-                shutil.copyfile(template_ko, kdir / "module" / f"{ko.built_name}.ko")
+                shutil.copyfile(template_ko, kdir / "module" / f"{ko.built_name}{ext}")
                 dest = self.modules_dir(k) / ko.location.lstrip("/")
                 dest.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(template_ko, dest / f"{ko.dest_name}.ko")
+                shutil.copyfile(template_ko, dest / f"{ko.dest_name}{ext}")
+                # As depmod lists it: both tools' status take the kernel's compression from
+                # modules.dep, which a kernel with its image installed has.
+                with open(self.modules_dir(k) / "modules.dep", "a") as dep:
+                    rel = (dest / f"{ko.dest_name}{ext}").relative_to(self.modules_dir(k))
+                    dep.write(f"{rel}:\n")
             link = self.tree / pkg.name / f"kernel-{k}-{ARCH}"
             if not link.is_symlink():
                 link.symlink_to(f"{pkg.version}/{k}/{ARCH}")
@@ -210,5 +217,12 @@ class Mounts:
         if self.current is None:
             return
         for rel in reversed(MOUNTED):
-            subprocess.run(["umount", "/" + rel], check=True)
+            # A process of the last run may still be leaving the tree (seen with dkms 3.2.2's
+            # postinst hook on a loaded machine): wait a little, then detach it lazily.
+            for _ in range(20):
+                if subprocess.run(["umount", "/" + rel], stderr=subprocess.DEVNULL).returncode == 0:
+                    break
+                time.sleep(0.25)
+            else:
+                subprocess.run(["umount", "-l", "/" + rel], check=True)
         self.current = None

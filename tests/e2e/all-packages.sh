@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Every *-dkms package of a Debian release, through its own maintainer scripts, first with
-# Debian's dkms and then with rdkms, on the same chroot and kernel; prints a table comparing
-# what each installed (files, compression, signature) and whether the purge left nothing. Not
-# part of CI: all of Debian 13 main plus the contrib/non-free extras takes hours on 2 cores.
+# Every *-dkms package of a Debian release, through its own maintainer scripts, with Debian's
+# dkms and with rdkms, each in its own chroot made from the same tarball at the same time (so
+# the same kernel, checked); prints a table comparing what each installed (files, compression,
+# signature) and whether the purge left nothing. Not part of CI: all of Debian 13 main plus the
+# contrib/non-free extras takes hours on 2 cores.
 #
 #   sudo tests/e2e/all-packages.sh [PACKAGE...]
+#   sudo TABLE_ONLY=1 tests/e2e/all-packages.sh      # the table from the results so far
 #
-# Without PACKAGE: every package of SUITE whose name ends in -dkms and that depends on dkms,
-# plus EXTRA. Environment: RDKMS_DEB (default: build it with build-deb.sh), SUITE (default
-# trixie), EXTRA (default: zfs-dkms nvidia-kernel-dkms broadcom-sta-dkms r8168-dkms, from
-# contrib/non-free), WORK (default /var/tmp/rdkms-all; its results/ and logs/ stay), CACHE
-# (as for run.sh). Results: WORK/results/table.md and one log per package and dkms in WORK/logs.
+# Without PACKAGE: EXTRA first, then every package of SUITE main whose name ends in -dkms and
+# that depends on dkms, as the archive's Packages index lists them. Environment: RDKMS_DEB
+# (default: build it with build-deb.sh), SUITE (default trixie), EXTRA (default: zfs-dkms
+# nvidia-kernel-dkms broadcom-sta-dkms r8168-dkms, from contrib/non-free), WORK (default
+# /var/tmp/rdkms-all; its results/ and logs/ stay), CACHE (as for run.sh), PKG_TIMEOUT
+# (seconds for one apt install, default 2400). Results: WORK/results/table.md and one log per
+# package and tool in WORK/logs.
 set -euo pipefail
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 
@@ -20,9 +24,44 @@ CACHE=${CACHE:-/var/tmp/rdkms-e2e-cache}
 SUITE=${SUITE:-trixie}
 EXTRA=${EXTRA-zfs-dkms nvidia-kernel-dkms broadcom-sta-dkms r8168-dkms}
 COMPONENTS="main contrib non-free non-free-firmware"
-R=$WORK/root
 LOGS=$WORK/logs
 OUT=$WORK/results
+
+PKG_TIMEOUT=${PKG_TIMEOUT:-2400}
+TOOLS=(dkms rdkms)
+
+# table: one row per package from the results so far; rdkms's files compared with dkms's.
+table() {
+    local kd kr
+    kd=$(cat "$OUT/kernel-dkms" 2>/dev/null || true)
+    kr=$(cat "$OUT/kernel-rdkms" 2>/dev/null || true)
+    {
+        echo "$SUITE, kernel $kd (its modules are *$(cat "$OUT/ext" 2>/dev/null)), $(cat "$OUT/versions" 2>/dev/null)"
+        [ "$kd" = "$kr" ] || echo "WARNING: the chroots have different kernels: dkms $kd, rdkms $kr"
+        echo
+        echo "| package | dkms 3.2.2 | rdkms | same files | compressed d/r | signed d/r | purge clean d/r | modules |"
+        echo "|---|---|---|---|---|---|---|---|"
+        join -t $'\t' -a1 -a2 -e - -o '0,1.2,1.3,1.4,1.5,1.6,2.2,2.3,2.4,2.5,2.6' \
+            <(sort -t $'\t' -k1,1 "$OUT/dkms.tsv") <(sort -t $'\t' -k1,1 "$OUT/rdkms.tsv") |
+            while IFS=$'\t' read -r p dr df dx ds dc rr rf rx rs rc; do
+                same=no
+                [ "$df" = "$rf" ] && same=yes
+                # A package one tool has not reached yet (a run still going) is not compared.
+                if [ "$dr" = - ] || [ "$rr" = - ]; then
+                    same=-
+                elif [ "$same" = no ]; then
+                    df="dkms: $df; rdkms: $rf"
+                fi
+                echo "| $p | $dr | $rr | $same | $dx/$rx | $ds/$rs | $dc/$rc | $df |"
+            done
+    } >"$OUT/table.md"
+    cat "$OUT/table.md"
+}
+
+if [ "${TABLE_ONLY:-0}" = 1 ]; then
+    table
+    exit 0
+fi
 
 [ "$(id -u)" = 0 ] || {
     echo "all-packages.sh: needs root (debootstrap, chroot, mounts)" >&2
@@ -32,11 +71,15 @@ if [ -e "$WORK" ] && findmnt -rn -o TARGET | grep -qF "$WORK/"; then
     echo "all-packages.sh: something is still mounted below $WORK; unmount it first" >&2
     exit 2
 fi
-rm -rf --one-file-system "$R"
-mkdir -p "$R" "$LOGS" "$OUT" "$CACHE"
+rm -rf --one-file-system "$WORK"
+mkdir -p "$LOGS" "$OUT" "$CACHE"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-trap umount_all EXIT
+unmount_chroots() {
+    local t
+    for t in "${TOOLS[@]}"; do R=$WORK/root-$t umount_all; done
+}
+trap unmount_chroots EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
@@ -47,53 +90,61 @@ if [ -z "$deb" ]; then
     deb=$(ls "$WORK"/deb/rdkms_*.deb)
 fi
 
-log "chroot: $SUITE ($COMPONENTS)"
 tarball=$CACHE/minbase-$SUITE.tar.zst
-if [ -s "$tarball" ]; then
-    tar -C "$R" --zstd -xpf "$tarball"
-else
+if [ ! -s "$tarball" ]; then
+    log "debootstrap $SUITE"
+    R=$WORK/debootstrap
     debootstrap --variant=minbase "$SUITE" "$R" "$(mirror)" >"$LOGS/debootstrap.log" 2>&1
+    tar -C "$R" -I 'zstd -T0 -3' -cpf "$tarball.new" . && mv "$tarball.new" "$tarball"
+    rm -rf --one-file-system "$R"
 fi
-rm -f "$R/etc/apt/sources.list"
-chroot_sources >"$R/etc/apt/sources.list.d/debian.sources"
-printf 'Acquire::Languages "none";\nAPT::Keep-Downloaded-Packages "true";\n' >"$R/etc/apt/apt.conf.d/99e2e"
-printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
-chmod +x "$R/usr/sbin/policy-rc.d"
-cp -L /etc/resolv.conf "$R/etc/resolv.conf"
-echo force-unsafe-io >"$R/etc/dpkg/dpkg.cfg.d/e2e-unsafe-io"
-mkdir -p "$R/etc/initramfs-tools/conf.d"
-echo 'MODULES=list' >"$R/etc/initramfs-tools/conf.d/e2e-fast"
-mount_all
-cin apt-get -q update >"$LOGS/base.log" 2>&1
-log "base: Debian's dkms, gcc, make, openssl, kernel and headers"
-apt_in install dkms gcc make openssl xz-utils zstd linux-image-amd64 linux-headers-amd64 \
-    >>"$LOGS/base.log" 2>&1
-K=$(cin dpkg-query -W -f='${Depends}\n' linux-image-amd64 | sed -E 's/^linux-image-([^ ,]+).*/\1/')
-EXT=$(module_ext "$K")
-DKMS_V=$(cin dpkg-query -W -f='${Version}' dkms)
-log "kernel $K, modules stored as *$EXT; dkms $DKMS_V"
 
-if [ $# -gt 0 ]; then
-    PKGS=("$@")
-else
-    mapfile -t PKGS < <(
-        for p in $(cin apt-cache search --names-only -- '-dkms$' | awk '{ print $1 }' | sort); do
-            sec=$(cin apt-cache show --no-all-versions "$p" | sed -n 's/^Section: //p')
-            case "$sec" in contrib/* | non-free/*) continue ;; esac
-            cin apt-cache show --no-all-versions "$p" | grep -qE '^(Pre-)?Depends:.*(^|[ ,|])dkms([ ,(]|$)' &&
-                echo "$p"
-        done
-        for p in $EXTRA; do echo "$p"; done
-    )
-fi
-log "${#PKGS[@]} packages: ${PKGS[*]}"
+# make_chroot TOOL: a fresh chroot for TOOL with a kernel and its headers, and TOOL as the dkms.
+# Each chroot has its own apt archive directory: hard links to the cache's .debs (not its lock
+# file, whose lock would then be shared).
+make_chroot() {
+    local tool=$1
+    R=$WORK/root-$tool
+    DEBS=$WORK/debs-$tool
+    mkdir -p "$R" "$DEBS"
+    find "$CACHE/debs-$SUITE" -maxdepth 1 -name '*.deb' -exec ln -f -t "$DEBS" {} + 2>/dev/null || true
+    tar -C "$R" --zstd -xpf "$tarball"
+    rm -f "$R/etc/apt/sources.list"
+    chroot_sources >"$R/etc/apt/sources.list.d/debian.sources"
+    printf 'Acquire::Languages "none";\nAPT::Keep-Downloaded-Packages "true";\n' >"$R/etc/apt/apt.conf.d/99e2e"
+    printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
+    chmod +x "$R/usr/sbin/policy-rc.d"
+    cp -L /etc/resolv.conf "$R/etc/resolv.conf"
+    echo force-unsafe-io >"$R/etc/dpkg/dpkg.cfg.d/e2e-unsafe-io"
+    mkdir -p "$R/etc/initramfs-tools/conf.d"
+    echo 'MODULES=list' >"$R/etc/initramfs-tools/conf.d/e2e-fast"
+    mount_all
+    cin apt-get -q update >"$LOGS/base-$tool.log" 2>&1
+    # Debian's dkms comes with what its Recommends would bring for signing and compression;
+    # rdkms alone with a compiler, as a minimal install.
+    if [ "$tool" = dkms ]; then
+        apt_in install dkms gcc make openssl xz-utils zstd linux-image-amd64 linux-headers-amd64
+    else
+        cp "$deb" "$R/tmp/rdkms.deb"
+        apt_in install /tmp/rdkms.deb gcc make zstd linux-image-amd64 linux-headers-amd64
+    fi >>"$LOGS/base-$tool.log" 2>&1
+    cin dpkg-query -W -f='${Depends}\n' linux-image-amd64 |
+        sed -E 's/^linux-image-([^ ,]+).*/\1/' >"$OUT/kernel-$tool"
+}
 
 # trace PKG TOOL: install PKG, describe what it installed, purge it, check nothing is left.
 # Appends one line to $OUT/TOOL.tsv: package, result, files, stored as EXT, signed, purge clean.
 trace() {
     local p=$1 tool=$2 l=$LOGS/$2-$1.log res files ext=- signed=- clean=- f s0
     s0=$(date +%s)
-    if apt_in install "$p" >"$l" 2>&1; then res=installed; else res="apt failed"; fi
+    if timeout "$PKG_TIMEOUT" chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 \
+        -o APT::Color=0 -y -q --no-install-recommends install "$p" </dev/null >"$l" 2>&1; then
+        res=installed
+    else
+        res="apt failed"
+        cin dpkg --configure -a >>"$l" 2>&1 || true
+    fi
     files=$({ find "$R/lib/modules/$K/updates" -type f -name '*.ko*' -printf '%P\n' 2>/dev/null || true; } |
         sort | paste -sd' ')
     if [ -n "$files" ]; then
@@ -121,27 +172,45 @@ trace() {
     log "$tool $p: $res; ${files:-no modules}; $EXT $ext; signed $signed; purge clean $clean"
 }
 
+# trace_all TOOL: every package in turn in TOOL's chroot (R).
+trace_all() {
+    local tool=$1 p
+    K=$(cat "$OUT/kernel-$tool")
+    EXT=$(module_ext "$K")
+    log "$tool: kernel $K, modules stored as *$EXT"
+    for p in "${PKGS[@]}"; do trace "$p" "$tool"; done
+}
+
+log "chroots: $SUITE ($COMPONENTS), one per tool"
+R=$WORK/root-dkms
+make_chroot dkms
+if [ $# -gt 0 ]; then
+    PKGS=("$@")
+else
+    # (The record is read whole before grep looks at it: grep -q quitting early would make
+    # apt-cache die of SIGPIPE, which pipefail counts as no match.)
+    mapfile -t PKGS < <(
+        for p in $EXTRA; do echo "$p"; done
+        for p in $(cin apt-cache search --names-only -- '-dkms$' | awk '{ print $1 }' | sort); do
+            rec=$(cin apt-cache show --no-all-versions "$p")
+            case "$(sed -n 's/^Section: //p' <<<"$rec")" in contrib/* | non-free/*) continue ;; esac
+            grep -qE '^(Pre-)?Depends:.*(^|[ ,|])dkms([ ,(]|$)' <<<"$rec" && echo "$p"
+        done
+    )
+fi
+log "${#PKGS[@]} packages: ${PKGS[*]}"
+module_ext "$(cat "$OUT/kernel-dkms")" >"$OUT/ext"
+echo "dkms $(cin dpkg-query -W -f='${Version}' dkms), $(basename "$deb")" >"$OUT/versions"
+
 : >"$OUT/dkms.tsv"
 : >"$OUT/rdkms.tsv"
-for p in "${PKGS[@]}"; do trace "$p" dkms; done
-cp "$deb" "$R/tmp/rdkms.deb"
-log "switching to rdkms"
-apt_in install /tmp/rdkms.deb >"$LOGS/switch.log" 2>&1
-for p in "${PKGS[@]}"; do trace "$p" rdkms; done
-
-# The table: one row per package; rdkms's files compared with dkms's.
-{
-    echo "$SUITE, kernel $K (its modules are *$EXT), dkms $DKMS_V, $(basename "$deb")"
-    echo
-    echo "| package | dkms | rdkms | same files | $EXT d/r | signed d/r | purge clean d/r | modules |"
-    echo "|---|---|---|---|---|---|---|---|"
-    join -t $'\t' -a1 -e - -o '0,1.2,1.3,1.4,1.5,1.6,2.2,2.3,2.4,2.5,2.6' \
-        <(sort -t $'\t' -k1,1 "$OUT/dkms.tsv") <(sort -t $'\t' -k1,1 "$OUT/rdkms.tsv") |
-        while IFS=$'\t' read -r p dr df dx ds dc rr rf rx rs rc; do
-            same=no
-            [ "$df" = "$rf" ] && same=yes
-            [ "$same" = yes ] || df="dkms: $df; rdkms: $rf"
-            echo "| $p | $dr | $rr | $same | $dx/$rx | $ds/$rs | $dc/$rc | $df |"
-        done
-} >"$OUT/table.md"
-cat "$OUT/table.md"
+# The two tools run side by side, each in its own chroot; the dkms chroot exists already.
+(trace_all dkms) &
+dkms_pid=$!
+(make_chroot rdkms && trace_all rdkms) &
+rdkms_pid=$!
+rc=0
+wait "$dkms_pid" || rc=$?
+wait "$rdkms_pid" || rc=$?
+table
+exit "$rc"

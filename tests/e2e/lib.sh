@@ -146,6 +146,30 @@ module_ext() {
     fi
 }
 
+# sig_valid FILE CERT: FILE (a module, compressed or not) carries an appended signature that
+# verifies against CERT (DER or PEM) over the module's bytes: what the kernel checks at load
+# time once the MOK is enrolled, which a QEMU boot without UEFI cannot show. The trailer is the
+# kernel's: signature, 12-byte struct module_signature (sig_len big-endian last), magic.
+sig_valid() {
+    local f=$1 cert=$2 t n len rc=0
+    t=$(mktemp -d)
+    case "$f" in *.xz) xz -dc ;; *.zst) zstd -qdc ;; *.gz) gzip -dc ;; *) cat ;; esac <"$f" >"$t/ko"
+    n=$(stat -c %s "$t/ko")
+    if [ "$(tail -c 28 "$t/ko")" != "~Module signature appended~" ]; then
+        echo "$f: no appended signature"
+        rm -rf "$t"
+        return 1
+    fi
+    len=$(tail -c 32 "$t/ko" | head -c 4 | od -An -tu1 | awk '{ print $1 * 16777216 + $2 * 65536 + $3 * 256 + $4 }')
+    head -c $((n - 40 - len)) "$t/ko" >"$t/data"
+    tail -c $((40 + len)) "$t/ko" | head -c "$len" >"$t/sig"
+    openssl x509 -inform DER -in "$cert" -out "$t/cert.pem" 2>/dev/null || cp "$cert" "$t/cert.pem"
+    openssl cms -verify -binary -inform DER -in "$t/sig" -content "$t/data" -certfile "$t/cert.pem" \
+        -nointern -noverify -out /dev/null 2>&1 || rc=$?
+    rm -rf "$t"
+    return "$rc"
+}
+
 # kver_of_meta: the ABI linux-image-amd64 points at, e.g. 6.1.0-56-amd64.
 kver_of_meta() {
     cin dpkg-query -W -f='${Depends}\n' linux-image-amd64 | sed -E 's/^linux-image-([^ ,]+).*/\1/'
@@ -162,16 +186,17 @@ apt_in() {
     cin apt-get -o DPkg::Lock::Timeout=120 -o APT::Color=0 -y -q --no-install-recommends "$@"
 }
 
-# The bind mounts of the chroot, in mount order; the apt archive cache keeps downloads between
-# local runs.
+# The bind mounts of the chroot, in mount order; the apt archive cache (DEBS, default
+# CACHE/debs) keeps downloads between local runs. Two chroots whose apt runs at the same time
+# need a DEBS each: apt locks its archive directory.
 MOUNTS=(proc sys dev dev/pts var/cache/apt/archives)
 
 mount_all() {
-    local m src
-    mkdir -p "$CACHE/debs/partial"
+    local m src debs=${DEBS:-$CACHE/debs}
+    mkdir -p "$debs/partial"
     for m in "${MOUNTS[@]}"; do
         src=/$m
-        [ "$m" = var/cache/apt/archives ] && src=$CACHE/debs
+        [ "$m" = var/cache/apt/archives ] && src=$debs
         mkdir -p "$R/$m"
         mountpoint -q "$R/$m" || mount --bind "$src" "$R/$m"
     done
