@@ -14,6 +14,9 @@ thread_local! {
 pub struct Console {
     pub quiet: bool,
     pub verbose: bool,
+    /// The signing lines and the empty line after them were printed already: DKMS's
+    /// autoinstall prepares signing once per kernel, not once per module it builds.
+    pub signing_shown: bool,
 }
 
 impl Console {

@@ -502,8 +502,6 @@ fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether two module files hold the same module, compressed or not.
-
 /// The version fields of a module file.
 #[derive(Debug, PartialEq, Eq)]
 struct ModInfo {

@@ -17,6 +17,7 @@ pub mod copyright;
 pub mod date;
 pub mod deb;
 pub mod depmod;
+pub mod dkms_autoinstall;
 pub mod doctor;
 pub mod error;
 pub mod fingerprint;

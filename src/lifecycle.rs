@@ -70,6 +70,7 @@ impl Ctx {
             console: Console {
                 quiet: inv.cli.quiet,
                 verbose: inv.cli.verbose,
+                signing_shown: false,
             },
             force: inv.cli.force,
             version_override: inv.cli.force_version_override,
@@ -526,6 +527,7 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         signing: &job.ctx.signing,
         load_conf: &load,
         build_user: user.as_ref(),
+        force: job.ctx.force,
     })
 }
 

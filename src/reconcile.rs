@@ -227,6 +227,16 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         return run_plan(inv, &ctx, &req);
     }
     let hook = inv.cli.hook || inv.cli.from_apt;
+    if !hook && crate::persona::as_dkms() {
+        if let Scope::Kernel(k) | Scope::Prerm(k) = &req.scope {
+            if matches!(
+                action,
+                Action::Autoinstall | Action::KernelPostinst | Action::KernelPrerm
+            ) {
+                return crate::dkms_autoinstall::run(action, inv, k, &arch(inv));
+            }
+        }
+    }
     if hook {
         // Hooks never write to stdout, whoever prints (scripts, make, ourselves).
         let _ = nix::unistd::dup2(2, 1);
