@@ -210,7 +210,8 @@ fn install(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts) -> Result<()> {
         per_step: true,
         ..Changes::default()
     };
-    let result = lifecycle::install_one(&job(ctx, m, v), facts, &mut changes);
+    let result = lifecycle::install_one(&job(ctx, m, v), facts, &mut changes)
+        .and_then(|()| crate::dependents::rebuild(ctx, facts));
     if changes.kernels.is_empty() {
         depmod::forget(&ctx.paths, &facts.kernel)?;
     }

@@ -16,6 +16,7 @@ pub mod console;
 pub mod copyright;
 pub mod date;
 pub mod deb;
+pub mod dependents;
 pub mod depmod;
 pub mod dkms_autoinstall;
 pub mod doctor;

@@ -326,7 +326,8 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
         }
         let result = match action {
             Action::Build => build_one(&job, &facts),
-            Action::Install => install_one(&job, &facts, &mut changes),
+            Action::Install => install_one(&job, &facts, &mut changes)
+                .and_then(|()| crate::dependents::rebuild(&ctx, &facts)),
             Action::Uninstall => uninstall_one(&job, &facts, &mut changes),
             Action::Unbuild | Action::Remove => uninstall_one(&job, &facts, &mut changes)
                 .and_then(|()| unbuild_one(&job, &facts, &mut changes)),
@@ -509,6 +510,11 @@ fn sources_changed(job: &Job<'_>, facts: &KernelFacts) -> bool {
 }
 
 fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
+    build_with(job, facts, &job.ctx.console)
+}
+
+/// Builds, printing through `console`, and records the BUILD_DEPENDS versions built against.
+pub fn build_with(job: &Job<'_>, facts: &KernelFacts, console: &Console) -> Result<()> {
     let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
         path: job.conf_file(),
     })?;
@@ -522,13 +528,14 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         source_dir: &source,
         facts,
         jobs: job.ctx.jobs,
-        console: &job.ctx.console,
+        console,
         root: &job.ctx.paths.root,
         signing: &job.ctx.signing,
         load_conf: &load,
         build_user: user.as_ref(),
         force: job.ctx.force,
-    })
+    })?;
+    crate::dependents::record(job, facts)
 }
 
 /// Builds if needed, then installs unless already installed (`--force` reinstalls).

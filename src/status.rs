@@ -9,9 +9,13 @@
 //!   (`.ko`, or `.ko` plus the kernel's compression suffix taken from its `modules.dep`),
 //!   "installed" when `kernel-K-A` also resolves to it; a version with no such kernel prints
 //!   `M/V: added`;
-//! - suffixes: ` (original_module exists)` when `<tree>/M/original_module/K/A` exists, then
-//!   per module ` (WARNING! Missing some built modules!)` or, when installed, ` (WARNING! Diff
-//!   between built and installed module!)` if the installed copy is absent or differs.
+//! - suffixes (DKMS 3.2.2's texts; `--format legacy` keeps 3.0.10's, in brackets):
+//!   ` (Original modules exist)` (` (original_module exists)`) when
+//!   `<tree>/M/original_module/K/A` exists, then for the first module with a problem
+//!   ` (Built modules are missing in the kernel modules folder)` (` (WARNING! Missing some
+//!   built modules!)`) or, when installed, ` (Differences between built and installed
+//!   modules)` (` (WARNING! Diff between built and installed module!)`) if the installed copy
+//!   is absent or differs; 3.0.10 named every module's problem.
 //!
 //! Deliberate deviations (each where DKMS is accidental, slow or broken):
 //! - dkms.conf is never sourced: it is read with the static evaluator only. When that cannot
@@ -36,7 +40,7 @@
 //!
 //! Kept on purpose: DKMS's built test uses a compression suffix that sticks from earlier
 //! kernels of the same listing (a global variable), its suffix check a fresh one; that is the
-//! one way a tree gets ` (WARNING! Missing some built modules!)` in practice, so rdkms keeps it.
+//! one way a tree gets ` (Built modules are missing in the kernel modules folder)` in practice, so rdkms keeps it.
 //! - `-c FILE` and `--directive` are ignored (DKMS echoes directives into status output).
 //!   Names are printed as they are (DKMS's `read` drops backslashes and edge blanks).
 
@@ -98,8 +102,19 @@ pub enum WarningCode {
 }
 
 impl WarningCode {
-    /// DKMS 3.0.10's suffix text.
+    /// DKMS 3.2.2's suffix text (`dkms status`).
     pub fn suffix(self) -> &'static str {
+        match self {
+            WarningCode::OriginalModuleExists => " (Original modules exist)",
+            WarningCode::MissingBuiltModule => {
+                " (Built modules are missing in the kernel modules folder)"
+            }
+            WarningCode::DiffBuiltInstalled => " (Differences between built and installed modules)",
+        }
+    }
+
+    /// DKMS 3.0.10's text, kept for `--format legacy` (the older scripts' format).
+    pub fn legacy_suffix(self) -> &'static str {
         match self {
             WarningCode::OriginalModuleExists => " (original_module exists)",
             WarningCode::MissingBuiltModule => " (WARNING! Missing some built modules!)",
@@ -232,7 +247,19 @@ pub fn render(entries: &[Entry], format: Format) -> String {
             Some(p) => s.push_str(&format!("{} (binary package {})", p.dpkg_state, p.package)),
             None => s.push_str(e.state.word()),
         }
+        // DKMS 3.2.2 names at most one problem of the modules (the first); 3.0.10 named each.
+        let mut named = false;
         for w in &e.warnings {
+            if format == Format::Legacy {
+                s.push_str(w.code.legacy_suffix());
+                continue;
+            }
+            if w.code != WarningCode::OriginalModuleExists {
+                if named {
+                    continue;
+                }
+                named = true;
+            }
             s.push_str(w.code.suffix());
         }
         s.push('\n');
@@ -750,7 +777,7 @@ mod tests {
         let both = [e, added];
         assert_eq!(
             render(&both, Format::Dkms),
-            "foo/1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo/1.0: added\n"
+            "foo/1.0, 6.1.0-1-amd64, x86_64: installed (Differences between built and installed modules)\nfoo/1.0: added\n"
         );
         let pkg = Entry {
             state: State::InstalledPackage,

@@ -163,16 +163,21 @@ fn diff_suffix_when_installed_copy_differs_or_is_missing() {
     let mut changed = orig.clone();
     changed[0] ^= 1;
     std::fs::write(installed.join("one.ko"), &changed).unwrap();
-    const DIFF: &str = " (WARNING! Diff between built and installed module!)";
+    const DIFF: &str = " (Differences between built and installed modules)";
     assert_eq!(
         status(&s, &[]),
         format!("two/1, 6.1.0-1-amd64, x86_64: installed{DIFF}\n")
     );
-    // and once more per module
+    // DKMS 3.2.2 names the first module's problem only (3.0.10 named each: legacy format)
     std::fs::remove_file(installed.join("two.ko")).unwrap();
     assert_eq!(
         status(&s, &[]),
-        format!("two/1, 6.1.0-1-amd64, x86_64: installed{DIFF}{DIFF}\n")
+        format!("two/1, 6.1.0-1-amd64, x86_64: installed{DIFF}\n")
+    );
+    const OLD: &str = " (WARNING! Diff between built and installed module!)";
+    assert_eq!(
+        status(&s, &["--format", "legacy"]),
+        format!("two, 1, 6.1.0-1-amd64, x86_64: installed{OLD}{OLD}\n")
     );
     // built-only lines never compare
     std::fs::remove_file(s.tree().join(format!("two/kernel-{K1}-{A}"))).unwrap();
@@ -238,7 +243,7 @@ fn missing_built_modules_suffix_from_the_sticky_compression_suffix() {
     assert_eq!(
         status(&s, &[]),
         "a/1, 9.9.1-xz, x86_64: built\n\
-         b/1, 9.9.2-plain, x86_64: built (WARNING! Missing some built modules!)\n\
+         b/1, 9.9.2-plain, x86_64: built (Built modules are missing in the kernel modules folder)\n\
          c/1, 9.9.2-plain, x86_64: built\n"
     );
     assert_eq!(status(&s, &["b"]), "b/1: added\n");
@@ -289,14 +294,14 @@ fn a_large_tree_lists_as_its_modules_do_one_by_one() {
         if i % 7 == 6 {
             assert_eq!(alone, format!("{m}/1: added\n"));
             want.push_str(&format!(
-                "{m}/1, {K2}, {A}: built (WARNING! Missing some built modules!)\n"
+                "{m}/1, {K2}, {A}: built (Built modules are missing in the kernel modules folder)\n"
             ));
         } else {
             want.push_str(&alone);
         }
     }
     assert_eq!(stdout(&out), want);
-    assert!(want.contains("(WARNING! Diff between built and installed module!)"));
+    assert!(want.contains("(Differences between built and installed modules)"));
     let warned: Vec<String> = stderr(&out)
         .lines()
         .filter_map(|l| Some(l.strip_prefix("Warning: ")?.split('/').next()?.to_string()))
@@ -316,7 +321,7 @@ fn original_module_suffix() {
     std::fs::create_dir_all(s.tree().join("o/original_module").join(K1).join(A)).unwrap();
     assert_eq!(
         status(&s, &[]),
-        "o/1, 6.1.0-1-amd64, x86_64: installed (original_module exists)\n"
+        "o/1, 6.1.0-1-amd64, x86_64: installed (Original modules exist)\n"
     );
 }
 
