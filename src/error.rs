@@ -76,6 +76,19 @@ pub enum Error {
     #[error("The {conf}\nfor module {module} includes a BUILD_EXCLUSIVE directive\nwhich does not match this kernel/arch/config.\nThis indicates that it should not be built.", conf = .conf.display())]
     BuildExclusive { module: String, conf: PathBuf },
 
+    /// `install`: every module was refused (e.g. an older version than the kernel's); nothing
+    /// changed.
+    #[error("Installation aborted.")]
+    InstallAborted,
+
+    /// `install`: a module dkms.conf names is not in the build's `module/` directory.
+    #[error("Missing module {module} in {dir}", dir = .dir.display())]
+    MissingBuiltModule {
+        module: String,
+        dir: PathBuf,
+        rebuild: String,
+    },
+
     /// DKMS's autoinstall: a module failed or its BUILD_DEPENDS never got installed.
     #[error("One or more modules failed to install during autoinstall.\nRefer to previous errors for more information.")]
     AutoinstallFailed,
@@ -251,6 +264,7 @@ impl Error {
             Error::BuildExclusive { .. } => 77,
             Error::MissingBuildDepends { .. } => 13,
             Error::AutoinstallFailed => 11,
+            Error::InstallAborted | Error::MissingBuiltModule { .. } => 6,
             Error::PrermFailed { .. } => 14,
             Error::BadPatch { .. } => 5,
             Error::PatchFailed { .. } => 6,
@@ -319,6 +333,7 @@ impl Error {
                     file.display()
                 )
             }
+            Error::MissingBuiltModule { rebuild, .. } => format!("Rebuild it: {rebuild}"),
             Error::NotAdded { module, version } => {
                 format!("Add it first: rdkms add {module}/{version}")
             }

@@ -569,7 +569,14 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         force: job.ctx.force,
         version_override: job.ctx.version_override,
     });
-    if facts.modules_dir.is_dir() {
+    // Refused before any file was copied: no depmod, as DKMS.
+    let untouched = matches!(
+        result,
+        Err(Error::InstallAborted
+            | Error::MissingBuiltModule { .. }
+            | Error::PreInstallFailed { .. })
+    );
+    if facts.modules_dir.is_dir() && !untouched {
         changes.touch(facts);
     }
     if result.is_ok() {
