@@ -433,7 +433,8 @@ fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     }
     let result = copy_tree(from, &staging).and_then(|()| {
         if dest.exists() {
-            if !quiet {
+            // DKMS copies over the old tree silently.
+            if !quiet && !crate::persona::as_dkms() {
                 eprintln!(
                     "Replacing {} with a copy of {}",
                     dest.display(),
