@@ -67,11 +67,11 @@ pub fn rebuild(ctx: &Ctx, facts: &KernelFacts) -> Result<()> {
             module: m,
             version: v,
         };
-        if !ctx
+        let built = ctx
             .tree
             .built_modules_dir(&job.module, &job.version, &facts.kernel, &facts.arch)
-            .is_dir()
-        {
+            .is_dir();
+        if !built || crate::broken::is_broken(&ctx.paths, &ctx.tree, &job.module, &job.version) {
             continue;
         }
         let conf = job.conf(facts)?;

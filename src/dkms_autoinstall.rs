@@ -13,7 +13,7 @@ use crate::kernel::KernelFacts;
 use crate::lifecycle::{self, Changes, Ctx, Job};
 use crate::lock::{self, TreeLock};
 use crate::signing::Signer;
-use crate::tree::{Pattern, Source};
+use crate::tree::Pattern;
 use crate::version::ver_cmp;
 
 /// Runs `action` for `kernel`/`arch` under the tree lock.
@@ -49,24 +49,16 @@ fn module_versions(ctx: &Ctx) -> Vec<(String, String, State)> {
         if v.starts_with("kernel-") || !ctx.tree.version_dir(&m, &v).is_dir() {
             continue;
         }
-        let state = match ctx.tree.source(&m, &v) {
-            Source::Link { resolves: true, .. } | Source::Dir => State::Added,
-            Source::Link { .. } => State::Broken,
-            Source::Missing if ctx.paths.source_tree.join(format!("{m}-{v}")).is_dir() => {
-                State::Broken
-            }
-            Source::Missing => continue,
+        let state = if crate::broken::is_broken(&ctx.paths, &ctx.tree, &m, &v) {
+            State::Broken
+        } else if ctx.tree.source(&m, &v).is_present() {
+            State::Added
+        } else {
+            continue;
         };
         out.push((m, v, state));
     }
     out
-}
-
-/// The text DKMS prints (and rdkms as `dkms`) for a version whose sources are gone.
-pub fn broken_text(module: &str, version: &str) -> String {
-    format!(
-        "{module}/{version} is broken! Missing the source directory or the symbolic link pointing to it.\nManual intervention is required!"
-    )
 }
 
 fn is_built(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts) -> bool {
@@ -83,7 +75,7 @@ fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts) -> Result<i32> {
     let mut latest: Vec<(String, String)> = Vec::new();
     for (m, v, state) in module_versions(ctx) {
         if let State::Broken = state {
-            ctx.console.error(broken_text(&m, &v));
+            ctx.console.error(crate::broken::autoinstall_text(&m, &v));
             continue;
         }
         match latest.iter_mut().find(|(name, _)| *name == m) {

@@ -76,6 +76,10 @@ pub enum Error {
     #[error("The {conf}\nfor module {module} includes a BUILD_EXCLUSIVE directive\nwhich does not match this kernel/arch/config.\nThis indicates that it should not be built.", conf = .conf.display())]
     BuildExclusive { module: String, conf: PathBuf },
 
+    /// The version's sources are gone (see `broken`).
+    #[error("{module}/{version} is broken!\nMissing the source directory or the symbolic link pointing to it.\nManual intervention is required!")]
+    Broken { module: String, version: String },
+
     /// `install`: every module was refused (e.g. an older version than the kernel's); nothing
     /// changed.
     #[error("Installation aborted.")]
@@ -264,6 +268,7 @@ impl Error {
             Error::BuildExclusive { .. } => 77,
             Error::MissingBuildDepends { .. } => 13,
             Error::AutoinstallFailed => 11,
+            Error::Broken { .. } => 4,
             Error::InstallAborted | Error::MissingBuiltModule { .. } => 6,
             Error::PrermFailed { .. } => 14,
             Error::BadPatch { .. } => 5,
@@ -334,6 +339,9 @@ impl Error {
                 )
             }
             Error::MissingBuiltModule { rebuild, .. } => format!("Rebuild it: {rebuild}"),
+            Error::Broken { module, version } => format!(
+                "Put its sources back and run: rdkms add {module}/{version} (or delete its directory in the dkms tree by hand)."
+            ),
             Error::NotAdded { module, version } => {
                 format!("Add it first: rdkms add {module}/{version}")
             }

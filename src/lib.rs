@@ -5,6 +5,7 @@ pub mod add;
 pub mod archive;
 pub mod atomic;
 pub mod bmdeb;
+pub mod broken;
 pub mod build;
 pub mod build_order;
 pub mod build_user;

@@ -274,6 +274,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             action: action.word().to_string(),
         });
     }
+    crate::broken::refuse(&ctx.paths, &ctx.tree, &module, &version)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;

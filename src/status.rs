@@ -59,12 +59,14 @@ use crate::config::Paths;
 use crate::deb;
 use crate::error::{Error, Result};
 use crate::host;
-use crate::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Tree};
+use crate::tree::{Build, ModuleVersion, Pattern, Selection, Snapshot, Source, Tree};
 
 /// What one status line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// DKMS 3.2.2: the sources are gone (see `broken`); its builds are not listed.
+    Broken,
     Added,
     Built,
     Installed,
@@ -76,6 +78,7 @@ pub enum State {
 impl State {
     fn word(self) -> &'static str {
         match self {
+            State::Broken => "broken",
             State::Added => "added",
             State::Built => "built",
             State::Installed | State::InstalledPackage => "installed",
@@ -216,9 +219,35 @@ pub fn run(inv: &Invocation) -> Result<i32> {
     if inv.cli.quiet {
         return Ok(0);
     }
-    let text = render(&entries, format);
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+    // DKMS prints its error about a broken version on stderr right after that version's line.
+    let mut written = Ok(());
+    if entries.is_empty() {
+        written = out
+            .write_all(render(&entries, format).as_bytes())
+            .and_then(|_| out.flush());
+    }
+    let mut rest = entries.as_slice();
+    while written.is_ok() && !rest.is_empty() {
+        let cut = rest
+            .iter()
+            .position(|e| e.state == State::Broken && format != Format::Json)
+            .map_or(rest.len(), |i| i + 1);
+        let (now, later) = rest.split_at(cut);
+        written = out
+            .write_all(render(now, format).as_bytes())
+            .and_then(|_| out.flush());
+        if let Some(b) = now.last().filter(|e| e.state == State::Broken) {
+            if format != Format::Json {
+                eprintln!(
+                    "\nError! {}",
+                    crate::broken::status_text(&b.name, &b.version)
+                );
+            }
+        }
+        rest = later;
+    }
+    match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(Error::io("write", "standard output", e))
         }
@@ -292,7 +321,13 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
             kernel: Pattern::or(kernel.as_deref(), Pattern::KernelLike),
             arch: Pattern::or(arch.as_deref(), Pattern::Any),
         };
-        let modules = Snapshot::read(&reader.tree, &sel).modules;
+        let mut modules = Snapshot::read(&reader.tree, &sel).modules;
+        let unreachable = unreachable_sources(paths, &reader.tree, &sel);
+        if !unreachable.is_empty() {
+            modules.extend(unreachable);
+            // DKMS's glob order, as the snapshot's.
+            modules.sort_by_cached_key(|m| format!("{}/{}", m.name, m.version).into_bytes());
+        }
         // The kernels DKMS's built test has seen before each module (its sticky suffix).
         let mut seen = Vec::new();
         let mut before = Vec::with_capacity(modules.len());
@@ -319,6 +354,24 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
     }
     out.extend(package_entries(paths, query, &targets));
     out
+}
+
+/// Versions without a `source` link whose `/usr/src/M-V` exists: DKMS 3.2.2 lists them as
+/// broken (the snapshot leaves them out, as they are not added).
+fn unreachable_sources(paths: &Paths, tree: &Tree, sel: &Selection) -> Vec<ModuleVersion> {
+    tree.module_versions(&sel.module, &sel.version)
+        .into_iter()
+        .filter(|(m, v)| {
+            tree.source(m, v) == Source::Missing && crate::broken::is_broken(paths, tree, m, v)
+        })
+        .map(|(name, version)| ModuleVersion {
+            name,
+            version,
+            source: Source::Missing,
+            original_modules: false,
+            builds: Vec::new(),
+        })
+        .collect()
 }
 
 /// The lines of installed binary module packages (dpkg's database under the root, read only
@@ -412,6 +465,21 @@ impl Reader<'_> {
     ) -> (Vec<Entry>, Pending) {
         let mut warning = None;
         let mut out = Vec::new();
+        if mv.source.is_broken() || mv.source == Source::Missing {
+            out.push(Entry {
+                source_missing: true,
+                name: mv.name.clone(),
+                version: mv.version.clone(),
+                kernel: None,
+                arch: None,
+                state: State::Broken,
+                built_files: Vec::new(),
+                installed_files: Vec::new(),
+                warnings: Vec::new(),
+                package: None,
+            });
+            return (out, warning);
+        }
         for (j, build) in mv.builds.iter().filter(|b| b.is_built()).enumerate() {
             let seen = &seen[..before + j + 1];
             if let Some(e) = self.build_entry(mv, build, seen, &mut warning) {

@@ -304,12 +304,9 @@ fn a_large_tree_lists_as_its_modules_do_one_by_one() {
     assert!(want.contains("(Differences between built and installed modules)"));
     let warned: Vec<String> = stderr(&out)
         .lines()
-        .filter_map(|l| Some(l.strip_prefix("Warning: ")?.split('/').next()?.to_string()))
+        .filter_map(|l| Some(l.strip_prefix("Error! ")?.split('/').next()?.to_string()))
         .collect();
-    assert_eq!(
-        warned, dangling,
-        "one warning per dangling source, in order"
-    );
+    assert_eq!(warned, dangling, "one error per broken version, in order");
 }
 
 #[test]
@@ -331,20 +328,26 @@ fn dangling_source() {
     added(&s, "gone", "1", &["gone"]);
     added(&s, "later", "1", &["later"]);
     std::fs::remove_dir_all(s.src().join("gone-1")).unwrap();
-    assert_eq!(status(&s, &[]), "gone/1: added\nlater/1: added\n");
+    // DKMS 3.2.2: "broken", with an error on stderr right after the line
+    assert_eq!(status(&s, &[]), "gone/1: broken\nlater/1: added\n");
     let json: serde_json::Value = serde_json::from_str(&status(&s, &["--json"])).unwrap();
+    assert_eq!(json[0]["state"], "broken");
     assert_eq!(json[0]["source_missing"], true);
     assert_eq!(json[1]["source_missing"], false);
 
-    // built: DKMS would abort the listing here; rdkms reports the files and goes on
+    // built: its builds are not listed, as DKMS 3.2.2
     build(&s, "gone", "1", K1, &["gone"]);
     let out = s.rdkms(&["status"]);
     assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "gone/1: broken\nlater/1: added\n");
     assert_eq!(
-        stdout(&out),
-        "gone/1, 6.1.0-1-amd64, x86_64: built\nlater/1: added\n"
+        stderr(&out),
+        "\nError! gone/1: Missing the module source directory or the symbolic link pointing to it.\nManual intervention is required!\n"
     );
-    assert!(stderr(&out).contains("gone/1"), "{}", stderr(&out));
+
+    // no link while /usr/src/M-V exists: broken too
+    std::fs::remove_file(s.tree().join("later/1/source")).unwrap();
+    assert_eq!(status(&s, &[]), "gone/1: broken\nlater/1: broken\n");
 }
 
 #[test]
