@@ -4,20 +4,20 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // apt's Post-Invoke no-op must cost almost nothing: decide it before parsing anything.
-    if rdkms::fingerprint::apt_noop(std::env::args_os().skip(1)) {
+    if rdkms::state::fingerprint::apt_noop(std::env::args_os().skip(1)) {
         return ExitCode::SUCCESS;
     }
-    clap_complete::CompleteEnv::with_factory(rdkms::help::command)
-        .var(rdkms::manpage::COMPLETE_VAR)
+    clap_complete::CompleteEnv::with_factory(rdkms::cmd::help::command)
+        .var(rdkms::cmd::manpage::COMPLETE_VAR)
         .complete();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let Some(code) = rdkms::help::handle(&args) {
+    if let Some(code) = rdkms::cmd::help::handle(&args) {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
-    let cli = match <rdkms::cli::Cli as clap::Parser>::try_parse() {
+    let cli = match <rdkms::cmd::cli::Cli as clap::Parser>::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            eprintln!("Error! {}", rdkms::cli::usage_line(&e));
+            eprintln!("Error! {}", rdkms::cmd::cli::usage_line(&e));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let result = rdkms::cli::Invocation::from_cli(cli)
+    let result = rdkms::cmd::cli::Invocation::from_cli(cli)
         .and_then(rdkms::run)
         .map_err(rdkms::Error::for_user);
     match result {
@@ -36,11 +36,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // DKMS puts an empty line before its errors; rdkms's own error is one line.
-            if rdkms::persona::as_dkms() {
+            if rdkms::base::persona::as_dkms() {
                 eprintln!();
             }
             eprintln!("Error! {e}");
-            if let Some(hint) = e.hint().filter(|_| !rdkms::persona::as_dkms()) {
+            if let Some(hint) = e.hint().filter(|_| !rdkms::base::persona::as_dkms()) {
                 eprintln!("{hint}");
             }
             ExitCode::from(e.exit_code().clamp(0, 255) as u8)

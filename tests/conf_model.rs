@@ -4,9 +4,9 @@
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
+use rdkms::base::version::ver_cmp;
 use rdkms::conf::model::Target;
 use rdkms::conf::{Directives, DkmsConf, EvalPath};
-use rdkms::version::ver_cmp;
 
 /// A kernel name as data: these models are evaluated in memory, nothing is read from
 /// /lib/modules for it (the version-order tests below likewise only compare names).

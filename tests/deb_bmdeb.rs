@@ -9,8 +9,8 @@ use std::process::Command;
 
 use deb_common::*;
 use predicates::prelude::*;
-use rdkms::bmdeb;
-use rdkms::config::Paths;
+use rdkms::package::bmdeb;
+use rdkms::system::config::Paths;
 
 const FAKE_K: &str = "6.1.0-99-amd64";
 

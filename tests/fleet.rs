@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use deb_common::*;
-use rdkms::bmdeb;
-use rdkms::config::Paths;
+use rdkms::package::bmdeb;
+use rdkms::system::config::Paths;
 
 /// A target host: its own apt configuration, lists, cache and dpkg database under `root`.
 /// dpkg gets `--root` and runs the maintainer scripts chrootless with `DPKG_ROOT` set, so the

@@ -190,7 +190,7 @@ fn shape(sb: &Sandbox) -> Vec<String> {
                 // compare where it leads.
                 Ok(t) if t.is_relative() && rel.ends_with("/source") => format!(
                     "{rel} -> {}",
-                    rdkms::config::lexical(&p.parent().unwrap().join(t))
+                    rdkms::system::config::lexical(&p.parent().unwrap().join(t))
                         .display()
                         .to_string()
                         .replace(&root, "ROOT")

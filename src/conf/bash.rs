@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::base::error::{Error, Result};
 use crate::conf::{Directives, EvalContext};
-use crate::error::{Error, Result};
 
 /// How long one evaluation may run before it is killed (a conf with an endless loop).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

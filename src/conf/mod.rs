@@ -7,7 +7,6 @@ pub mod directives;
 pub mod lexer;
 pub mod listing;
 pub mod model;
-pub mod show;
 pub mod static_eval;
 
 pub use directives::Directives;

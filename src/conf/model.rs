@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde::Serialize;
 
+use crate::base::error::{Error, Result};
+use crate::base::version::ver_key;
 use crate::conf::{Directives, EvalPath};
-use crate::error::{Error, Result};
-use crate::version::ver_key;
 
 /// What the model needs to know about the target besides the directives.
 #[derive(Debug, Clone, Default)]

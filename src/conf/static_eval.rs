@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::base::error::{IoContext, Result};
 use crate::conf::lexer::{self, Assignment, Part, Unsupported, Value, Word};
 use crate::conf::{listing, Directives, EvalContext};
-use crate::error::{IoContext, Result};
 
 /// A file the static evaluator declined, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

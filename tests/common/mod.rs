@@ -55,7 +55,7 @@ pub fn headers_kernel() -> Option<String> {
             (k.ends_with("-amd64") && e.path().join("Makefile").is_file()).then_some(k)
         })
         .collect();
-    kernels.sort_by(|a, b| rdkms::version::ver_cmp(a, b));
+    kernels.sort_by(|a, b| rdkms::base::version::ver_cmp(a, b));
     kernels.pop()
 }
 

@@ -22,7 +22,7 @@ pub fn real_kernel() -> String {
                 .collect()
         })
         .unwrap_or_default();
-    kernels.sort_by(|a, b| rdkms::version::ver_cmp(a, b));
+    kernels.sort_by(|a, b| rdkms::base::version::ver_cmp(a, b));
     kernels.pop().unwrap_or_else(|| "6.1.0-0-amd64".to_string())
 }
 
@@ -56,7 +56,7 @@ pub fn real_confs() -> Vec<PathBuf> {
 /// directory name, as `conf show` does), with DKMS's default trees.
 pub fn request(conf: &Path, kernel: &str, kernel_source_dir: &Path) -> LoadRequest {
     let (module, module_version) =
-        rdkms::conf::show::name_version_from_dir(conf.parent().unwrap_or(Path::new("")));
+        rdkms::cmd::conf_show::name_version_from_dir(conf.parent().unwrap_or(Path::new("")));
     let dkms_tree = PathBuf::from("/var/lib/dkms");
     LoadRequest {
         conf_file: conf.to_path_buf(),

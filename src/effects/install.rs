@@ -1,0 +1,586 @@
+//! Installing built modules into `<installtree>/K` and taking them out again: every file
+//! written under a temporary name, fsynced and renamed; destinations checked to stay inside the
+//! kernel's module directory; the `kernel-K-A` marker moved atomically.
+//!
+//! A module file that an installed binary module package (`mkbmdeb`) owns belongs to dpkg:
+//! `install` leaves it in place with a warning and counts the module as handled, as DKMS does
+//! with a module its version check keeps (exit 0, the version is marked installed; `--force`
+//! overwrites it), and `uninstall` never deletes it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::base::error::{Error, IoContext, Result};
+use crate::base::version::ver_cmp;
+use crate::conf::{DkmsConf, ModuleEntry};
+use crate::effects::original::Originals;
+use crate::effects::script::{Output, Script};
+use crate::package::bmdeb::{self, BinaryPackage};
+use crate::state::atomic;
+use crate::state::journal::Removal;
+use crate::state::tree::Tree;
+use crate::system::config::Paths;
+use crate::system::console::Console;
+use crate::system::kernel::{module_file_name, Compression, KernelFacts};
+
+/// One module version on one kernel, as install and uninstall see it.
+pub struct Placement<'a> {
+    pub module: &'a str,
+    pub version: &'a str,
+    pub tree: &'a Tree,
+    pub facts: &'a KernelFacts,
+    pub conf: &'a DkmsConf,
+    /// The module's source directory (where PRE_INSTALL/POST_INSTALL/POST_REMOVE run).
+    pub source_dir: &'a Path,
+    pub console: &'a Console,
+    /// The system paths (for the files dpkg lists) and the installed binary module packages.
+    pub paths: &'a Paths,
+    pub packages: &'a [BinaryPackage],
+}
+
+/// How install treats an existing same-named module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallOptions {
+    /// `--force`: install even if PRE_INSTALL fails or a newer/equal module exists.
+    pub force: bool,
+    /// `--force-version-override`: skip the version check only.
+    pub version_override: bool,
+}
+
+/// Finds the built file of a module in `dir`: uncompressed first, then the kernel's
+/// compression, then any other (DKMS's `compressed_or_uncompressed`).
+pub fn find_module_file(dir: &Path, name: &str, preferred: Compression) -> Option<PathBuf> {
+    std::iter::once(Compression::None)
+        .chain(std::iter::once(preferred))
+        .chain(Compression::ALL)
+        .map(|c| dir.join(module_file_name(name, c)))
+        .find(|p| p.is_file())
+}
+
+impl Placement<'_> {
+    fn built_dir(&self) -> PathBuf {
+        self.tree.built_modules_dir(
+            self.module,
+            self.version,
+            &self.facts.kernel,
+            &self.facts.arch,
+        )
+    }
+
+    /// `<installtree>/K/<location>`, created, and checked to be inside `<installtree>/K` once
+    /// symlinks are resolved.
+    fn dest_dir(&self, location: &str) -> Result<PathBuf> {
+        let kernel_dir = &self.facts.modules_dir;
+        let real_kernel = fs::canonicalize(kernel_dir).ctx("resolve", kernel_dir)?;
+        let mut dir = kernel_dir.clone();
+        for part in Path::new(location.trim_start_matches('/')).components() {
+            dir.push(part);
+            if fs::symlink_metadata(&dir).is_err() {
+                fs::create_dir(&dir).ctx("create", &dir)?;
+            }
+            let real = fs::canonicalize(&dir).ctx("resolve", &dir)?;
+            if !real.starts_with(&real_kernel) {
+                return Err(Error::PathEscape {
+                    file: self.conf.file.clone(),
+                    what: "DEST_MODULE_LOCATION".to_string(),
+                    value: format!("{location} (resolves to {})", real.display()),
+                });
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Installs every module and marks the version installed; returns whether anything was
+    /// installed (depmod then has work to do). Follows Debian 12's dkms: PRE_INSTALL first
+    /// (failure aborts with 101 unless forced), a module refused by the version check counts
+    /// as handled, POST_INSTALL last with its status ignored.
+    pub fn install(&self, opts: InstallOptions) -> Result<()> {
+        let f = self.facts;
+        self.check_scripts()?;
+        if !f.modules_dir.is_dir() {
+            return Err(Error::InstallFailed(format!(
+                "The directory {} doesn't exist. You cannot install a module onto a non-existent kernel; install the kernel or pick another with -k.",
+                f.modules_dir.display()
+            )));
+        }
+        let built_dir = self.built_dir();
+        let sources: Vec<PathBuf> = self
+            .conf
+            .modules
+            .iter()
+            .map(|m| {
+                find_module_file(&built_dir, &m.dest_name, f.compression).ok_or_else(|| {
+                    Error::MissingBuiltModule {
+                        module: m.dest_name.clone(),
+                        dir: built_dir.clone(),
+                        rebuild: format!(
+                            "rdkms build {}/{} -k {} --force",
+                            self.module, self.version, f.kernel
+                        ),
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
+
+        if let Some(line) = &self.conf.pre_install {
+            let script = Script {
+                kind: "pre_install",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            if let Some(code) = script.run(Output::Console, self.console)? {
+                if code != 0 && !opts.force {
+                    return Err(Error::PreInstallFailed {
+                        script: line.clone(),
+                        code,
+                    });
+                }
+            }
+        }
+
+        // A kernel's own same-named modules are set aside on the first install for it only.
+        let had_link = self
+            .tree
+            .installed_link(self.module, &f.kernel, &f.arch)
+            .symlink_metadata()
+            .is_ok();
+        let mut any_installed = false;
+        for (m, src) in self.conf.modules.iter().zip(&sources) {
+            let file_name = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !opts.force {
+                if let Some((file, pkg)) = self.packaged(&m.install_location, &m.dest_name) {
+                    self.console.warn(format!(
+                        "{} belongs to the installed package {}; it stays in place. Remove the package first, or use --force to overwrite it.",
+                        file.display(),
+                        pkg.package
+                    ));
+                    any_installed = true;
+                    continue;
+                }
+            }
+            if !(opts.force || opts.version_override || self.version_check(m, src)) {
+                continue;
+            }
+            if !had_link {
+                let same = same_named(&f.modules_dir, &m.dest_name);
+                self.originals().set_aside(
+                    &m.dest_name,
+                    &m.install_location,
+                    &same,
+                    src,
+                    self.console,
+                )?;
+            }
+            let dir = self.dest_dir(&m.install_location)?;
+            atomic::clean_leftovers_once(&dir);
+            self.console
+                .say(format!("Installing {}/{file_name}", dir.display()));
+            atomic::copy_file(src, &dir, &file_name, 0o644)?;
+            any_installed = true;
+            for c in Compression::ALL {
+                let other = dir.join(module_file_name(&m.dest_name, c));
+                if other.file_name().map(|n| n.to_string_lossy().into_owned())
+                    != Some(file_name.clone())
+                {
+                    let _ = fs::remove_file(other);
+                }
+            }
+        }
+        if !self.conf.modules.is_empty() && !any_installed {
+            return Err(Error::InstallAborted);
+        }
+
+        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
+        atomic::symlink(
+            &Tree::installed_link_target(self.version, &f.kernel, &f.arch),
+            &link,
+        )?;
+
+        if let Some(line) = &self.conf.post_install {
+            let script = Script {
+                kind: "post_install",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            script.run(Output::Console, self.console)?;
+        }
+        Ok(())
+    }
+
+    /// Debian's version sanity check, simplified: with exactly one same-named module in the
+    /// kernel tree, refuse to replace a newer one and skip an identical one (same version and
+    /// srcversion; for a module with neither, as DKMS 3.2.2 decides, the same bytes — so
+    /// tp-smapi-dkms's unversioned hdaps replaces the kernel's own). Returns whether to
+    /// install. Unreadable modinfo means "cannot tell": install.
+    fn version_check(&self, m: &ModuleEntry, ours: &Path) -> bool {
+        let f = self.facts;
+        let existing = same_named(&f.modules_dir, &m.dest_name);
+        let [theirs] = existing.as_slice() else {
+            if existing.len() > 1 {
+                self.console.warn(format!(
+                    "Cannot do version sanity checking because multiple {}.ko modules were found in kernel {}.",
+                    m.dest_name, f.kernel
+                ));
+            }
+            return true;
+        };
+        let (Some(their), Some(our)) = (modinfo(theirs), modinfo(ours)) else {
+            return true;
+        };
+        if !their.version.is_empty()
+            && !our.version.is_empty()
+            && ver_cmp(&their.version, &our.version).is_gt()
+        {
+            self.console.error(format!(
+                "Module version {} for {}\nis not newer than what is already found in kernel {} ({}).\nYou may override by specifying --force.",
+                our.version,
+                module_file_name(&m.dest_name, f.compression),
+                f.kernel,
+                their.version
+            ));
+            return false;
+        }
+        let unversioned = our.version.is_empty() && our.srcversion.is_empty();
+        if their == our && (!unversioned || crate::effects::original::same_bytes(theirs, ours)) {
+            self.console.say(format!(
+                "Module version {} for {}.ko\nexactly matches what is already found in kernel {}.\nDKMS will not replace this module.\nYou may override by specifying --force.",
+                our.version, m.dest_name, f.kernel
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// DKMS's first two lines of an uninstall.
+    fn uninstall_header(&self) {
+        let f = self.facts;
+        self.console.say(format!(
+            "Module {}/{} for kernel {} ({}):",
+            self.module, self.version, f.kernel, f.arch
+        ));
+        self.console
+            .say("Before uninstall, this module version was ACTIVE on this kernel.");
+    }
+
+    /// What `uninstall` would print for this installation, printed before it is replaced in
+    /// place (`install --force`), where DKMS really uninstalls first.
+    pub fn announce_uninstall(&self) {
+        let f = self.facts;
+        self.uninstall_header();
+        for m in &self.conf.modules {
+            if let Some(dir) = self.module_location(m) {
+                self.console.say(format!(
+                    "Deleting {}/{}",
+                    dir.display(),
+                    module_file_name(&m.dest_name, f.compression)
+                ));
+            }
+        }
+    }
+
+    /// Removes the installed files of this version and the `kernel-K-A` marker. Only a file in
+    /// the install location, or a byte-identical copy in the raw DEST_MODULE_LOCATION, is
+    /// deleted — never an in-tree module that merely has the same name. The files are
+    /// recorded first and the marker goes before them, so an interrupted uninstall never leaves
+    /// a version "installed" without its files; the next command deletes what is left.
+    pub fn uninstall(&self) -> Result<()> {
+        let f = self.facts;
+        self.uninstall_header();
+        let found: Vec<(String, Option<PathBuf>)> = self
+            .conf
+            .modules
+            .iter()
+            .map(|m| (m.dest_name.clone(), self.module_location(m)))
+            .collect();
+        let doomed: Vec<PathBuf> = found
+            .iter()
+            .filter_map(|(name, dir)| Some((name, dir.as_ref()?)))
+            .flat_map(|(name, dir)| self.deletable(dir, name))
+            .collect();
+        // The files are recorded and the link goes first: a kill from here on leaves a module
+        // that is not installed, and the next locked command finishes the removal.
+        let key = format!("{}-{}-{}-{}", self.module, self.version, f.kernel, f.arch);
+        let removal = Removal::begin(&self.tree.root, &key, &doomed)?;
+        let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
+        match fs::remove_file(&link) {
+            Ok(()) => atomic::sync_dir(link.parent().unwrap_or(Path::new(".")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("delete", link, e)),
+        }
+        for (name, dir) in &found {
+            let file_name = module_file_name(name, f.compression);
+            match dir {
+                Some(dir) => {
+                    self.console
+                        .say(format!("Deleting {}/{file_name}", dir.display()));
+                    for c in Compression::ALL {
+                        let p = dir.join(module_file_name(name, c));
+                        if let Some(pkg) = bmdeb::owner(self.paths, self.packages, &p) {
+                            self.console.say(format!(
+                                "Left {} in place: it belongs to the package {}",
+                                p.display(),
+                                pkg.package
+                            ));
+                        }
+                    }
+                    for p in doomed.iter().filter(|p| p.parent() == Some(dir.as_path())) {
+                        match fs::remove_file(p) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(Error::io("delete", p, e)),
+                        }
+                    }
+                    atomic::clean_leftovers_once(dir);
+                    remove_empty_dirs(dir, &f.modules_dir);
+                }
+                None => self.console.say(format!(
+                    "Module {file_name} was not found within {}/",
+                    f.modules_dir.display()
+                )),
+            }
+            if self.originals().backup.is_dir() {
+                self.originals().restore(name, self.console)?;
+            }
+        }
+        self.originals().forget()?;
+        removal.finish()?;
+        if let Some(line) = &self.conf.post_remove {
+            let script = Script {
+                kind: "post_remove",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            if self.source_dir.is_dir() {
+                script.run(Output::Console, self.console)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's own modules this version set aside on this kernel (DKMS 3.2.2).
+    fn originals(&self) -> Originals<'_> {
+        Originals {
+            backup: self.tree.original_module_dir(
+                self.module,
+                &self.facts.kernel,
+                &self.facts.arch,
+            ),
+            modules_dir: &self.facts.modules_dir,
+            root: &self.paths.root,
+        }
+    }
+
+    /// Refuses, before anything changes, a PRE_INSTALL, POST_INSTALL or POST_REMOVE path that
+    /// leaves the source directory (found only when it is run, the module would already be
+    /// half installed).
+    fn check_scripts(&self) -> Result<()> {
+        let c = self.conf;
+        for (kind, line) in [
+            ("pre_install", &c.pre_install),
+            ("post_install", &c.post_install),
+            ("post_remove", &c.post_remove),
+        ] {
+            if let Some(line) = line {
+                Script {
+                    kind,
+                    line,
+                    dir: self.source_dir,
+                    conf: &c.file,
+                }
+                .argv()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The installed module files of this version (not those a package owns): what an
+    /// uninstall would delete.
+    pub fn installed_files(&self) -> Vec<PathBuf> {
+        self.conf
+            .modules
+            .iter()
+            .filter_map(|m| Some((m, self.module_location(m)?)))
+            .flat_map(|(m, dir)| self.deletable(&dir, &m.dest_name))
+            .collect()
+    }
+
+    /// Deletes `files` except those in `keep`, and the directories that leaves empty: the
+    /// files of a replaced version that the new one did not overwrite.
+    pub fn remove_stale(&self, files: &[PathBuf], keep: &[PathBuf]) -> Result<()> {
+        for p in files.iter().filter(|p| !keep.contains(p)) {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", p, e)),
+            }
+            if let Some(dir) = p.parent() {
+                remove_empty_dirs(dir, &self.facts.modules_dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this version's copy of `m` is installed, if anywhere.
+    fn module_location(&self, m: &ModuleEntry) -> Option<PathBuf> {
+        let ours = find_module_file(&self.built_dir(), &m.dest_name, self.facts.compression);
+        self.installed_location(m, ours.as_deref())
+    }
+
+    /// The existing `dir/NAME.ko*` files that are not a package's.
+    fn deletable(&self, dir: &Path, name: &str) -> Vec<PathBuf> {
+        Compression::ALL
+            .iter()
+            .map(|c| dir.join(module_file_name(name, *c)))
+            .filter(|p| fs::symlink_metadata(p).is_ok())
+            .filter(|p| bmdeb::owner(self.paths, self.packages, p).is_none())
+            .collect()
+    }
+
+    /// The existing `<location>/NAME.ko*` an installed binary module package owns, if any.
+    fn packaged(&self, location: &str, name: &str) -> Option<(PathBuf, &BinaryPackage)> {
+        if self.packages.is_empty() {
+            return None;
+        }
+        let dir = self
+            .facts
+            .modules_dir
+            .join(location.trim_start_matches('/'));
+        Compression::ALL.iter().find_map(|c| {
+            let file = dir.join(module_file_name(name, *c));
+            let pkg = bmdeb::owner(self.paths, self.packages, &file)?;
+            Some((file, pkg))
+        })
+    }
+
+    /// The directory holding this version's installed copy of `m`, if any.
+    fn installed_location(&self, m: &ModuleEntry, ours: Option<&Path>) -> Option<PathBuf> {
+        let kernel_dir = &self.facts.modules_dir;
+        let has = |loc: &str| {
+            let dir = kernel_dir.join(loc.trim_start_matches('/'));
+            find_module_file(&dir, &m.dest_name, self.facts.compression).map(|p| (dir, p))
+        };
+        if let Some((dir, _)) = has(&m.install_location) {
+            return Some(dir);
+        }
+        if m.dest_location != m.install_location {
+            if let (Some((dir, file)), Some(ours)) = (has(&m.dest_location), ours) {
+                if fs::read(&file).ok() == fs::read(ours).ok() {
+                    return Some(dir);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Whether the kernel's module tree holds any `<name>.ko*` (not following symlinks).
+pub fn kernel_has_module(kernel_dir: &Path, name: &str) -> bool {
+    !same_named(kernel_dir, name).is_empty()
+}
+
+/// Every `<name>.ko[.gz|.xz|.zst]` below a kernel's module directory (not following the
+/// `build`/`source` links).
+fn same_named(kernel_dir: &Path, name: &str) -> Vec<PathBuf> {
+    let wanted: Vec<String> = Compression::ALL
+        .iter()
+        .map(|c| module_file_name(name, *c))
+        .collect();
+    walkdir::WalkDir::new(kernel_dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| wanted.iter().any(|w| e.file_name() == w.as_str()))
+        .map(|e| e.into_path())
+        .collect()
+}
+
+/// The version fields of a module file.
+#[derive(Debug, PartialEq, Eq)]
+struct ModInfo {
+    version: String,
+    srcversion: String,
+}
+
+fn modinfo(file: &Path) -> Option<ModInfo> {
+    let field = |name: &str| -> Option<String> {
+        let out = Command::new("modinfo")
+            .args(["-F", name])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    Some(ModInfo {
+        version: field("version")?,
+        srcversion: field("srcversion")?,
+    })
+}
+
+/// `rmdir -p --ignore-fail-on-non-empty` from `dir` up to, not including, `stop`.
+fn remove_empty_dirs(dir: &Path, stop: &Path) {
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d == stop || !d.starts_with(stop) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        cur = d.parent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_uncompressed_before_compressed() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("a.ko.xz"), "").unwrap();
+        assert_eq!(
+            find_module_file(t.path(), "a", Compression::None),
+            Some(t.path().join("a.ko.xz"))
+        );
+        fs::write(t.path().join("a.ko"), "").unwrap();
+        assert_eq!(
+            find_module_file(t.path(), "a", Compression::Xz),
+            Some(t.path().join("a.ko"))
+        );
+        assert_eq!(find_module_file(t.path(), "b", Compression::Xz), None);
+    }
+
+    #[test]
+    fn empty_dirs_are_removed_up_to_the_kernel_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let k = t.path().join("K");
+        let d = k.join("updates/dkms");
+        fs::create_dir_all(&d).unwrap();
+        fs::create_dir_all(k.join("kernel")).unwrap();
+        remove_empty_dirs(&d, &k);
+        assert!(!k.join("updates").exists());
+        assert!(k.join("kernel").is_dir());
+    }
+
+    #[test]
+    fn same_named_skips_the_build_link() {
+        let t = tempfile::tempdir().unwrap();
+        let k = t.path().join("K");
+        fs::create_dir_all(k.join("kernel/x")).unwrap();
+        fs::write(k.join("kernel/x/foo.ko.xz"), "").unwrap();
+        let ext = t.path().join("ext");
+        fs::create_dir_all(&ext).unwrap();
+        fs::write(ext.join("foo.ko"), "").unwrap();
+        std::os::unix::fs::symlink(&ext, k.join("build")).unwrap();
+        assert_eq!(same_named(&k, "foo"), vec![k.join("kernel/x/foo.ko.xz")]);
+    }
+}

@@ -1,0 +1,203 @@
+//! Durable records of work that must not be lost when a command dies halfway (reliability
+//! invariant (c)): each is written and synced before the work starts and removed once it is
+//! done, so the next command that takes the tree lock finishes it.
+//!
+//! - [`Marks`]: one empty file per kernel (a pending depmod, initramfs update or hook run).
+//! - [`Removal`]: the files an uninstall is about to delete, after its `kernel-K-A` link is
+//!   gone (so nothing calls the version installed any more); [`replay`] deletes what is left.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use crate::base::error::{Error, IoContext, Result};
+use crate::state::atomic;
+
+/// A set of kernels with a pending piece of work, kept as empty files in one directory of the
+/// dkms tree. The directory goes with the last mark, so a tree with nothing pending holds
+/// exactly what DKMS's would.
+pub struct Marks {
+    dir: PathBuf,
+    /// Keep the directory when empty (the initramfs marks: see `initramfs::clear`).
+    keep_dir: bool,
+}
+
+impl Marks {
+    /// The marks kept in `<dkms_tree>/<name>`.
+    pub fn new(dkms_tree: &Path, name: &str) -> Marks {
+        Marks {
+            dir: dkms_tree.join(name),
+            keep_dir: false,
+        }
+    }
+
+    /// Marks whose directory stays when the last one is cleared.
+    pub fn keeping_dir(dkms_tree: &Path, name: &str) -> Marks {
+        Marks {
+            keep_dir: true,
+            ..Marks::new(dkms_tree, name)
+        }
+    }
+
+    /// Kernels with a mark.
+    pub fn pending(&self) -> BTreeSet<String> {
+        fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records (and syncs to disk) a mark for `kernel`.
+    pub fn record(&self, kernel: &str) -> Result<()> {
+        let file = self.dir.join(kernel);
+        // A hook postponing its work records without the lock: the lock holder may remove
+        // the (empty) directory in between, so try again.
+        let mut tries = 0;
+        loop {
+            fs::create_dir_all(&self.dir).ctx("create", &self.dir)?;
+            match File::create(&file).and_then(|f| f.sync_all()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                Err(e) => return Err(Error::io("write", &file, e)),
+            }
+        }
+        atomic::sync_dir(&self.dir)?;
+        if let Some(parent) = self.dir.parent() {
+            atomic::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the mark of `kernel` (done, or no longer needed), and the directory with the
+    /// last one unless it is kept.
+    pub fn clear(&self, kernel: &str) -> Result<()> {
+        let file = self.dir.join(kernel);
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("remove", &file, e)),
+        }
+        if !self.keep_dir && fs::remove_dir(&self.dir).is_ok() {
+            return Ok(());
+        }
+        atomic::sync_dir(&self.dir)
+    }
+}
+
+/// Directory of the pending removals.
+const REMOVALS_DIR: &str = ".rdkms-removals";
+
+/// An uninstall in progress: the installed files it deletes, recorded before the
+/// `kernel-K-A` link goes.
+pub struct Removal {
+    record: PathBuf,
+}
+
+impl Removal {
+    /// Records `files` (one absolute path per line) durably under a name unique to this
+    /// uninstall.
+    pub fn begin(dkms_tree: &Path, key: &str, files: &[PathBuf]) -> Result<Removal> {
+        let dir = dkms_tree.join(REMOVALS_DIR);
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let mut text = String::new();
+        for f in files {
+            let line = f.to_string_lossy();
+            if !line.contains('\n') {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        let record = dir.join(key.replace('/', "_"));
+        atomic::write_file(&record, text.as_bytes())?;
+        Ok(Removal { record })
+    }
+
+    /// The files are gone: forget the record (and its directory when it was the last).
+    pub fn finish(self) -> Result<()> {
+        match fs::remove_file(&self.record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &self.record, e)),
+        }
+        if let Some(dir) = self.record.parent() {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+/// Finishes the removals an interrupted uninstall recorded: deletes each listed file that is
+/// still there (only regular files below `install_tree`), then the record. Called under the
+/// tree lock before anything else changes.
+pub fn replay(dkms_tree: &Path, install_tree: &Path) {
+    let dir = dkms_tree.join(REMOVALS_DIR);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            // A record killed while being written: its uninstall never started.
+            if name.ends_with(atomic::TMP_MARK) {
+                let _ = fs::remove_file(e.path());
+            }
+            continue;
+        }
+        let text = fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            let p = Path::new(line);
+            let inside = p.is_absolute()
+                && p.starts_with(install_tree)
+                && !p.components().any(|c| c == std::path::Component::ParentDir);
+            if inside && fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+                let _ = fs::remove_file(p);
+            }
+        }
+        let _ = fs::remove_file(e.path());
+    }
+    let _ = fs::remove_dir(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let m = Marks::new(t.path(), ".pending");
+        assert!(m.pending().is_empty());
+        m.record("6.12.117+deb13-amd64").unwrap();
+        assert_eq!(
+            m.pending().into_iter().collect::<Vec<_>>(),
+            ["6.12.117+deb13-amd64"]
+        );
+        m.clear("6.12.117+deb13-amd64").unwrap();
+        m.clear("gone").unwrap();
+        assert!(m.pending().is_empty());
+        assert!(!t.path().join(".pending").exists());
+    }
+
+    #[test]
+    fn replay_deletes_only_files_inside_the_install_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        let inst = t.path().join("inst");
+        fs::create_dir_all(inst.join("K/updates")).unwrap();
+        fs::create_dir_all(&tree).unwrap();
+        let inside = inst.join("K/updates/a.ko");
+        let outside = t.path().join("keep.ko");
+        fs::write(&inside, "x").unwrap();
+        fs::write(&outside, "x").unwrap();
+        let r = Removal::begin(&tree, "a/K/x", &[inside.clone(), outside.clone()]).unwrap();
+        replay(&tree, &inst);
+        assert!(!inside.exists());
+        assert!(outside.exists());
+        r.finish().unwrap();
+        assert!(!tree.join(REMOVALS_DIR).exists());
+    }
+}
