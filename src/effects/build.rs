@@ -570,7 +570,7 @@ const BUILDING: &str = "Building module(s)";
 
 /// Runs one framed step with its output appended to the log; returns the exit status and, when
 /// it could be read, the CPU seconds of the step's whole process tree.
-fn logged_step(
+pub(crate) fn logged_step(
     log: &mut File,
     description: &str,
     shown: &str,

@@ -359,7 +359,14 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
     }
     match last_error {
         Some(e) => Err(e),
-        None => Ok(0),
+        None if action == Action::Build => Ok(0),
+        None => {
+            let kernel = targets
+                .first()
+                .map_or_else(host::running_kernel, |t| t.0.clone());
+            crate::effects::post_transaction::run(&ctx.paths, &kernel, &ctx.console)?;
+            Ok(0)
+        }
     }
 }
 
