@@ -80,6 +80,10 @@ pub enum Error {
     #[error("{module}/{version} is broken!\nMissing the source directory or the symbolic link pointing to it.\nManual intervention is required!")]
     Broken { module: String, version: String },
 
+    /// The sources hold fewer than two entries (dkms.conf alone): nothing to build.
+    #[error("The directory {dir} does not appear to have module source located within it.\nBuild halted.", dir = .dir.display())]
+    NoModuleSource { dir: PathBuf },
+
     /// `install`: every module was refused (e.g. an older version than the kernel's); nothing
     /// changed.
     #[error("Installation aborted.")]
@@ -269,6 +273,7 @@ impl Error {
             Error::MissingBuildDepends { .. } => 13,
             Error::AutoinstallFailed => 11,
             Error::Broken { .. } => 4,
+            Error::NoModuleSource { .. } => 8,
             Error::InstallAborted | Error::MissingBuiltModule { .. } => 6,
             Error::PrermFailed { .. } => 14,
             Error::BadPatch { .. } => 5,

@@ -221,7 +221,7 @@ fn run_plan(inv: &Invocation, ctx: &Ctx, req: &Request) -> Result<i32> {
 
 /// Runs one of the hook commands.
 pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
-    let ctx = Ctx::from_invocation(inv);
+    let mut ctx = Ctx::from_invocation(inv);
     let req = request(inv, action, &ctx.paths)?;
     if action == Action::Plan {
         return run_plan(inv, &ctx, &req);
@@ -237,6 +237,7 @@ pub fn run(action: Action, inv: &Invocation) -> Result<i32> {
             }
         }
     }
+    ctx.depends_planned = true;
     if hook {
         // Hooks never write to stdout, whoever prints (scripts, make, ourselves).
         let _ = nix::unistd::dup2(2, 1);

@@ -172,6 +172,8 @@ pub struct BuildInput<'a> {
     pub build_user: Option<&'a BuildUser>,
     /// `--force`: build even when a BUILD_DEPENDS module is not installed.
     pub force: bool,
+    /// The caller already resolved BUILD_DEPENDS (see `Ctx::depends_planned`).
+    pub depends_planned: bool,
 }
 
 /// A private build area, removed when dropped (a kill -9 leaves it for the next command).
@@ -206,6 +208,17 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
                 .tree
                 .build_dir(input.module, input.version, &f.kernel, &f.arch)
                 .join("dkms.conf"),
+        });
+    }
+    // DKMS's test: `ls` of the sources lists fewer than two names.
+    let listed = fs::read_dir(input.source_dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    });
+    if listed < 2 {
+        return Err(Error::NoModuleSource {
+            dir: input.tree.source_link(input.module, input.version),
         });
     }
     f.require_headers()?;
@@ -263,6 +276,9 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
 /// kernel; `--force` builds anyway after a warning.
 fn check_build_depends(input: &BuildInput<'_>, depends: &[String]) -> Result<()> {
     let f = input.facts;
+    if input.depends_planned {
+        return Ok(());
+    }
     let missing: Vec<&str> = depends
         .iter()
         .filter(|d| !is_installed_anywhere(input.tree, d, &f.kernel, &f.arch))

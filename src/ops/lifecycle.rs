@@ -60,6 +60,9 @@ pub struct Ctx {
     pub trust: Trust,
     /// `--build-user` (framework.conf `build_user` is read when a build starts).
     pub build_user_option: Option<String>,
+    /// The planner ordered the builds by BUILD_DEPENDS (hooks): a dependency it skipped for
+    /// BUILD_EXCLUSIVE counts as present, so builds do not check for installed dependencies.
+    pub depends_planned: bool,
 }
 
 impl Ctx {
@@ -85,6 +88,7 @@ impl Ctx {
             signing: SigningConfig::load(&paths),
             trust: Trust::new(&paths, inv.cli.allow_untrusted_sources),
             build_user_option: inv.cli.build_user.clone(),
+            depends_planned: false,
             paths,
             packages: OnceLock::new(),
         }
@@ -542,6 +546,7 @@ pub fn build_with(job: &Job<'_>, facts: &KernelFacts, console: &Console) -> Resu
         load_conf: &load,
         build_user: user.as_ref(),
         force: job.ctx.force,
+        depends_planned: job.ctx.depends_planned,
     })?;
     crate::ops::dependents::record(job, facts)
 }
