@@ -52,11 +52,17 @@ fn autoinstall_and_prerm_as_dkms_print_dkms_text() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("rdkms: "), "{err}");
     let a = arch();
-    let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s:?} missing: {err}"));
+    let at = |s: &str| {
+        err.find(s)
+            .unwrap_or_else(|| panic!("{s:?} missing: {err}"))
+    };
     // The dependency first (a later round for its dependant), each with its depmod.
     assert!(
-        at(&format!("Autoinstall of module zz-base/1 for kernel {K} ({a})\n"))
-            < at(&format!("Autoinstall of module aa-top/1 for kernel {K} ({a})\n"))
+        at(&format!(
+            "Autoinstall of module zz-base/1 for kernel {K} ({a})\n"
+        )) < at(&format!(
+            "Autoinstall of module aa-top/1 for kernel {K} ({a})\n"
+        ))
     );
     assert!(err.ends_with(&format!(
         "Running depmod... done.\n\nAutoinstall on {K} succeeded for module(s) zz-base aa-top.\n"
@@ -67,7 +73,10 @@ fn autoinstall_and_prerm_as_dkms_print_dkms_text() {
 
     // Nothing left to do: no output at all.
     let again = dkms(&sb, &["autoinstall", "-k", K]);
-    assert_eq!((again.status.code(), stderr(&again)), (Some(0), String::new()));
+    assert_eq!(
+        (again.status.code(), stderr(&again)),
+        (Some(0), String::new())
+    );
 
     let out = dkms(&sb, &["kernel_prerm", "-k", K]);
     let err = stderr(&out);
