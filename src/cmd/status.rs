@@ -1,14 +1,14 @@
-//! `rdkms status`: what is added, built and installed, printed byte for byte as Debian's
-//! DKMS 3.0.10 prints it (scripts parse these lines), plus `--json` and the pre-2.8.6 format.
+//! `rdkms status`: what is added, built and installed, printed byte for byte as DKMS 3.2.2
+//! prints it (scripts parse these lines), plus `--json` and the pre-2.8.6 format.
 //!
-//! How each line is decided, following DKMS 3.0.10's `module_status`/`is_module_built`/
+//! How each line is decided, following DKMS 3.2.2's `module_status`/`is_module_built`/
 //! `module_status_built_extra`:
 //! - module versions come from `<tree>/M/V` in glob order, kernels from
 //!   `<tree>/M/V/+([0-9]).*/A` (or the `-k`/`-a` words), see `tree::Snapshot`;
-//! - a kernel is "built" when `module/` holds every DEST_MODULE_NAME of the dkms.conf
-//!   (`.ko`, or `.ko` plus the kernel's compression suffix taken from its `modules.dep`),
-//!   "installed" when `kernel-K-A` also resolves to it; a version with no such kernel prints
-//!   `M/V: added`;
+//! - a kernel is "built" when `module/` exists (3.0.10 also wanted every DEST_MODULE_NAME of
+//!   the dkms.conf in it: `.ko`, or `.ko` plus the kernel's compression suffix taken from its
+//!   `modules.dep`; a missing one is now a suffix), "installed" when `kernel-K-A` also
+//!   resolves to it; a version with no such kernel prints `M/V: added`;
 //! - suffixes (DKMS 3.2.2's texts; `--format legacy` keeps 3.0.10's, in brackets):
 //!   ` (Original modules exist)` (` (original_module exists)`) when
 //!   `<tree>/M/original_module/K/A` exists, then for the first module with a problem
@@ -38,10 +38,7 @@
 //! without such packages lists exactly as DKMS does; dpkg's status file is read only when it
 //! exists under the root, and only its `*-dkms-bin` paragraphs are parsed.
 //!
-//! Kept on purpose: DKMS's built test uses a compression suffix that sticks from earlier
-//! kernels of the same listing (a global variable), its suffix check a fresh one; that is the
-//! one way a tree gets ` (Built modules are missing in the kernel modules folder)` in practice, so rdkms keeps it.
-//! - `-c FILE` and `--directive` are ignored (DKMS echoes directives into status output).
+//! Also: `-c FILE` and `--directive` are ignored (DKMS echoes directives into status output).
 //!   Names are printed as they are (DKMS's `read` drops backslashes and edge blanks).
 
 use std::collections::{HashMap, HashSet};
@@ -328,21 +325,7 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<Entry> {
             // DKMS's glob order, as the snapshot's.
             modules.sort_by_cached_key(|m| format!("{}/{}", m.name, m.version).into_bytes());
         }
-        // The kernels DKMS's built test has seen before each module (its sticky suffix).
-        let mut seen = Vec::new();
-        let mut before = Vec::with_capacity(modules.len());
-        for mv in &modules {
-            before.push(seen.len());
-            seen.extend(
-                mv.builds
-                    .iter()
-                    .filter(|b| b.is_built())
-                    .map(|b| b.kernel.as_str()),
-            );
-        }
-        let lines = crate::base::par::map(&modules, 32, |i, mv| {
-            reader.module_lines(mv, &seen, before[i])
-        });
+        let lines = crate::base::par::map(&modules, 32, |_, mv| reader.module_lines(mv));
         for (entries, warning) in lines {
             if let Some((key, text)) = warning {
                 if warned.insert(key) {
@@ -458,12 +441,7 @@ impl Reader<'_> {
     /// The lines of one module version: one per built kernel, else `M/V: added`. `seen` holds
     /// the kernels of every built test of this listing in order, this module's starting at
     /// `before`.
-    fn module_lines(
-        &self,
-        mv: &ModuleVersion,
-        seen: &[&str],
-        before: usize,
-    ) -> (Vec<Entry>, Pending) {
+    fn module_lines(&self, mv: &ModuleVersion) -> (Vec<Entry>, Pending) {
         let mut warning = None;
         let mut out = Vec::new();
         if mv.source.is_broken() || mv.source == Source::Missing {
@@ -481,11 +459,8 @@ impl Reader<'_> {
             });
             return (out, warning);
         }
-        for (j, build) in mv.builds.iter().filter(|b| b.is_built()).enumerate() {
-            let seen = &seen[..before + j + 1];
-            if let Some(e) = self.build_entry(mv, build, seen, &mut warning) {
-                out.push(e);
-            }
+        for build in mv.builds.iter().filter(|b| b.is_built()) {
+            out.push(self.build_entry(mv, build, &mut warning));
         }
         if out.is_empty() {
             out.push(Entry {
@@ -504,44 +479,21 @@ impl Reader<'_> {
         (out, warning)
     }
 
-    /// The line for one `K/A` whose `module/` exists, or `None` when DKMS would not call it
-    /// built (a module of dkms.conf is missing from `module/`). Each expected file is
-    /// stat'ed once.
-    fn build_entry(
-        &self,
-        mv: &ModuleVersion,
-        b: &Build,
-        seen: &[&str],
-        warning: &mut Pending,
-    ) -> Option<Entry> {
+    /// The line for one `K/A` whose `module/` exists. Each expected file is stat'ed once.
+    fn build_entry(&self, mv: &ModuleVersion, b: &Build, warning: &mut Pending) -> Entry {
         let (m, v, k, a) = (&mv.name, &mv.version, &b.kernel, &b.arch);
         let moddir = self.tree.built_modules_dir(m, v, k, a);
         let expected = self.expected(mv, b, warning);
         let files: Vec<(String, Option<PathBuf>)> = match &expected {
-            Expected::Conf(entries) => {
-                let plain: Vec<Option<PathBuf>> = entries
-                    .iter()
-                    .map(|e| {
-                        Some(moddir.join(format!("{}.ko", e.dest_name))).filter(|p| p.exists())
-                    })
-                    .collect();
-                if plain.iter().any(Option::is_none) {
-                    let sticky = self.sticky_compression(seen);
-                    if entries.iter().zip(&plain).any(|(e, p)| {
-                        p.is_none() && packed(&moddir, &e.dest_name, sticky).is_none()
-                    }) {
-                        return None;
-                    }
-                }
-                entries
-                    .iter()
-                    .zip(plain)
-                    .map(|(e, p)| {
-                        let file = p.or_else(|| packed(&moddir, &e.dest_name, self.compression(k)));
-                        (e.dest_name.clone(), file)
-                    })
-                    .collect()
-            }
+            Expected::Conf(entries) => entries
+                .iter()
+                .map(|e| {
+                    let plain =
+                        Some(moddir.join(format!("{}.ko", e.dest_name))).filter(|p| p.exists());
+                    let file = plain.or_else(|| packed(&moddir, &e.dest_name, self.compression(k)));
+                    (e.dest_name.clone(), file)
+                })
+                .collect(),
             Expected::Found(found) => found
                 .iter()
                 .map(|(n, f)| (n.clone(), Some(f.clone())))
@@ -607,9 +559,9 @@ impl Reader<'_> {
                 installed: false,
                 ..b.clone()
             };
-            return self.build_entry(mv, &now, seen, warning);
+            return self.build_entry(mv, &now, warning);
         }
-        Some(Entry {
+        Entry {
             name: m.clone(),
             version: v.clone(),
             kernel: Some(k.clone()),
@@ -620,7 +572,7 @@ impl Reader<'_> {
             installed_files,
             warnings,
             package: None,
-        })
+        }
     }
 
     /// The expected modules of a build. Reads dkms.conf with the static evaluator only.
@@ -683,12 +635,6 @@ impl Reader<'_> {
             }
             Err(_) => found(),
         }
-    }
-
-    /// The suffix DKMS's built test sees: the last compression found among the kernels
-    /// tested so far in this listing.
-    fn sticky_compression(&self, seen: &[&str]) -> Option<&'static str> {
-        seen.iter().rev().find_map(|k| self.compression(k))
     }
 
     /// The compression suffix DKMS infers from `<installtree>/K/modules.dep` (the last of

@@ -14,7 +14,7 @@ use crate::conf::{self, model::Target, DkmsConf, EvalMode, LoadRequest};
 use crate::effects::build::{self, BuildInput, Jobs};
 use crate::effects::build_user::BuildUser;
 use crate::effects::depmod;
-use crate::effects::install::{find_module_file, InstallOptions, Placement};
+use crate::effects::install::{InstallOptions, Placement};
 use crate::effects::signing::SigningConfig;
 use crate::ops::add::{self, AddOptions, SourcePath};
 use crate::package::bmdeb::{self, BinaryPackage};
@@ -170,8 +170,9 @@ impl Job<'_> {
         self.ctx.tree.is_added(&self.module, &self.version)
     }
 
-    /// DKMS's "built": `<tree>/M/V/K/A/module` holds every module the dkms.conf names.
-    pub fn is_built(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
+    /// DKMS 3.2.2's "built": `<tree>/M/V/K/A/module` exists (a module missing from it makes
+    /// the build "incomplete", which `install` refuses and `status` names).
+    pub fn is_built(&self, facts: &KernelFacts) -> bool {
         let dir = self.ctx.tree.built_modules_dir(
             &self.module,
             &self.version,
@@ -179,16 +180,12 @@ impl Job<'_> {
             &facts.arch,
         );
         dir.is_dir()
-            && conf
-                .modules
-                .iter()
-                .all(|m| find_module_file(&dir, &m.dest_name, facts.compression).is_some())
     }
 
     /// DKMS's "installed": built, and `<tree>/M/kernel-K-A` resolves to this version's build.
     /// What uninstall acts on, whether or not the files are still there.
-    pub fn is_marked_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
-        self.is_built(facts, conf)
+    pub fn is_marked_installed(&self, facts: &KernelFacts) -> bool {
+        self.is_built(facts)
             && self.ctx.tree.is_installed_build(
                 &self.module,
                 &self.version,
@@ -199,8 +196,8 @@ impl Job<'_> {
 
     /// Marked installed and every module file really in place (invariant (a)): anything less
     /// is installed again.
-    pub fn is_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
-        self.is_marked_installed(facts, conf)
+    pub fn is_installed(&self, facts: &KernelFacts) -> bool {
+        self.is_marked_installed(facts)
             && crate::state::presence::installed_files_present(
                 &self.ctx.paths,
                 &self.module,
@@ -482,7 +479,7 @@ fn add_options(inv: &Invocation) -> AddOptions {
 /// one build path of `install`, `mkbmdeb` and everything else that needs built modules.
 pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
     let conf = job.conf(facts)?;
-    if !job.is_built(facts, &conf) || sources_changed(job, facts) {
+    if !job.is_built(facts) || sources_changed(job, facts) {
         build_now(job, facts)?;
     }
     Ok(conf)
@@ -490,8 +487,9 @@ pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
 
 /// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
 pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
-    let conf = job.conf(facts)?;
-    if job.is_built(facts, &conf) && !job.ctx.force && !sources_changed(job, facts) {
+    // A dkms.conf that cannot be read stops the command before anything else.
+    job.conf(facts)?;
+    if job.is_built(facts) && !job.ctx.force && !sources_changed(job, facts) {
         job.ctx.console.say(format!(
             "Module {}/{} already built for kernel {} ({}), skip. You may override by specifying --force.",
             job.module, job.version, facts.kernel, facts.arch
@@ -555,13 +553,13 @@ pub fn build_with(job: &Job<'_>, facts: &KernelFacts, console: &Console) -> Resu
 pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
     // Rebuilt from changed sources: the installed copy is stale, so it is replaced.
-    let rebuilt = job.is_built(facts, &conf) && sources_changed(job, facts);
-    if rebuilt || !job.is_built(facts, &conf) {
+    let rebuilt = job.is_built(facts) && sources_changed(job, facts);
+    if rebuilt || !job.is_built(facts) {
         build_now(job, facts)?;
     }
     let source = job.source_dir();
     let place = job.placement(facts, &conf, &source)?;
-    if job.is_installed(facts, &conf) {
+    if job.is_installed(facts) {
         if !job.ctx.force && !rebuilt {
             job.ctx.console.say(format!(
                 "Module {}/{} already installed on kernel {} ({}), skip. You may override by specifying --force.",
@@ -631,7 +629,7 @@ pub fn replace_installed(
     let old_files = old_place.installed_files();
     changes.replaced.push(facts.kernel.clone());
     if let Err(e) = install_one(new, facts, changes) {
-        if old.is_built(facts, &old_conf) {
+        if old.is_built(facts) {
             old_place.install(InstallOptions {
                 force: true,
                 version_override: true,
@@ -648,7 +646,7 @@ pub fn replace_installed(
 /// Uninstalls if installed, else DKMS's skip message.
 pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
-    if !job.is_marked_installed(facts, &conf) {
+    if !job.is_marked_installed(facts) {
         job.ctx.console.say(format!(
             "Module {}/{} is not installed for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
@@ -680,14 +678,14 @@ pub fn unbuild_into(
 ) -> Result<()> {
     let conf = job.conf(facts)?;
     let t = &job.ctx.tree;
-    if job.is_marked_installed(facts, &conf) {
+    if job.is_marked_installed(facts) {
         let source = job.source_dir();
         job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
     }
     build::remove_kept_build(&t.version_dir(&job.module, &job.version).join("build"));
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
-    if !job.is_built(facts, &conf) && !build_dir.is_dir() {
+    if !job.is_built(facts) && !build_dir.is_dir() {
         job.ctx.console.say(format!(
             "Module {}/{} is not built for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
