@@ -32,6 +32,10 @@ fn main() -> ExitCode {
         .map_err(rdkms::Error::for_user);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) if e.is_warning() => {
+            eprintln!("Warning: {e}");
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
         Err(e) => {
             // DKMS puts an empty line before its errors; rdkms's own error is one line.
             if rdkms::base::persona::as_dkms() {

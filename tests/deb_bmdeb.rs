@@ -329,7 +329,7 @@ fn install_and_uninstall_leave_package_owned_files_alone() {
     assert_eq!(
         status_lines(r, &[]),
         [
-            format!("own/1.0, {FAKE_K}, {ARCH}: installed (WARNING! Diff between built and installed module!)"),
+            format!("own/1.0, {FAKE_K}, {ARCH}: installed (Differences between built and installed modules)"),
             format!("own/1.0, {FAKE_K}, {ARCH}: installed (binary package {package})"),
         ]
     );

@@ -104,16 +104,6 @@ fn kernel_hooks_pass_the_argument_kernel_and_keep_stdout_empty() {
             "autoinstall --hook -k 6.1.0-97-amd64|stdin=eof",
         ),
         (
-            "hooks/dkms_autoinstaller",
-            vec!["start", "6.1.0-96-amd64"],
-            "autoinstall --hook -k 6.1.0-96-amd64|stdin=eof",
-        ),
-        (
-            "hooks/dkms_autoinstaller",
-            vec!["start"],
-            "autoinstall --hook|stdin=eof",
-        ),
-        (
             "hooks/common.postinst",
             vec!["foo", "1.2", "/usr/share/foo-dkms", "", "1.1"],
             "common_postinst --hook -m foo -v 1.2 --archive /usr/share/foo-dkms/foo-1.2.dkms.tar.gz|stdin=eof",
@@ -146,6 +136,48 @@ fn hooks_propagate_the_exit_status_rdkms_chose() {
         let (code, _, _) = run_hook(&stub, &repo(script), &["6.1.0-1-amd64", "x", "", "", ""]);
         assert_eq!(code, 11, "{script}");
     }
+}
+
+/// As DKMS 3.2.2's: `dkms autoinstall` for a kernel with headers (exit 1 when it fails), DKMS's
+/// skip message for one without, never anything on stdout or from the terminal.
+#[test]
+fn autoinstaller_runs_dkms_autoinstall_only_with_headers() {
+    let moddir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(moddir.path().join("6.1.0-96-amd64/build/include")).unwrap();
+    let run = |stub: &Stub, args: &[&str]| {
+        let _guard = spawn_guard();
+        let out = Command::new(repo("hooks/dkms_autoinstaller"))
+            .args(args)
+            .env("RDKMS_BIN", stub.bin())
+            .env("RDKMS_MODDIR", moddir.path())
+            .stdin(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let stub = Stub::new(0);
+    let (code, stdout, _) = run(&stub, &["start", "6.1.0-96-amd64"]);
+    assert_eq!((code, stdout.as_str()), (Some(0), ""));
+    assert_eq!(stub.calls(), ["autoinstall -k 6.1.0-96-amd64|stdin=eof"]);
+    let (code, _, _) = run(&stub, &["start"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stub.calls()[1], "autoinstall|stdin=eof");
+
+    let (code, stdout, stderr) = run(&stub, &["start", "6.1.0-95-amd64"]);
+    assert_eq!((code, stdout.as_str()), (Some(0), ""));
+    assert_eq!(
+        stderr,
+        "Automatic installation of modules for kernel 6.1.0-95-amd64 was skipped since the kernel headers for this kernel do not seem to be installed.\n"
+    );
+    assert_eq!(stub.calls().len(), 2);
+
+    let failing = Stub::new(11);
+    let (code, stdout, _) = run(&failing, &["start", "6.1.0-96-amd64"]);
+    assert_eq!((code, stdout.as_str()), (Some(1), ""));
 }
 
 #[test]

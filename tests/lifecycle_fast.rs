@@ -291,7 +291,10 @@ fn build_exclusive_mismatch_exits_77() {
         .assert()
         .code(77)
         .stderr(predicate::str::contains(
-            "includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config",
+            "Warning: The ",
+        ))
+        .stderr(predicate::str::contains(
+            "for module excl/1.0 includes a BUILD_EXCLUSIVE directive\nwhich does not match this kernel/arch/config.",
         ));
     sb.source("excl", "2.0")
         .conf("BUILD_EXCLUSIVE_CONFIG=\"CONFIG_NOT_THERE\"")

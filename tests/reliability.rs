@@ -37,10 +37,10 @@ fn a_module_installed_without_its_file_is_repaired_by_the_next_run() {
     let sb = world(true);
     let ko = sb.installed_ko(K1, "m1");
     fs::remove_file(&ko).unwrap();
-    // status keeps DKMS's wording for the damage; the planner no longer trusts the link.
+    // status keeps DKMS 3.2.2's wording for the damage; the planner no longer trusts the link.
     assert!(sb
         .status()
-        .contains("Diff between built and installed module"));
+        .contains("(Differences between built and installed modules)"));
     let plan = String::from_utf8_lossy(&sb.rdkms(["plan"]).output().unwrap().stdout).into_owned();
     assert!(plan.contains("multi/3") && plan.contains(K1), "{plan}");
     sb.rdkms(["reconcile", "--hook"]).assert().success();

@@ -212,7 +212,10 @@ fn sixteen_mixed_commands_at_once_keep_the_invariants_in_20_trials() {
                 while !stop.load(Ordering::Relaxed) {
                     let out = sb.rdkms_std(["status"]).output().unwrap();
                     let text = String::from_utf8_lossy(&out.stdout);
-                    diffs.fetch_add(text.matches("Diff between").count(), Ordering::Relaxed);
+                    diffs.fetch_add(
+                        text.matches("Differences between").count(),
+                        Ordering::Relaxed,
+                    );
                     samples.fetch_add(1, Ordering::Relaxed);
                 }
             })

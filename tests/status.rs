@@ -163,16 +163,21 @@ fn diff_suffix_when_installed_copy_differs_or_is_missing() {
     let mut changed = orig.clone();
     changed[0] ^= 1;
     std::fs::write(installed.join("one.ko"), &changed).unwrap();
-    const DIFF: &str = " (WARNING! Diff between built and installed module!)";
+    const DIFF: &str = " (Differences between built and installed modules)";
     assert_eq!(
         status(&s, &[]),
         format!("two/1, 6.1.0-1-amd64, x86_64: installed{DIFF}\n")
     );
-    // and once more per module
+    // DKMS 3.2.2 names the first module's problem only (3.0.10 named each: legacy format)
     std::fs::remove_file(installed.join("two.ko")).unwrap();
     assert_eq!(
         status(&s, &[]),
-        format!("two/1, 6.1.0-1-amd64, x86_64: installed{DIFF}{DIFF}\n")
+        format!("two/1, 6.1.0-1-amd64, x86_64: installed{DIFF}\n")
+    );
+    const OLD: &str = " (WARNING! Diff between built and installed module!)";
+    assert_eq!(
+        status(&s, &["--format", "legacy"]),
+        format!("two, 1, 6.1.0-1-amd64, x86_64: installed{OLD}{OLD}\n")
     );
     // built-only lines never compare
     std::fs::remove_file(s.tree().join(format!("two/kernel-{K1}-{A}"))).unwrap();
@@ -190,14 +195,18 @@ fn installed_copy_found_in_the_raw_dest_location() {
     assert_eq!(status(&s, &[]), "raw/1, 6.1.0-1-amd64, x86_64: installed\n");
 }
 
+/// DKMS 3.2.2: `module/` makes it built; a missing module is a suffix (3.0.10: not built).
 #[test]
-fn incomplete_module_dir_is_not_built() {
+fn incomplete_module_dir_is_built_with_a_suffix() {
     let s = Sandbox::new();
     added(&s, "multi", "1", &["a", "b", "c"]);
     build(&s, "multi", "1", K1, &["a", "c"]);
     build(&s, "multi", "1", K2, &["a", "b", "c"]);
-    assert_eq!(status(&s, &[]), "multi/1, 6.1.0-10-amd64, x86_64: built\n");
-    assert_eq!(status(&s, &["-k", K1]), "multi/1: added\n");
+    assert_eq!(
+        status(&s, &[]),
+        "multi/1, 6.1.0-1-amd64, x86_64: built (Built modules are missing in the kernel modules folder)\n\
+         multi/1, 6.1.0-10-amd64, x86_64: built\n"
+    );
 }
 
 #[test]
@@ -207,7 +216,7 @@ fn compressed_modules_follow_the_kernels_modules_dep() {
     s.build("z", "1", K1, A, &["z.ko.xz"]);
     assert_eq!(
         status(&s, &[]),
-        "z/1: added\n",
+        "z/1, 6.1.0-1-amd64, x86_64: built (Built modules are missing in the kernel modules folder)\n",
         "no modules.dep: .ko.xz is not looked for"
     );
     std::fs::create_dir_all(s.inst().join(K1)).unwrap();
@@ -221,33 +230,8 @@ fn compressed_modules_follow_the_kernels_modules_dep() {
     assert_eq!(status(&s, &[]), "z/1, 6.1.0-1-amd64, x86_64: installed\n");
 }
 
-#[test]
-fn missing_built_modules_suffix_from_the_sticky_compression_suffix() {
-    // DKMS's built test keeps the compression suffix of an earlier kernel in the listing; its
-    // suffix check does not. Checked against Debian's dkms 3.0.10 by hand (needs /lib/modules).
-    let s = Sandbox::new();
-    let (kxz, kplain) = ("9.9.1-xz", "9.9.2-plain");
-    std::fs::create_dir_all(s.inst().join(kxz)).unwrap();
-    std::fs::write(s.inst().join(kxz).join("modules.dep"), "kernel/x.ko.xz:\n").unwrap();
-    for m in ["a", "b", "c"] {
-        added(&s, m, "1", &[m]);
-    }
-    s.build("a", "1", kxz, A, &["a.ko.xz"]);
-    s.build("b", "1", kplain, A, &["b.ko.xz"]);
-    s.build("c", "1", kplain, A, &["c.ko"]);
-    assert_eq!(
-        status(&s, &[]),
-        "a/1, 9.9.1-xz, x86_64: built\n\
-         b/1, 9.9.2-plain, x86_64: built (WARNING! Missing some built modules!)\n\
-         c/1, 9.9.2-plain, x86_64: built\n"
-    );
-    assert_eq!(status(&s, &["b"]), "b/1: added\n");
-}
-
 /// Hundreds of module versions are read on several threads: the listing must equal, line for
-/// line and warning for warning, what the modules give one at a time, except where DKMS's
-/// sticky compression suffix carries over from earlier modules, which it must still do across
-/// the whole listing.
+/// line and error for error, what the modules give one at a time.
 #[test]
 fn a_large_tree_lists_as_its_modules_do_one_by_one() {
     let s = Sandbox::new();
@@ -287,24 +271,20 @@ fn a_large_tree_lists_as_its_modules_do_one_by_one() {
     for (i, m) in names.iter().enumerate() {
         let alone = status(&s, &[&format!("{m}/1")]);
         if i % 7 == 6 {
-            assert_eq!(alone, format!("{m}/1: added\n"));
-            want.push_str(&format!(
-                "{m}/1, {K2}, {A}: built (WARNING! Missing some built modules!)\n"
-            ));
-        } else {
-            want.push_str(&alone);
+            assert_eq!(
+                alone,
+                format!("{m}/1, {K2}, {A}: built (Built modules are missing in the kernel modules folder)\n")
+            );
         }
+        want.push_str(&alone);
     }
     assert_eq!(stdout(&out), want);
-    assert!(want.contains("(WARNING! Diff between built and installed module!)"));
+    assert!(want.contains("(Differences between built and installed modules)"));
     let warned: Vec<String> = stderr(&out)
         .lines()
-        .filter_map(|l| Some(l.strip_prefix("Warning: ")?.split('/').next()?.to_string()))
+        .filter_map(|l| Some(l.strip_prefix("Error! ")?.split('/').next()?.to_string()))
         .collect();
-    assert_eq!(
-        warned, dangling,
-        "one warning per dangling source, in order"
-    );
+    assert_eq!(warned, dangling, "one error per broken version, in order");
 }
 
 #[test]
@@ -316,7 +296,7 @@ fn original_module_suffix() {
     std::fs::create_dir_all(s.tree().join("o/original_module").join(K1).join(A)).unwrap();
     assert_eq!(
         status(&s, &[]),
-        "o/1, 6.1.0-1-amd64, x86_64: installed (original_module exists)\n"
+        "o/1, 6.1.0-1-amd64, x86_64: installed (Original modules exist)\n"
     );
 }
 
@@ -326,20 +306,26 @@ fn dangling_source() {
     added(&s, "gone", "1", &["gone"]);
     added(&s, "later", "1", &["later"]);
     std::fs::remove_dir_all(s.src().join("gone-1")).unwrap();
-    assert_eq!(status(&s, &[]), "gone/1: added\nlater/1: added\n");
+    // DKMS 3.2.2: "broken", with an error on stderr right after the line
+    assert_eq!(status(&s, &[]), "gone/1: broken\nlater/1: added\n");
     let json: serde_json::Value = serde_json::from_str(&status(&s, &["--json"])).unwrap();
+    assert_eq!(json[0]["state"], "broken");
     assert_eq!(json[0]["source_missing"], true);
     assert_eq!(json[1]["source_missing"], false);
 
-    // built: DKMS would abort the listing here; rdkms reports the files and goes on
+    // built: its builds are not listed, as DKMS 3.2.2
     build(&s, "gone", "1", K1, &["gone"]);
     let out = s.rdkms(&["status"]);
     assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "gone/1: broken\nlater/1: added\n");
     assert_eq!(
-        stdout(&out),
-        "gone/1, 6.1.0-1-amd64, x86_64: built\nlater/1: added\n"
+        stderr(&out),
+        "\nError! gone/1: Missing the module source directory or the symbolic link pointing to it.\nManual intervention is required!\n"
     );
-    assert!(stderr(&out).contains("gone/1"), "{}", stderr(&out));
+
+    // no link while /usr/src/M-V exists: broken too
+    std::fs::remove_file(s.tree().join("later/1/source")).unwrap();
+    assert_eq!(status(&s, &[]), "gone/1: broken\nlater/1: broken\n");
 }
 
 #[test]

@@ -72,8 +72,51 @@ pub enum Error {
     MissingHeaders { kernel: String, dir: PathBuf },
 
     /// BUILD_EXCLUSIVE_* says this kernel/arch/config must not get this module.
-    #[error("The {conf} for module {module} includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config. This indicates that it should not be built.", conf = .conf.display())]
+    /// DKMS prints it as a warning (`Warning: ` and no empty line before); `module` is `M/V`.
+    #[error("The {conf}\nfor module {module} includes a BUILD_EXCLUSIVE directive\nwhich does not match this kernel/arch/config.\nThis indicates that it should not be built.", conf = .conf.display())]
     BuildExclusive { module: String, conf: PathBuf },
+
+    /// The version's sources are gone (see `broken`).
+    #[error("{module}/{version} is broken!\nMissing the source directory or the symbolic link pointing to it.\nManual intervention is required!")]
+    Broken { module: String, version: String },
+
+    /// The sources hold fewer than two entries (dkms.conf alone): nothing to build.
+    #[error("The directory {dir} does not appear to have module source located within it.\nBuild halted.", dir = .dir.display())]
+    NoModuleSource { dir: PathBuf },
+
+    /// `install`: every module was refused (e.g. an older version than the kernel's); nothing
+    /// changed.
+    #[error("Installation aborted.")]
+    InstallAborted,
+
+    /// `install`: a module dkms.conf names is not in the build's `module/` directory.
+    #[error("Missing module {module} in {dir}", dir = .dir.display())]
+    MissingBuiltModule {
+        module: String,
+        dir: PathBuf,
+        rebuild: String,
+    },
+
+    /// DKMS's autoinstall: a module failed or its BUILD_DEPENDS never got installed.
+    #[error("One or more modules failed to install during autoinstall.\nRefer to previous errors for more information.")]
+    AutoinstallFailed,
+
+    /// DKMS's kernel_prerm: `failed` lists ` M/V(exit)` for each module that was not removed.
+    #[error("dkms kernel_prerm for kernel {kernel} ({arch}) failed for module(s){failed}.")]
+    PrermFailed {
+        kernel: String,
+        arch: String,
+        failed: String,
+    },
+
+    /// A BUILD_DEPENDS module is not installed for the kernel (`build` without `--force`).
+    #[error("Aborting build of module {module} for kernel {kernel} ({arch}) due to missing BUILD_DEPENDS: {missing}.\nYou may override by specifying --force.")]
+    MissingBuildDepends {
+        module: String,
+        kernel: String,
+        arch: String,
+        missing: String,
+    },
 
     /// A patch name escapes the patches dir or is missing.
     #[error("Patch {patch} as specified in dkms.conf {problem}")]
@@ -227,6 +270,12 @@ impl Error {
             Error::SourceMissing { .. } => 2,
             Error::MissingHeaders { .. } => 21,
             Error::BuildExclusive { .. } => 77,
+            Error::MissingBuildDepends { .. } => 13,
+            Error::AutoinstallFailed => 11,
+            Error::Broken { .. } => 4,
+            Error::NoModuleSource { .. } => 8,
+            Error::InstallAborted | Error::MissingBuiltModule { .. } => 6,
+            Error::PrermFailed { .. } => 14,
             Error::BadPatch { .. } => 5,
             Error::PatchFailed { .. } => 6,
             Error::BuildFailed { .. } => 10,
@@ -267,6 +316,11 @@ impl Error {
         }
     }
 
+    /// Printed as DKMS's `Warning: ` (a module skipped on purpose), not as an error.
+    pub fn is_warning(&self) -> bool {
+        matches!(self, Error::BuildExclusive { .. })
+    }
+
     /// rdkms's one-line advice after DKMS's text: printed when invoked as `rdkms`, never as
     /// `dkms` (whose output maintainer scripts and DKMS's own tests compare byte for byte).
     pub fn hint(&self) -> Option<String> {
@@ -289,6 +343,10 @@ impl Error {
                     file.display()
                 )
             }
+            Error::MissingBuiltModule { rebuild, .. } => format!("Rebuild it: {rebuild}"),
+            Error::Broken { module, version } => format!(
+                "Put its sources back and run: rdkms add {module}/{version} (or delete its directory in the dkms tree by hand)."
+            ),
             Error::NotAdded { module, version } => {
                 format!("Add it first: rdkms add {module}/{version}")
             }

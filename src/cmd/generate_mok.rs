@@ -14,6 +14,7 @@ pub fn run(inv: &Invocation) -> Result<i32> {
     let console = Console {
         quiet: inv.cli.quiet,
         verbose: inv.cli.verbose,
+        signing_shown: false,
     };
     let made = signing::prepare_mok(&SigningConfig::load(&paths), &paths.dkms_tree, "", &console)?;
     Ok(if made.is_some() { 0 } else { 1 })

@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod cli;
 pub mod conf_show;
+pub mod dkms_autoinstall;
 pub mod doctor;
 pub mod generate_mok;
 pub mod help;

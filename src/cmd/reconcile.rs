@@ -224,12 +224,23 @@ fn run_plan(inv: &Invocation, ctx: &Ctx, req: &Request) -> Result<i32> {
 
 /// Runs one of the hook commands.
 pub fn run(action: Action, inv: &Invocation, opts: &Options) -> Result<i32> {
-    let ctx = Ctx::from_options(opts);
+    let mut ctx = Ctx::from_options(opts);
     let req = request(inv, action, &ctx.paths)?;
     if action == Action::Plan {
         return run_plan(inv, &ctx, &req);
     }
     let hook = inv.cli.hook || inv.cli.from_apt;
+    if !hook && crate::base::persona::as_dkms() {
+        if let Scope::Kernel(k) | Scope::Prerm(k) = &req.scope {
+            if matches!(
+                action,
+                Action::Autoinstall | Action::KernelPostinst | Action::KernelPrerm
+            ) {
+                return crate::cmd::dkms_autoinstall::run(action, opts, k, &arch(inv));
+            }
+        }
+    }
+    ctx.depends_planned = true;
     if hook {
         // Hooks never write to stdout, whoever prints (scripts, make, ourselves).
         let _ = nix::unistd::dup2(2, 1);

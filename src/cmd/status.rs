@@ -1,17 +1,21 @@
-//! `rdkms status`: what is added, built and installed, printed byte for byte as Debian's
-//! DKMS 3.0.10 prints it (scripts parse these lines), plus `--json` and the pre-2.8.6 format.
+//! `rdkms status`: what is added, built and installed, printed byte for byte as DKMS 3.2.2
+//! prints it (scripts parse these lines), plus `--json` and the pre-2.8.6 format.
 //!
-//! How each line is decided, following DKMS 3.0.10's `module_status`/`is_module_built`/
+//! How each line is decided, following DKMS 3.2.2's `module_status`/`is_module_built`/
 //! `module_status_built_extra`:
 //! - module versions come from `<tree>/M/V` in glob order, kernels from
 //!   `<tree>/M/V/+([0-9]).*/A` (or the `-k`/`-a` words), see `tree::TreeSnapshot`;
-//! - a kernel is "built" when `module/` holds every DEST_MODULE_NAME of the dkms.conf
-//!   (`.ko`, or `.ko` plus the kernel's compression suffix taken from its `modules.dep`),
-//!   "installed" when `kernel-K-A` also resolves to it; a version with no such kernel prints
-//!   `M/V: added`;
-//! - suffixes: ` (original_module exists)` when `<tree>/M/original_module/K/A` exists, then
-//!   per module ` (WARNING! Missing some built modules!)` or, when installed, ` (WARNING! Diff
-//!   between built and installed module!)` if the installed copy is absent or differs.
+//! - a kernel is "built" when `module/` exists (3.0.10 also wanted every DEST_MODULE_NAME of
+//!   the dkms.conf in it: `.ko`, or `.ko` plus the kernel's compression suffix taken from its
+//!   `modules.dep`; a missing one is now a suffix), "installed" when `kernel-K-A` also
+//!   resolves to it; a version with no such kernel prints `M/V: added`;
+//! - suffixes (DKMS 3.2.2's texts; `--format legacy` keeps 3.0.10's, in brackets):
+//!   ` (Original modules exist)` (` (original_module exists)`) when
+//!   `<tree>/M/original_module/K/A` exists, then for the first module with a problem
+//!   ` (Built modules are missing in the kernel modules folder)` (` (WARNING! Missing some
+//!   built modules!)`) or, when installed, ` (Differences between built and installed
+//!   modules)` (` (WARNING! Diff between built and installed module!)`) if the installed copy
+//!   is absent or differs; 3.0.10 named every module's problem.
 //!
 //! Deliberate deviations (each where DKMS is accidental, slow or broken):
 //! - dkms.conf is never sourced: it is read with the static evaluator only. When that cannot
@@ -34,10 +38,7 @@
 //! without such packages lists exactly as DKMS does; dpkg's status file is read only when it
 //! exists under the root, and only its `*-dkms-bin` paragraphs are parsed.
 //!
-//! Kept on purpose: DKMS's built test uses a compression suffix that sticks from earlier
-//! kernels of the same listing (a global variable), its suffix check a fresh one; that is the
-//! one way a tree gets ` (WARNING! Missing some built modules!)` in practice, so rdkms keeps it.
-//! - `-c FILE` and `--directive` are ignored (DKMS echoes directives into status output).
+//! Also: `-c FILE` and `--directive` are ignored (DKMS echoes directives into status output).
 //!   Names are printed as they are (DKMS's `read` drops backslashes and edge blanks).
 
 use std::collections::{HashMap, HashSet};
@@ -53,7 +54,7 @@ use crate::cmd::cli::Invocation;
 use crate::conf::{self, EvalMode, LoadRequest, ModuleEntry, Target};
 use crate::package::deb;
 use crate::state::dpkg;
-use crate::state::tree::{Pattern, Selection, Tree, TreeBuild, TreeSnapshot, TreeVersion};
+use crate::state::tree::{Pattern, Selection, Source, Tree, TreeBuild, TreeSnapshot, TreeVersion};
 use crate::system::config::Paths;
 use crate::system::console::Console;
 use crate::system::host;
@@ -62,6 +63,8 @@ use crate::system::host;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// DKMS 3.2.2: the sources are gone (see `broken`); its builds are not listed.
+    Broken,
     Added,
     Built,
     Installed,
@@ -73,6 +76,7 @@ pub enum State {
 impl State {
     fn word(self) -> &'static str {
         match self {
+            State::Broken => "broken",
             State::Added => "added",
             State::Built => "built",
             State::Installed | State::InstalledPackage => "installed",
@@ -99,8 +103,19 @@ pub enum WarningCode {
 }
 
 impl WarningCode {
-    /// DKMS 3.0.10's suffix text.
+    /// DKMS 3.2.2's suffix text (`dkms status`).
     pub fn suffix(self) -> &'static str {
+        match self {
+            WarningCode::OriginalModuleExists => " (Original modules exist)",
+            WarningCode::MissingBuiltModule => {
+                " (Built modules are missing in the kernel modules folder)"
+            }
+            WarningCode::DiffBuiltInstalled => " (Differences between built and installed modules)",
+        }
+    }
+
+    /// DKMS 3.0.10's text, kept for `--format legacy` (the older scripts' format).
+    pub fn legacy_suffix(self) -> &'static str {
         match self {
             WarningCode::OriginalModuleExists => " (original_module exists)",
             WarningCode::MissingBuiltModule => " (WARNING! Missing some built modules!)",
@@ -202,9 +217,35 @@ pub fn run(inv: &Invocation) -> Result<i32> {
     if inv.cli.quiet {
         return Ok(0);
     }
-    let text = render(&entries, format);
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+    // DKMS prints its error about a broken version on stderr right after that version's line.
+    let mut written = Ok(());
+    if entries.is_empty() {
+        written = out
+            .write_all(render(&entries, format).as_bytes())
+            .and_then(|_| out.flush());
+    }
+    let mut rest = entries.as_slice();
+    while written.is_ok() && !rest.is_empty() {
+        let cut = rest
+            .iter()
+            .position(|e| e.state == State::Broken && format != Format::Json)
+            .map_or(rest.len(), |i| i + 1);
+        let (now, later) = rest.split_at(cut);
+        written = out
+            .write_all(render(now, format).as_bytes())
+            .and_then(|_| out.flush());
+        if let Some(b) = now.last().filter(|e| e.state == State::Broken) {
+            if format != Format::Json {
+                eprintln!(
+                    "\nError! {}",
+                    crate::state::broken::status_text(&b.name, &b.version)
+                );
+            }
+        }
+        rest = later;
+    }
+    match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(Error::io("write", "standard output", e))
         }
@@ -233,7 +274,19 @@ pub fn render(entries: &[StatusEntry], format: Format) -> String {
             Some(p) => s.push_str(&format!("{} (binary package {})", p.dpkg_state, p.package)),
             None => s.push_str(e.state.word()),
         }
+        // DKMS 3.2.2 names at most one problem of the modules (the first); 3.0.10 named each.
+        let mut named = false;
         for w in &e.warnings {
+            if format == Format::Legacy {
+                s.push_str(w.code.legacy_suffix());
+                continue;
+            }
+            if w.code != WarningCode::OriginalModuleExists {
+                if named {
+                    continue;
+                }
+                named = true;
+            }
             s.push_str(w.code.suffix());
         }
         s.push('\n');
@@ -266,22 +319,14 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<StatusEntry> {
             kernel: Pattern::or(kernel.as_deref(), Pattern::KernelLike),
             arch: Pattern::or(arch.as_deref(), Pattern::Any),
         };
-        let modules = TreeSnapshot::read(&reader.tree, &sel).modules;
-        // The kernels DKMS's built test has seen before each module (its sticky suffix).
-        let mut seen = Vec::new();
-        let mut before = Vec::with_capacity(modules.len());
-        for mv in &modules {
-            before.push(seen.len());
-            seen.extend(
-                mv.builds
-                    .iter()
-                    .filter(|b| b.is_built())
-                    .map(|b| b.kernel.as_str()),
-            );
+        let mut modules = TreeSnapshot::read(&reader.tree, &sel).modules;
+        let unreachable = unreachable_sources(paths, &reader.tree, &sel);
+        if !unreachable.is_empty() {
+            modules.extend(unreachable);
+            // DKMS's glob order, as the snapshot's.
+            modules.sort_by_cached_key(|m| format!("{}/{}", m.name, m.version).into_bytes());
         }
-        let lines = crate::base::par::map(&modules, 32, |i, mv| {
-            reader.module_lines(mv, &seen, before[i])
-        });
+        let lines = crate::base::par::map(&modules, 32, |_, mv| reader.module_lines(mv));
         for (entries, warning) in lines {
             if let Some((key, text)) = warning {
                 if warned.insert(key) {
@@ -293,6 +338,25 @@ pub fn collect(paths: &Paths, query: &Query) -> Vec<StatusEntry> {
     }
     out.extend(package_entries(paths, query, &targets));
     out
+}
+
+/// Versions without a `source` link whose `/usr/src/M-V` exists: DKMS 3.2.2 lists them as
+/// broken (the snapshot leaves them out, as they are not added).
+fn unreachable_sources(paths: &Paths, tree: &Tree, sel: &Selection) -> Vec<TreeVersion> {
+    tree.module_versions(&sel.module, &sel.version)
+        .into_iter()
+        .filter(|(m, v)| {
+            tree.source(m, v) == Source::Missing
+                && crate::state::broken::is_broken(paths, tree, m, v)
+        })
+        .map(|(name, version)| TreeVersion {
+            name,
+            version,
+            source: Source::Missing,
+            original_modules: false,
+            builds: Vec::new(),
+        })
+        .collect()
 }
 
 /// The lines of installed binary module packages (dpkg's database under the root, read only
@@ -378,19 +442,26 @@ impl Reader<'_> {
     /// The lines of one module version: one per built kernel, else `M/V: added`. `seen` holds
     /// the kernels of every built test of this listing in order, this module's starting at
     /// `before`.
-    fn module_lines(
-        &self,
-        mv: &TreeVersion,
-        seen: &[&str],
-        before: usize,
-    ) -> (Vec<StatusEntry>, Pending) {
+    fn module_lines(&self, mv: &TreeVersion) -> (Vec<StatusEntry>, Pending) {
         let mut warning = None;
         let mut out = Vec::new();
-        for (j, build) in mv.builds.iter().filter(|b| b.is_built()).enumerate() {
-            let seen = &seen[..before + j + 1];
-            if let Some(e) = self.build_entry(mv, build, seen, &mut warning) {
-                out.push(e);
-            }
+        if mv.source.is_broken() || mv.source == Source::Missing {
+            out.push(StatusEntry {
+                source_missing: true,
+                name: mv.name.clone(),
+                version: mv.version.clone(),
+                kernel: None,
+                arch: None,
+                state: State::Broken,
+                built_files: Vec::new(),
+                installed_files: Vec::new(),
+                warnings: Vec::new(),
+                package: None,
+            });
+            return (out, warning);
+        }
+        for build in mv.builds.iter().filter(|b| b.is_built()) {
+            out.push(self.build_entry(mv, build, &mut warning));
         }
         if out.is_empty() {
             out.push(StatusEntry {
@@ -409,44 +480,21 @@ impl Reader<'_> {
         (out, warning)
     }
 
-    /// The line for one `K/A` whose `module/` exists, or `None` when DKMS would not call it
-    /// built (a module of dkms.conf is missing from `module/`). Each expected file is
-    /// stat'ed once.
-    fn build_entry(
-        &self,
-        mv: &TreeVersion,
-        b: &TreeBuild,
-        seen: &[&str],
-        warning: &mut Pending,
-    ) -> Option<StatusEntry> {
+    /// The line for one `K/A` whose `module/` exists. Each expected file is stat'ed once.
+    fn build_entry(&self, mv: &TreeVersion, b: &TreeBuild, warning: &mut Pending) -> StatusEntry {
         let (m, v, k, a) = (&mv.name, &mv.version, &b.kernel, &b.arch);
         let moddir = self.tree.built_modules_dir(m, v, k, a);
         let expected = self.expected(mv, b, warning);
         let files: Vec<(String, Option<PathBuf>)> = match &expected {
-            Expected::Conf(entries) => {
-                let plain: Vec<Option<PathBuf>> = entries
-                    .iter()
-                    .map(|e| {
-                        Some(moddir.join(format!("{}.ko", e.dest_name))).filter(|p| p.exists())
-                    })
-                    .collect();
-                if plain.iter().any(Option::is_none) {
-                    let sticky = self.sticky_compression(seen);
-                    if entries.iter().zip(&plain).any(|(e, p)| {
-                        p.is_none() && packed(&moddir, &e.dest_name, sticky).is_none()
-                    }) {
-                        return None;
-                    }
-                }
-                entries
-                    .iter()
-                    .zip(plain)
-                    .map(|(e, p)| {
-                        let file = p.or_else(|| packed(&moddir, &e.dest_name, self.compression(k)));
-                        (e.dest_name.clone(), file)
-                    })
-                    .collect()
-            }
+            Expected::Conf(entries) => entries
+                .iter()
+                .map(|e| {
+                    let plain =
+                        Some(moddir.join(format!("{}.ko", e.dest_name))).filter(|p| p.exists());
+                    let file = plain.or_else(|| packed(&moddir, &e.dest_name, self.compression(k)));
+                    (e.dest_name.clone(), file)
+                })
+                .collect(),
             Expected::Found(found) => found
                 .iter()
                 .map(|(n, f)| (n.clone(), Some(f.clone())))
@@ -512,9 +560,9 @@ impl Reader<'_> {
                 installed: false,
                 ..b.clone()
             };
-            return self.build_entry(mv, &now, seen, warning);
+            return self.build_entry(mv, &now, warning);
         }
-        Some(StatusEntry {
+        StatusEntry {
             name: m.clone(),
             version: v.clone(),
             kernel: Some(k.clone()),
@@ -525,7 +573,7 @@ impl Reader<'_> {
             installed_files,
             warnings,
             package: None,
-        })
+        }
     }
 
     /// The expected modules of a build. Reads dkms.conf with the static evaluator only.
@@ -588,12 +636,6 @@ impl Reader<'_> {
             }
             Err(_) => found(),
         }
-    }
-
-    /// The suffix DKMS's built test sees: the last compression found among the kernels
-    /// tested so far in this listing.
-    fn sticky_compression(&self, seen: &[&str]) -> Option<&'static str> {
-        seen.iter().rev().find_map(|k| self.compression(k))
     }
 
     /// The compression suffix DKMS infers from `<installtree>/K/modules.dep` (the last of
@@ -751,7 +793,7 @@ mod tests {
         let both = [e, added];
         assert_eq!(
             render(&both, Format::Dkms),
-            "foo/1.0, 6.1.0-1-amd64, x86_64: installed (WARNING! Diff between built and installed module!)\nfoo/1.0: added\n"
+            "foo/1.0, 6.1.0-1-amd64, x86_64: installed (Differences between built and installed modules)\nfoo/1.0: added\n"
         );
         let pkg = StatusEntry {
             state: State::InstalledPackage,

@@ -167,6 +167,10 @@ pub struct BuildInput<'a> {
     pub load_conf: &'a dyn Fn(&Path, &Path) -> Result<DkmsConf>,
     /// Patches, build scripts and MAKE run as this user (see `build_user`); `None`: as root.
     pub build_user: Option<&'a BuildUser>,
+    /// `--force`: build even when a BUILD_DEPENDS module is not installed.
+    pub force: bool,
+    /// The caller already resolved BUILD_DEPENDS (see `Ctx::depends_planned`).
+    pub depends_planned: bool,
 }
 
 /// A private build area, removed when dropped (a kill -9 leaves it for the next command).
@@ -196,21 +200,45 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     let conf = (input.load_conf)(private.root.path(), &private.build_dir)?;
     if conf.excluded.is_some() {
         return Err(Error::BuildExclusive {
-            module: input.module.to_string(),
+            module: format!("{}/{}", input.module, input.version),
             conf: input
                 .tree
                 .build_dir(input.module, input.version, &f.kernel, &f.arch)
                 .join("dkms.conf"),
         });
     }
+    // DKMS's test: `ls` of the sources lists fewer than two names.
+    let listed = fs::read_dir(input.source_dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    });
+    if listed < 2 {
+        return Err(Error::NoModuleSource {
+            dir: input.tree.source_link(input.module, input.version),
+        });
+    }
     f.require_headers()?;
+    // Once signing was announced, the build prepares it again silently.
+    let announced = Console {
+        quiet: true,
+        ..*input.console
+    };
     let signer = Signer::prepare(
         input.signing,
         input.root,
         &input.tree.root,
         f,
-        input.console,
+        if input.console.signing_shown {
+            &announced
+        } else {
+            input.console
+        },
     )?;
+    if !input.console.signing_shown {
+        input.console.say("");
+    }
+    check_build_depends(input, &conf.build_depends)?;
     fs::create_dir_all(&version_dir).ctx("create", &version_dir)?;
     std::os::unix::fs::symlink(input.source_dir, version_dir.join("source"))
         .ctx("create symlink", version_dir.join("source"))?;
@@ -239,6 +267,44 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
     }
     remove_kept_build(&kept);
     Ok(())
+}
+
+/// DKMS 3.2.2 builds a module only when every BUILD_DEPENDS module is installed for the
+/// kernel; `--force` builds anyway after a warning.
+fn check_build_depends(input: &BuildInput<'_>, depends: &[String]) -> Result<()> {
+    let f = input.facts;
+    if input.depends_planned {
+        return Ok(());
+    }
+    let missing: Vec<&str> = depends
+        .iter()
+        .filter(|d| !is_installed_anywhere(input.tree, d, &f.kernel, &f.arch))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let module = format!("{}/{}", input.module, input.version);
+    let missing = missing.join(" ");
+    if input.force {
+        input.console.warn(format!(
+            "Trying to build module {module} for kernel {} ({}) despite of missing BUILD_DEPENDS: {missing}.",
+            f.kernel, f.arch
+        ));
+        return Ok(());
+    }
+    Err(Error::MissingBuildDepends {
+        module,
+        kernel: f.kernel.clone(),
+        arch: f.arch.clone(),
+        missing,
+    })
+}
+
+/// Whether some version of `module` is built and installed for `kernel`/`arch`.
+fn is_installed_anywhere(tree: &Tree, module: &str, kernel: &str, arch: &str) -> bool {
+    fs::canonicalize(tree.installed_link(module, kernel, arch))
+        .is_ok_and(|build| build.join("module").is_dir())
 }
 
 /// Removes `<tree>/.rdkms-build` once empty. Concurrent builds still use it; whoever started
@@ -347,8 +413,6 @@ fn compile(
     )
     .ctx("write", &private.log_path)?;
     let build_dir = &private.build_dir;
-    // DKMS sets the build's steps apart from what came before (the signing lines).
-    progress.say("");
 
     for patch in &conf.patches {
         if crate::conf::model::patch_escapes(patch) {
@@ -519,7 +583,7 @@ const BUILDING: &str = "Building module(s)";
 
 /// Runs one framed step with its output appended to the log; returns the exit status and, when
 /// it could be read, the CPU seconds of the step's whole process tree.
-fn logged_step(
+pub(crate) fn logged_step(
     log: &mut File,
     description: &str,
     shown: &str,
@@ -856,6 +920,7 @@ mod tests {
             &Console {
                 quiet: true,
                 verbose: false,
+                signing_shown: false,
             },
         )
         .unwrap();

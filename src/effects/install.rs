@@ -103,14 +103,14 @@ impl Placement<'_> {
             .iter()
             .map(|m| {
                 find_module_file(&built_dir, &m.dest_name, f.compression).ok_or_else(|| {
-                    Error::InstallFailed(format!(
-                        "The built module {} is missing from {}; rebuild it with: rdkms build {}/{} -k {} --force",
-                        m.dest_name,
-                        built_dir.display(),
-                        self.module,
-                        self.version,
-                        f.kernel
-                    ))
+                    Error::MissingBuiltModule {
+                        module: m.dest_name.clone(),
+                        dir: built_dir.clone(),
+                        rebuild: format!(
+                            "rdkms build {}/{} -k {} --force",
+                            self.module, self.version, f.kernel
+                        ),
+                    }
                 })
             })
             .collect::<Result<_>>()?;
@@ -184,7 +184,7 @@ impl Placement<'_> {
             }
         }
         if !self.conf.modules.is_empty() && !any_installed {
-            return Err(Error::InstallFailed("Installation aborted.".to_string()));
+            return Err(Error::InstallAborted);
         }
 
         let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);

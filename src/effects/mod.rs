@@ -10,5 +10,6 @@ pub mod initramfs;
 pub mod install;
 pub mod mok;
 pub mod original;
+pub mod post_transaction;
 pub mod script;
 pub mod signing;

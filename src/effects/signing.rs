@@ -254,6 +254,7 @@ mod tests {
     const QUIET: Console = Console {
         quiet: true,
         verbose: false,
+        signing_shown: false,
     };
 
     #[test]

@@ -105,7 +105,7 @@ pub fn ensure_added(
     let version_dir = tree.version_dir(module, version);
     fs::create_dir_all(version_dir.join("build")).ctx("create", &version_dir)?;
     let link = tree.source_link(module, version);
-    console(opts.quiet).say(format!(
+    Console::plain(opts.quiet).say(format!(
         "Creating symlink {} -> {}",
         link.display(),
         source_dir.display()
@@ -350,14 +350,6 @@ fn check_name(what: &str, s: &str) -> Result<()> {
     }
 }
 
-/// Where add's messages go: stderr, through the one output path, unless `-q`.
-fn console(quiet: bool) -> Console {
-    Console {
-        quiet,
-        verbose: false,
-    }
-}
-
 /// DKMS's `run_build_script post_add`: `<dkmstree>/M/V/source/SCRIPT ARGS...` split on
 /// blanks, run from the source directory, output shown live (on stderr here).
 fn run_post_add(source: &Path, script: &str, quiet: bool) -> Result<i32> {
@@ -370,13 +362,13 @@ fn run_post_add(source: &Path, script: &str, quiet: bool) -> Result<i32> {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
     if !executable {
-        console(quiet).warn("The post_add script is not executable.");
+        Console::plain(quiet).warn("The post_add script is not executable.");
         return Ok(0);
     }
     let (out, err) = if quiet {
         (Stdio::null(), Stdio::null())
     } else {
-        console(quiet).say("Running the post_add script:");
+        Console::plain(quiet).say("Running the post_add script:");
         (
             Stdio::from(std::io::stderr().as_fd_owned()?),
             Stdio::inherit(),
@@ -439,11 +431,14 @@ fn copy_source(from: &Path, dest: &Path, quiet: bool) -> Result<()> {
     }
     let result = copy_tree(from, &staging).and_then(|()| {
         if dest.exists() {
-            console(quiet).say(format!(
-                "Replacing {} with a copy of {}",
-                dest.display(),
-                from.display()
-            ));
+            // DKMS copies over the old tree silently.
+            if !crate::base::persona::as_dkms() {
+                Console::plain(quiet).say(format!(
+                    "Replacing {} with a copy of {}",
+                    dest.display(),
+                    from.display()
+                ));
+            }
         }
         atomic::replace_dir(&staging, dest)
     });

@@ -19,7 +19,6 @@ use crate::ops::add::{self, AddOptions, SourcePath};
 use crate::state::atomic::{self, Removals};
 use crate::state::dpkg::{self, BinaryPackage};
 use crate::state::lock::{self, TreeLock};
-use crate::state::module_files::find_module_file;
 use crate::state::tree::{Pattern, Tree};
 use crate::state::trust::Trust;
 use crate::system::config::Paths;
@@ -61,6 +60,9 @@ pub struct Ctx {
     pub trust: Trust,
     /// `--build-user` (framework.conf `build_user` is read when a build starts).
     pub build_user_option: Option<String>,
+    /// The planner ordered the builds by BUILD_DEPENDS (hooks): a dependency it skipped for
+    /// BUILD_EXCLUSIVE counts as present, so builds do not check for installed dependencies.
+    pub depends_planned: bool,
 }
 
 impl Ctx {
@@ -71,6 +73,7 @@ impl Ctx {
             console: Console {
                 quiet: opts.quiet,
                 verbose: opts.verbose,
+                signing_shown: false,
             },
             force: opts.force,
             version_override: opts.force_version_override,
@@ -85,6 +88,7 @@ impl Ctx {
             signing: SigningConfig::load(&paths),
             trust: Trust::new(&paths, opts.allow_untrusted_sources),
             build_user_option: opts.build_user.clone(),
+            depends_planned: false,
             paths,
             packages: OnceLock::new(),
         }
@@ -166,8 +170,9 @@ impl Job<'_> {
         self.ctx.tree.is_added(&self.module, &self.version)
     }
 
-    /// DKMS's "built": `<tree>/M/V/K/A/module` holds every module the dkms.conf names.
-    pub fn is_built(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
+    /// DKMS 3.2.2's "built": `<tree>/M/V/K/A/module` exists (a module missing from it makes
+    /// the build "incomplete", which `install` refuses and `status` names).
+    pub fn is_built(&self, facts: &KernelFacts) -> bool {
         let dir = self.ctx.tree.built_modules_dir(
             &self.module,
             &self.version,
@@ -175,16 +180,12 @@ impl Job<'_> {
             &facts.arch,
         );
         dir.is_dir()
-            && conf
-                .modules
-                .iter()
-                .all(|m| find_module_file(&dir, &m.dest_name, facts.compression).is_some())
     }
 
     /// DKMS's "installed": built, and `<tree>/M/kernel-K-A` resolves to this version's build.
     /// What uninstall acts on, whether or not the files are still there.
-    pub fn is_marked_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
-        self.is_built(facts, conf)
+    pub fn is_marked_installed(&self, facts: &KernelFacts) -> bool {
+        self.is_built(facts)
             && self.ctx.tree.is_installed_build(
                 &self.module,
                 &self.version,
@@ -195,8 +196,8 @@ impl Job<'_> {
 
     /// Marked installed and every module file really in place (invariant (a)): anything less
     /// is installed again.
-    pub fn is_installed(&self, facts: &KernelFacts, conf: &DkmsConf) -> bool {
-        self.is_marked_installed(facts, conf)
+    pub fn is_installed(&self, facts: &KernelFacts) -> bool {
+        self.is_marked_installed(facts)
             && crate::state::presence::installed_files_present(
                 &self.ctx.paths,
                 &self.module,
@@ -297,6 +298,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
             action: action.word().to_string(),
         });
     }
+    crate::state::broken::refuse(&ctx.paths, &ctx.tree, &module, &version)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(opts.lock_timeout))?;
@@ -349,7 +351,8 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
         }
         let result = match action {
             Operation::Build => build_one(&job, &facts),
-            Operation::Install => install_one(&job, &facts, &mut changes),
+            Operation::Install => install_one(&job, &facts, &mut changes)
+                .and_then(|()| crate::ops::dependents::rebuild(&ctx, &facts)),
             Operation::Uninstall => uninstall_one(&job, &facts, &mut changes),
             Operation::Unbuild | Operation::Remove => uninstall_one(&job, &facts, &mut changes)
                 .and_then(|()| unbuild_one(&job, &facts, &mut changes)),
@@ -376,7 +379,14 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
     }
     match last_error {
         Some(e) => Err(e),
-        None => Ok(0),
+        None if action == Operation::Build => Ok(0),
+        None => {
+            let kernel = targets
+                .first()
+                .map_or_else(host::running_kernel, |t| t.0.clone());
+            crate::effects::post_transaction::run(&ctx.paths, &kernel, &ctx.console)?;
+            Ok(0)
+        }
     }
 }
 
@@ -480,7 +490,7 @@ fn add_options(opts: &Options) -> AddOptions {
 /// one build path of `install`, `mkbmdeb` and everything else that needs built modules.
 pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
     let conf = job.conf(facts)?;
-    if !job.is_built(facts, &conf) || sources_changed(job, facts) {
+    if !job.is_built(facts) || sources_changed(job, facts) {
         build_now(job, facts)?;
     }
     Ok(conf)
@@ -488,8 +498,9 @@ pub fn ensure_built(job: &Job<'_>, facts: &KernelFacts) -> Result<DkmsConf> {
 
 /// Builds unless already built (then DKMS's skip message; `--force` rebuilds in place).
 pub fn build_one(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
-    let conf = job.conf(facts)?;
-    if job.is_built(facts, &conf) && !job.ctx.force && !sources_changed(job, facts) {
+    // A dkms.conf that cannot be read stops the command before anything else.
+    job.conf(facts)?;
+    if job.is_built(facts) && !job.ctx.force && !sources_changed(job, facts) {
         job.ctx.console.say(format!(
             "Module {}/{} already built for kernel {} ({}), skip. You may override by specifying --force.",
             job.module, job.version, facts.kernel, facts.arch
@@ -520,6 +531,11 @@ fn sources_changed(job: &Job<'_>, facts: &KernelFacts) -> bool {
 }
 
 fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
+    build_with(job, facts, &job.ctx.console)
+}
+
+/// Builds, printing through `console`, and records the BUILD_DEPENDS versions built against.
+pub fn build_with(job: &Job<'_>, facts: &KernelFacts, console: &Console) -> Result<()> {
     let source = fs::canonicalize(job.source_dir()).map_err(|_| Error::ConfNotFound {
         path: job.conf_file(),
     })?;
@@ -533,25 +549,28 @@ fn build_now(job: &Job<'_>, facts: &KernelFacts) -> Result<()> {
         source_dir: &source,
         facts,
         jobs: job.ctx.jobs,
-        console: &job.ctx.console,
+        console,
         root: &job.ctx.paths.root,
         signing: &job.ctx.signing,
         load_conf: &load,
         build_user: user.as_ref(),
-    })
+        force: job.ctx.force,
+        depends_planned: job.ctx.depends_planned,
+    })?;
+    crate::ops::dependents::record(job, facts)
 }
 
 /// Builds if needed, then installs unless already installed (`--force` reinstalls).
 pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
     // Rebuilt from changed sources: the installed copy is stale, so it is replaced.
-    let rebuilt = job.is_built(facts, &conf) && sources_changed(job, facts);
-    if rebuilt || !job.is_built(facts, &conf) {
+    let rebuilt = job.is_built(facts) && sources_changed(job, facts);
+    if rebuilt || !job.is_built(facts) {
         build_now(job, facts)?;
     }
     let source = job.source_dir();
     let place = job.placement(facts, &conf, &source)?;
-    if job.is_installed(facts, &conf) {
+    if job.is_installed(facts) {
         if !job.ctx.force && !rebuilt {
             job.ctx.console.say(format!(
                 "Module {}/{} already installed on kernel {} ({}), skip. You may override by specifying --force.",
@@ -572,7 +591,14 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         force: job.ctx.force,
         version_override: job.ctx.version_override,
     });
-    if facts.modules_dir.is_dir() {
+    // Refused before any file was copied: no depmod, as DKMS.
+    let untouched = matches!(
+        result,
+        Err(Error::InstallAborted
+            | Error::MissingBuiltModule { .. }
+            | Error::PreInstallFailed { .. })
+    );
+    if facts.modules_dir.is_dir() && !untouched {
         changes.touch(facts);
     }
     if result.is_ok() {
@@ -614,7 +640,7 @@ pub fn replace_installed(
     let old_files = old_place.installed_files();
     changes.replaced.push(facts.kernel.clone());
     if let Err(e) = install_one(new, facts, changes) {
-        if old.is_built(facts, &old_conf) {
+        if old.is_built(facts) {
             old_place.install(InstallOptions {
                 force: true,
                 version_override: true,
@@ -631,7 +657,7 @@ pub fn replace_installed(
 /// Uninstalls if installed, else DKMS's skip message.
 pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
     let conf = job.conf(facts)?;
-    if !job.is_marked_installed(facts, &conf) {
+    if !job.is_marked_installed(facts) {
         job.ctx.console.say(format!(
             "Module {}/{} is not installed for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch
@@ -663,14 +689,14 @@ pub fn unbuild_into(
 ) -> Result<()> {
     let conf = job.conf(facts)?;
     let t = &job.ctx.tree;
-    if job.is_marked_installed(facts, &conf) {
+    if job.is_marked_installed(facts) {
         let source = job.source_dir();
         job.placement(facts, &conf, &source)?.uninstall()?;
         changes.touch(facts);
     }
     build::remove_kept_build(&t.version_dir(&job.module, &job.version).join("build"));
     let build_dir = t.build_dir(&job.module, &job.version, &facts.kernel, &facts.arch);
-    if !job.is_built(facts, &conf) && !build_dir.is_dir() {
+    if !job.is_built(facts) && !build_dir.is_dir() {
         job.ctx.console.say(format!(
             "Module {}/{} is not built for kernel {} ({}). Skipping...",
             job.module, job.version, facts.kernel, facts.arch

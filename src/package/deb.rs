@@ -369,10 +369,7 @@ fn md5sums(root: &Path, files: &[PathBuf]) -> Result<Vec<u8>> {
 /// naming the package on stderr (unless `quiet`) and the path on stdout, which scripts read.
 pub fn publish(plan: &PackagePlan, out_dir: &Path, kind: &str, quiet: bool) -> Result<()> {
     let path = build(&plan.package, out_dir, &plan.file_name)?;
-    let console = Console {
-        quiet,
-        verbose: false,
-    };
+    let console = Console::plain(quiet);
     console.say(format!(
         "{kind} {} ({}) written.",
         plan.package.field("Package").unwrap_or_default(),

@@ -41,14 +41,6 @@ pub fn default_name(module: &str, version: &str, builds: &[(String, String)]) ->
     format!("{module}-{version}-{list}.dkms.tar.gz")
 }
 
-/// Where the tarball commands' messages go: stderr, through the one output path, unless `-q`.
-fn console(quiet: bool) -> Console {
-    Console {
-        quiet,
-        verbose: false,
-    }
-}
-
 /// `rdkms mktarball NAME/VERSION [-k KVER]... [--all] [--source-only | --binaries-only]
 /// [--archive [DIR/]NAME]`: writes the archive (default in `<dkmstree>/NAME/VERSION/tarball/`)
 /// and prints its path on stdout.
@@ -118,7 +110,7 @@ pub fn make(opts: &Options) -> Result<i32> {
     let epoch = deb::source_date_epoch()?.unwrap_or_else(|| b.newest_mtime());
     let dest = dir.join(&name);
     b.write(&dest, TarCompression::for_name(&name), epoch)?;
-    console(opts.quiet).say(format!("Tarball location: {}", dest.display()));
+    Console::plain(opts.quiet).say(format!("Tarball location: {}", dest.display()));
     println!("{}", dest.display());
     Ok(0)
 }
@@ -200,7 +192,7 @@ pub fn load(opts: &Options) -> Result<i32> {
     fs::create_dir(&root).ctx("create", &root)?;
     archive::extract(&archive, &root)?;
     let lock = TreeLock::acquire(&paths, lock::timeout(opts.lock_timeout))?;
-    let say = |s: String| console(opts.quiet).say(s);
+    let say = |s: String| Console::plain(opts.quiet).say(s);
 
     let main_tree = root.join("dkms_main_tree");
     if !main_tree.is_dir() {
@@ -255,7 +247,7 @@ pub fn load(opts: &Options) -> Result<i32> {
         for arch in sorted_subdirs(&main_tree.join(&kernel))? {
             let to = tree.build_dir(&m, &v, &kernel, &arch);
             if to.exists() && !opts.force {
-                console(false).warn(format!(
+                Console::plain(false).warn(format!(
                     "{} already exists. Skipping... (use --force to replace it)",
                     to.display()
                 ));

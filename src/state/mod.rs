@@ -5,6 +5,7 @@
 //! May use `base`, `conf`, `system`.
 
 pub mod atomic;
+pub mod broken;
 pub mod dpkg;
 pub mod failures;
 pub mod fingerprint;

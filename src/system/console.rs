@@ -14,9 +14,21 @@ thread_local! {
 pub struct Console {
     pub quiet: bool,
     pub verbose: bool,
+    /// The signing lines and the empty line after them were printed already: DKMS's
+    /// autoinstall prepares signing once per kernel, not once per module it builds.
+    pub signing_shown: bool,
 }
 
 impl Console {
+    /// A console for commands without `-v` (add, packaging), quiet with `-q`.
+    pub fn plain(quiet: bool) -> Console {
+        Console {
+            quiet,
+            verbose: false,
+            signing_shown: false,
+        }
+    }
+
     /// One line of progress, in one write (stderr is unbuffered, and `writeln!` would write
     /// the text and its newline apart: twice the syscalls when a hook uninstalls hundreds of
     /// modules, and a torn line next to concurrent output).
