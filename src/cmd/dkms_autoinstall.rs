@@ -205,7 +205,7 @@ fn install(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts) -> Result<()> {
         ..Changes::default()
     };
     let result = lifecycle::install_one(&job(ctx, m, v), facts, &mut changes)
-        .and_then(|()| crate::ops::dependents::rebuild(ctx, facts));
+        .and_then(|()| lifecycle::rebuild_dependents(ctx, facts));
     if changes.kernels.is_empty() {
         depmod::forget(&ctx.paths, &facts.kernel)?;
     }

@@ -2,5 +2,4 @@
 //! uninstall, unbuild, remove (`lifecycle`). May use every layer below.
 
 pub mod add;
-pub mod dependents;
 pub mod lifecycle;
