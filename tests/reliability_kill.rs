@@ -516,3 +516,45 @@ fn real_headers_install_force_killed_keeps_a_loadable_module() {
         &format!("real headers: {points} kill points during install --force, module always loadable; states lost 0"),
     );
 }
+
+/// A killed build's make goes on running (it is not rdkms's to take down with it): the next
+/// command stops it before it removes the private build directory, which would otherwise
+/// reappear under it or keep changing (the leftover CI found after a killed upgrade).
+#[test]
+fn the_next_command_stops_a_killed_builds_processes_before_cleaning_up() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.root().join("boot")).unwrap();
+    kernel(&sb, K1);
+    let beat = sb.root().join("heartbeat");
+    sb.source("slow", "1")
+        .make(&format!(
+            "sh -c '(while :; do date +%s%N > {}; mkdir -p again; sleep 0.02; done) & sleep 60'",
+            beat.display()
+        ))
+        .create();
+    sb.rdkms(["add", "slow/1", "-q"]).assert().success();
+    let mut child = sb
+        .rdkms_std(["build", "slow/1", "-k", K1])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !beat.exists() {
+        assert!(t.elapsed().as_secs() < 30, "the build never started make");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let private = sb.tree().join(".rdkms-build");
+    assert!(private.exists(), "the killed build left its directory");
+    sb.rdkms(["remove", "slow/1", "--all"]).assert().success();
+    let before = fs::read_to_string(&beat).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        fs::read_to_string(&beat).unwrap(),
+        before,
+        "the killed build's make still runs"
+    );
+    assert!(!private.exists(), "{} is left", private.display());
+}

@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::base::date::Utc;
 use crate::base::error::{Error, IoContext, Result};
 use crate::conf::DkmsConf;
+use crate::effects::build_procs;
 use crate::effects::build_user::BuildUser;
 use crate::effects::script::{Output, Script, SCRUBBED_ENV};
 use crate::effects::signing::{Signer, SigningConfig};
@@ -178,6 +179,17 @@ struct PrivateBuild {
     root: tempfile::TempDir,
     build_dir: PathBuf,
     log_path: PathBuf,
+}
+
+impl PrivateBuild {
+    /// Makes `cmd` one of this build's processes: marked as such (see `build_procs`) and run as
+    /// the build user when there is one.
+    fn prepare(&self, cmd: &mut Command, user: Option<&BuildUser>) {
+        build_procs::mark(cmd, self.root.path());
+        if let Some(user) = user {
+            user.apply(cmd, self.root.path());
+        }
+    }
 }
 
 /// Builds and stores the result in `<tree>/M/V/K/A`. On failure the make.log is kept at
@@ -363,7 +375,12 @@ fn post_build(input: &BuildInput<'_>, private: &PrivateBuild, stored_log: &Path)
             dir: &build_dir,
             conf: &conf.file,
         };
-        if let Some(code) = script.run_as(Output::Log(&log), input.console, input.build_user)? {
+        let as_user = |cmd: &mut Command| {
+            if let Some(user) = input.build_user {
+                user.apply(cmd, &build_dir);
+            }
+        };
+        if let Some(code) = script.run_as(Output::Log(&log), input.console, &as_user)? {
             if code != 0 {
                 input.console.warn(format!(
                     "The post_build script failed (exit {code}) for kernel {} ({}); see {}.",
@@ -451,9 +468,7 @@ fn compile(
             &format!("patch -p1 < ./patches/{}", shell_word(patch)),
             build_dir,
         );
-        if let Some(user) = input.build_user {
-            user.apply(&mut cmd, private.root.path());
-        }
+        private.prepare(&mut cmd, input.build_user);
         let (status, patch_cpu) = logged_step(
             &mut log,
             &description,
@@ -478,7 +493,8 @@ fn compile(
             conf: &conf.file,
         };
         writeln!(log, "\n# pre_build: {line}").ctx("write", &private.log_path)?;
-        if let Some(code) = script.run_as(Output::Log(&log), console, input.build_user)? {
+        let prepare = |cmd: &mut Command| private.prepare(cmd, input.build_user);
+        if let Some(code) = script.run_as(Output::Log(&log), console, &prepare)? {
             if code != 0 {
                 return Err(Error::BuildFailed {
                     kernel: f.kernel.clone(),
@@ -506,9 +522,7 @@ fn compile(
     if let Some(cc) = f.make_cc() {
         cmd.env("CC", cc);
     }
-    if let Some(user) = input.build_user {
-        user.apply(&mut cmd, private.root.path());
-    }
+    private.prepare(&mut cmd, input.build_user);
     let line = crate::system::progress::building(input.module, input.version, &f.kernel, &f.arch);
     let log_start = log.metadata().map_or(0, |m| m.len());
     let (status, make_cpu) = logged_step(&mut log, BUILDING, &make.command, cmd)?;

@@ -3,6 +3,7 @@
 //! initramfs. May use every layer below (`base`, `conf`, `system`, `state`, `planning`).
 
 pub mod build;
+pub mod build_procs;
 pub mod build_user;
 pub mod compress;
 pub mod depmod;

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::base::error::{Error, IoContext, Result};
-use crate::effects::build_user::BuildUser;
 use crate::system::console::Console;
 
 /// Environment variables DKMS unsets before building (they would override kbuild's choices).
@@ -52,16 +51,15 @@ impl Script<'_> {
     /// Runs the script. Returns `None` when it is not executable (DKMS warns and goes on),
     /// otherwise its exit status (`-1` when killed by a signal).
     pub fn run(&self, out: Output<'_>, console: &Console) -> Result<Option<i32>> {
-        self.run_as(out, console, None)
+        self.run_as(out, console, &|_| {})
     }
 
-    /// [`Script::run`], as the build user when there is one (build scripts run in the
-    /// directory that user could change, so they never run there as root).
+    /// [`Script::run`] with the command adjusted by the build first (its user, its lock).
     pub fn run_as(
         &self,
         out: Output<'_>,
         console: &Console,
-        user: Option<&BuildUser>,
+        prepare: &dyn Fn(&mut Command),
     ) -> Result<Option<i32>> {
         let (program, args) = self.argv()?;
         if !is_executable(&program) {
@@ -79,9 +77,7 @@ impl Script<'_> {
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
-        if let Some(user) = user {
-            user.apply(&mut cmd, self.dir);
-        }
+        prepare(&mut cmd);
         match out {
             Output::Log(file) => {
                 cmd.stdout(file.try_clone().ctx("duplicate log handle", &program)?);

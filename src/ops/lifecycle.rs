@@ -440,7 +440,7 @@ pub fn clean_leftovers(tree: &Tree, install_tree: &Path) {
     let private = build::private_builds_dir(&tree.root);
     if let Ok(entries) = fs::read_dir(&private) {
         for e in entries.flatten() {
-            let _ = fs::remove_dir_all(e.path());
+            crate::effects::build_procs::clear(&e.path());
         }
         let _ = fs::remove_dir(&private);
     }
