@@ -1,31 +1,45 @@
-//! The machine owner key (MOK) pair that signs modules, created in-process with libssl (the
-//! library the kernel's `sign-file` links anyway), so a minimal Debian 13 without the `openssl`
-//! command signs too. Same parameters as DKMS 3.2.2's `openssl req -new -x509 -nodes
-//! -days 36500 -subj "/CN=DKMS module signing key" -newkey rsa:2048 -addext
-//! extendedKeyUsage=codeSigning -outform DER` with Debian's default `v3_ca` extensions.
+//! The machine owner key (MOK) pair that signs modules, created in-process by pure-Rust
+//! crates (RustCrypto's `rsa` and `x509-cert`), so a minimal Debian 13 without the `openssl`
+//! command signs too, and the binary links no libcrypto: loading it cost every hook run
+//! thousands of symbol relocations, for a key made once per machine. Same parameters as
+//! DKMS 3.2.2's `openssl req -new -x509 -nodes -days 36500 -subj "/CN=DKMS module signing key"
+//! -newkey rsa:2048 -addext extendedKeyUsage=codeSigning -outform DER` with Debian's default
+//! `v3_ca` extensions. (The `rsa` crate's timing advisory, RUSTSEC-2023-0071, concerns
+//! decryption and signing observed by an attacker; here one key is generated and signs one
+//! certificate, locally.)
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::error::ErrorStack;
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
-use openssl::x509::extension::{
+use rsa::pkcs1v15::{Signature, SigningKey};
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use rsa::rand_core::{OsRng, RngCore};
+use rsa::RsaPrivateKey;
+use sha2::Sha256;
+use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+use x509_cert::der::oid::{AssociatedOid, ObjectIdentifier};
+use x509_cert::der::Encode;
+use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, SubjectKeyIdentifier,
 };
-use openssl::x509::{X509NameBuilder, X509};
+use x509_cert::ext::AsExtension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
+use x509_cert::time::Validity;
 
 use crate::base::error::{IoContext, Result};
 
 /// The certificate's subject and issuer common name (DKMS's).
 pub const SUBJECT: &str = "DKMS module signing key";
-const KEY_BITS: u32 = 2048;
-const VALID_DAYS: u32 = 36500;
+const KEY_BITS: usize = 2048;
+const VALID_DAYS: u64 = 36500;
+/// `extendedKeyUsage=codeSigning` (id-kp-codeSigning).
+const CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
 
 /// A new key pair: the private key as PEM (PKCS#8) and the self-signed certificate as DER.
 pub struct KeyPair {
@@ -35,13 +49,15 @@ pub struct KeyPair {
 
 impl KeyPair {
     /// Generates an RSA 2048 key and its self-signed code-signing certificate.
-    pub fn generate() -> std::result::Result<KeyPair, ErrorStack> {
-        let key = PKey::from_rsa(Rsa::generate(KEY_BITS)?)?;
-        let cert = certificate(&key)?;
-        Ok(KeyPair {
-            key_pem: key.private_key_to_pem_pkcs8()?,
-            cert_der: cert.to_der()?,
-        })
+    pub fn generate() -> std::result::Result<KeyPair, String> {
+        let key = RsaPrivateKey::new(&mut OsRng, KEY_BITS).map_err(|e| e.to_string())?;
+        let key_pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?
+            .as_bytes()
+            .to_vec();
+        let cert_der = certificate(key).map_err(|e| e.to_string())?;
+        Ok(KeyPair { key_pem, cert_der })
     }
 
     /// Writes the pair: the key with mode 0600 from its creation, each file under a temporary
@@ -76,70 +92,136 @@ impl KeyPair {
     }
 }
 
-/// The self-signed X.509 v3 certificate: random serial, 36500 days, sha256, CA (as openssl's
-/// `v3_ca` section makes it), key identifiers, and the code-signing extended key usage that
-/// DKMS added in 3.1.7 (some firmware refuses MOKs without it).
-fn certificate(key: &PKey<Private>) -> std::result::Result<X509, ErrorStack> {
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", SUBJECT)?;
-    let name = name.build();
-    let mut serial = BigNum::new()?;
-    serial.rand(159, MsbOption::MAYBE_ZERO, false)?;
-    let mut b = X509::builder()?;
-    b.set_version(2)?;
-    let serial = serial.to_asn1_integer()?;
-    b.set_serial_number(&serial)?;
-    b.set_subject_name(&name)?;
-    b.set_issuer_name(&name)?;
-    b.set_pubkey(key)?;
-    let (from, until) = (
-        Asn1Time::days_from_now(0)?,
-        Asn1Time::days_from_now(VALID_DAYS)?,
-    );
-    b.set_not_before(&from)?;
-    b.set_not_after(&until)?;
-    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
-    b.append_extension(ski)?;
-    let aki = AuthorityKeyIdentifier::new()
-        .keyid(true)
-        .build(&b.x509v3_context(None, None))?;
-    b.append_extension(aki)?;
-    b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-    b.append_extension(ExtendedKeyUsage::new().code_signing().build()?)?;
-    b.sign(key, MessageDigest::sha256())?;
-    Ok(b.build())
+/// `extendedKeyUsage=codeSigning` as openssl's `-addext` writes it: not critical (x509-cert
+/// marks its own `ExtendedKeyUsage` critical).
+struct CodeSigning;
+
+impl CodeSigning {
+    fn usage() -> ExtendedKeyUsage {
+        ExtendedKeyUsage(vec![CODE_SIGNING])
+    }
+}
+
+impl AssociatedOid for CodeSigning {
+    const OID: ObjectIdentifier = <ExtendedKeyUsage as AssociatedOid>::OID;
+}
+
+impl Encode for CodeSigning {
+    fn encoded_len(&self) -> x509_cert::der::Result<x509_cert::der::Length> {
+        Self::usage().encoded_len()
+    }
+
+    fn encode(&self, out: &mut impl x509_cert::der::Writer) -> x509_cert::der::Result<()> {
+        Self::usage().encode(out)
+    }
+}
+
+impl AsExtension for CodeSigning {
+    fn critical(&self, _: &Name, _: &[x509_cert::ext::Extension]) -> bool {
+        false
+    }
+}
+
+/// The self-signed X.509 v3 certificate: random 159-bit serial, 36500 days, sha256, CA (as
+/// openssl's `v3_ca` section makes it), key identifiers, and the code-signing extended key
+/// usage that DKMS added in 3.1.7 (some firmware refuses MOKs without it). Built with the
+/// `Manual` profile so that it carries exactly these extensions, in openssl's order.
+fn certificate(key: RsaPrivateKey) -> std::result::Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut serial = [0u8; 20];
+    OsRng.fill_bytes(&mut serial);
+    // Positive and 20 octets long, as openssl's 159 random bits encode.
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    let spki = SubjectPublicKeyInfoOwned::from_key(key.to_public_key())?;
+    let public_der = key.to_public_key().to_public_key_der()?;
+    let signer = SigningKey::<Sha256>::new(key);
+    let subject = Name::from_str(&format!("CN={SUBJECT}"))?;
+    let mut b = CertificateBuilder::new(
+        Profile::Manual { issuer: None },
+        SerialNumber::new(&serial)?,
+        Validity::from_now(Duration::from_secs(VALID_DAYS * 86_400))?,
+        subject,
+        spki,
+        &signer,
+    )?;
+    let spki_ref = x509_cert::spki::SubjectPublicKeyInfoRef::try_from(public_der.as_bytes())?;
+    b.add_extension(&SubjectKeyIdentifier::try_from(spki_ref.clone())?)?;
+    let mut aki = AuthorityKeyIdentifier::try_from(spki_ref)?;
+    aki.authority_cert_issuer = None;
+    aki.authority_cert_serial_number = None;
+    b.add_extension(&aki)?;
+    b.add_extension(&BasicConstraints {
+        ca: true,
+        path_len_constraint: None,
+    })?;
+    b.add_extension(&CodeSigning)?;
+    Ok(b.build::<Signature>()?.to_der()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rsa::pkcs1v15::VerifyingKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::Verifier;
     use std::os::unix::fs::PermissionsExt;
+    use x509_cert::der::Decode;
+    use x509_cert::Certificate;
 
     #[test]
     fn pair_matches_dkms_parameters() {
         let pair = KeyPair::generate().unwrap();
-        let cert = X509::from_der(&pair.cert_der).unwrap();
-        let key = PKey::private_key_from_pem(&pair.key_pem).unwrap();
-        assert!(String::from_utf8_lossy(&pair.key_pem).starts_with("-----BEGIN PRIVATE KEY-----"));
-        assert_eq!(key.rsa().unwrap().size() * 8, 2048);
-        assert!(cert.public_key().unwrap().public_eq(&key));
-        assert!(cert.verify(&key).unwrap(), "self-signed");
-        let cn = cert.subject_name().entries().next().unwrap();
-        assert_eq!(cn.data().to_string().unwrap(), SUBJECT);
+        let cert = Certificate::from_der(&pair.cert_der).unwrap();
+        let pem = String::from_utf8(pair.key_pem.clone()).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let key = RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
+        assert_eq!(rsa::traits::PublicKeyParts::size(&key) * 8, 2048);
+        let tbs = &cert.tbs_certificate;
+        assert_eq!(tbs.subject.to_string(), format!("CN={SUBJECT}"));
+        assert_eq!(tbs.issuer, tbs.subject, "self-signed");
         assert_eq!(
-            cert.signature_algorithm().object().nid(),
-            openssl::nid::Nid::SHA256WITHRSAENCRYPTION
+            tbs.subject_public_key_info,
+            SubjectPublicKeyInfoOwned::from_key(key.to_public_key()).unwrap()
         );
-        let days = Asn1Time::days_from_now(0)
+        let verifying = VerifyingKey::<Sha256>::new(key.to_public_key());
+        let signature = Signature::try_from(cert.signature.raw_bytes()).unwrap();
+        verifying
+            .verify(&tbs.to_der().unwrap(), &signature)
+            .expect("signed by its own key");
+        assert_eq!(
+            cert.signature_algorithm.oid.to_string(),
+            "1.2.840.113549.1.1.11",
+            "sha256WithRSAEncryption"
+        );
+        let days = (tbs.validity.not_after.to_unix_duration()
+            - tbs.validity.not_before.to_unix_duration())
+        .as_secs()
+            / 86_400;
+        assert_eq!(days, VALID_DAYS);
+        let oids: Vec<String> = tbs
+            .extensions
+            .as_ref()
             .unwrap()
-            .diff(cert.not_after())
+            .iter()
+            .map(|e| e.extn_id.to_string())
+            .collect();
+        // subjectKeyIdentifier, authorityKeyIdentifier, basicConstraints, extKeyUsage.
+        assert_eq!(
+            oids,
+            ["2.5.29.14", "2.5.29.35", "2.5.29.19", "2.5.29.37"],
+            "openssl req -x509's v3_ca extensions plus codeSigning"
+        );
+        let critical: Vec<bool> = tbs
+            .extensions
+            .as_ref()
             .unwrap()
-            .days;
-        assert!((36499..=36500).contains(&days), "{days}");
-        let text = String::from_utf8(cert.to_text().unwrap()).unwrap();
-        assert!(text.contains("Code Signing"), "{text}");
-        assert!(text.contains("CA:TRUE"), "{text}");
-        assert!(text.contains("Subject Key Identifier"), "{text}");
+            .iter()
+            .map(|e| e.critical)
+            .collect();
+        assert_eq!(
+            critical,
+            [false, false, true, false],
+            "only basicConstraints is critical"
+        );
     }
 
     #[test]
@@ -151,7 +233,7 @@ mod tests {
             fs::metadata(&key).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(X509::from_der(&fs::read(&cert).unwrap()).is_ok());
+        assert!(Certificate::from_der(&fs::read(&cert).unwrap()).is_ok());
         assert_eq!(fs::read_dir(dir.path().join("d")).unwrap().count(), 2);
     }
 }
