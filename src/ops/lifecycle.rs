@@ -587,6 +587,9 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         job.ctx.console.say("");
         changes.replaced.push(facts.kernel.clone());
     }
+    conf::strict::check(&conf, &facts.kernel, &facts.arch, |l| {
+        job.ctx.console.say(l)
+    })?;
     let result = place.install(InstallOptions {
         force: job.ctx.force,
         version_override: job.ctx.version_override,
