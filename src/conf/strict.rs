@@ -83,12 +83,28 @@ fn first_notice(file: &Path, kernel: &str, arch: &str) -> bool {
     true
 }
 
+/// rdkms still honours REMAKE_INITRD (its hooks regenerate the initramfs for such modules),
+/// so only `dkms`, which prints DKMS 3.2.2's text, calls it deprecated.
+fn shown(w: &ConfWarning) -> bool {
+    crate::base::persona::as_dkms()
+        || !matches!(
+            w,
+            ConfWarning::Deprecated {
+                directive: "REMAKE_INITRD",
+                ..
+            }
+        )
+}
+
 /// DKMS's strict read of `conf` for `kernel`/`arch`: `say` gets the warnings (the deprecation
 /// notices once per file and kernel in a process, then the zero-modules warning), and a
 /// module listed twice is refused.
 pub fn check(conf: &DkmsConf, kernel: &str, arch: &str, say: impl Fn(&str)) -> Result<()> {
     if !conf.deprecated.is_empty() && first_notice(&conf.file, kernel, arch) {
-        conf.deprecated.iter().for_each(|w| say(&w.to_string()));
+        conf.deprecated
+            .iter()
+            .filter(|w| shown(w))
+            .for_each(|w| say(&w.to_string()));
     }
     if conf.modules.is_empty() {
         say(&ConfWarning::ZeroModules.to_string());
