@@ -243,3 +243,27 @@ fn an_override_file_is_named_with_what_is_set_once_it_is_read() {
         ]
     );
 }
+
+#[test]
+fn each_kernel_of_a_build_lists_the_problems_of_a_conf_gone_bad() {
+    let sb = sandbox();
+    let k2 = "6.1.0-10-amd64";
+    sb.fake_kernel(k2);
+    let src = sb.source("gone", "1.0").create();
+    dkms(&sb, &["add", "gone/1.0"]);
+    let conf = src.join("dkms.conf");
+    let text = fs::read_to_string(&conf).unwrap();
+    fs::write(
+        &conf,
+        text + "BUILT_MODULE_NAME[1]=\"gone\"\nDEST_MODULE_LOCATION[1]=\"/updates/dkms\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(dkms(&sb, &["build", "gone/1.0", "-k", K, "-k", k2]));
+    assert_eq!(code, Some(8), "{err}");
+    let tree_conf = sb.tree().join("gone/1.0/source/dkms.conf");
+    let once = "dkms.conf: Error! Duplicate module 'gone' in 'BUILT_MODULE_NAME[1]'.\n\
+        dkms.conf: Error! Duplicate module 'gone' in 'DEST_MODULE_NAME[1]'.\n"
+        .to_string()
+        + &bad_conf(&tree_conf);
+    assert_eq!(err, once.repeat(2));
+}

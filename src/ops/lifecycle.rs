@@ -362,7 +362,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
         }
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
-                ctx.console.error(prev.to_string());
+                ctx.console.fail(&prev);
             }
         }
     }
@@ -373,7 +373,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
     for result in [removed, finish_depmod(&job, &changes, &owed)] {
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
-                ctx.console.error(prev.to_string());
+                ctx.console.fail(&prev);
             }
         }
     }
