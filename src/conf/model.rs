@@ -109,13 +109,13 @@ pub fn bad(
 }
 
 /// The problems DKMS reports one by one before refusing a conf, collected in its order.
-pub struct Findings {
+struct Findings {
     file: PathBuf,
     list: Vec<ConfProblem>,
 }
 
 impl Findings {
-    pub fn new(file: &Path) -> Findings {
+    fn new(file: &Path) -> Findings {
         Findings {
             file: file.to_path_buf(),
             list: Vec::new(),
@@ -123,7 +123,7 @@ impl Findings {
     }
 
     /// Records DKMS's `finding` with rdkms's directive, problem and fix.
-    pub fn add(
+    fn add(
         &mut self,
         finding: ConfFinding,
         directive: impl Into<String>,
@@ -139,7 +139,7 @@ impl Findings {
     }
 
     /// `BadConf` with every problem found, if there is one.
-    pub fn verdict(self) -> Result<()> {
+    fn verdict(self) -> Result<()> {
         if self.list.is_empty() {
             return Ok(());
         }
@@ -470,23 +470,22 @@ impl DkmsConf {
     /// for add, build and install, in DKMS's words and order (all BUILT_ duplicates first).
     pub fn duplicates(&self) -> Result<()> {
         let mut found = Findings::new(&self.file);
-        for (array, key) in [
+        let built: Vec<String> = self
+            .modules
+            .iter()
+            .map(|m| format!("{}{}", m.built_location, m.built_name))
+            .collect();
+        let dest: Vec<String> = self.modules.iter().map(|m| m.dest_name.clone()).collect();
+        for (array, names, fix) in [
+            ("BUILT_MODULE_NAME", built, "list each built module once"),
             (
-                "BUILT_MODULE_NAME",
-                (|m: &ModuleEntry| format!("{}{}", m.built_location, m.built_name))
-                    as fn(&ModuleEntry) -> String,
+                "DEST_MODULE_NAME",
+                dest,
+                "give every module a distinct DEST_MODULE_NAME",
             ),
-            ("DEST_MODULE_NAME", |m: &ModuleEntry| m.dest_name.clone()),
         ] {
-            let mut seen = Vec::new();
-            for (index, m) in self.modules.iter().enumerate() {
-                let name = key(m);
-                if seen.contains(&name) {
-                    let fix = if array == "BUILT_MODULE_NAME" {
-                        "list each built module once"
-                    } else {
-                        "give every module a distinct DEST_MODULE_NAME"
-                    };
+            for (index, name) in names.iter().enumerate() {
+                if names[..index].contains(name) {
                     found.add(
                         ConfFinding::Duplicate {
                             name: name.clone(),
@@ -498,7 +497,6 @@ impl DkmsConf {
                         fix,
                     );
                 }
-                seen.push(name);
             }
         }
         found.verdict()
