@@ -37,8 +37,10 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code().clamp(0, 255) as u8)
         }
         Err(e) => {
-            // DKMS puts an empty line before its errors; rdkms's own error is one line.
+            // DKMS lists what it found wrong, then an empty line before its error; rdkms's own
+            // error is one line (and its hints say what it found).
             if rdkms::base::persona::as_dkms() {
+                e.findings().iter().for_each(|l| eprintln!("{l}"));
                 eprintln!();
             }
             eprintln!("Error! {e}");

@@ -1,6 +1,6 @@
 //! Bad dkms.conf files through the real binary: `rdkms conf show FILE -k KVER` must exit 8
-//! with DKMS's "Bad conf file." error and one line naming the file, the directive and the fix
-//! (rdkms's hint), and must never hang or let the conf write to rdkms's stdout.
+//! with DKMS's "Bad conf file." error and one line per problem naming the file, the directive
+//! and the fix (rdkms's hint), and must never hang or let the conf write to rdkms's stdout.
 
 mod conf_support;
 
@@ -50,13 +50,24 @@ fn show(sb: &Sandbox, env: &[(&str, &str)]) -> std::process::Output {
     cmd.output().unwrap()
 }
 
-/// Runs `text` and checks exit 8 and one stderr line (after DKMS's) holding the file, every
-/// `needles` item and a fix; returns that line.
+/// Runs `text` and checks exit 8 and stderr lines (after DKMS's) each holding the file and a
+/// fix, one of them every `needles` item; returns that line.
 fn rejects(text: &str, needles: &[&str]) -> String {
     rejects_with(text, needles, &[])
 }
 
 fn rejects_with(text: &str, needles: &[&str], env: &[(&str, &str)]) -> String {
+    let lines = rejected(text, env);
+    lines
+        .iter()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("no line mentions all of {needles:?}: {lines:?}"))
+        .clone()
+}
+
+/// Runs `text`, checks exit 8, and returns rdkms's lines after DKMS's error, each checked to
+/// name the conf and give a fix.
+fn rejected(text: &str, env: &[(&str, &str)]) -> Vec<String> {
     let sb = sandbox(text);
     let out = show(&sb, env);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -72,23 +83,25 @@ fn rejects_with(text: &str, needles: &[&str], env: &[(&str, &str)]) -> String {
         .strip_prefix(&head)
         .or_else(|| stderr.strip_prefix("Error! "))
         .unwrap_or_else(|| panic!("{text:?}: stderr {stderr:?}"));
-    let lines: Vec<&str> = rest.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{text:?}: expected one line, got {stderr:?}"
-    );
-    let line = lines[0];
-    assert!(
-        line.contains(&sb.conf.display().to_string()),
-        "{line} does not name {}",
-        sb.conf.display()
-    );
-    for n in needles {
-        assert!(line.contains(n), "{line} does not mention {n:?}");
+    let lines: Vec<String> = rest.lines().map(str::to_string).collect();
+    assert!(!lines.is_empty(), "{text:?}: no hint in {stderr:?}");
+    for line in &lines {
+        assert!(
+            line.contains(&sb.conf.display().to_string()),
+            "{line} does not name {}",
+            sb.conf.display()
+        );
+        assert!(line.contains("Fix:"), "{line} gives no fix");
     }
-    assert!(line.contains("Fix:"), "{line} gives no fix");
-    line.to_string()
+    lines
+}
+
+/// The directives `text`'s problems are reported for, in order.
+fn reported(text: &str) -> Vec<String> {
+    rejected(text, &[])
+        .iter()
+        .map(|l| l.split(": ").nth(1).unwrap().to_string())
+        .collect()
 }
 
 /// The valid conf with `name`'s line replaced (or added) by `line`.
@@ -161,10 +174,33 @@ fn dest_module_name_with_o_suffix() {
 
 #[test]
 fn sparse_module_arrays() {
-    rejects(
-        &format!("{VALID}BUILT_MODULE_NAME[2]=c\nDEST_MODULE_LOCATION[2]=/extra\n"),
-        &["BUILT_MODULE_NAME[1]", "gap"],
+    let text = format!("{VALID}BUILT_MODULE_NAME[2]=c\nDEST_MODULE_LOCATION[2]=/extra\n");
+    rejects(&text, &["BUILT_MODULE_NAME[1]", "gap"]);
+    assert_eq!(
+        reported(&text),
+        ["BUILT_MODULE_NAME[1]", "DEST_MODULE_LOCATION[1]"]
     );
+}
+
+/// DKMS reports every problem of a conf, record by record, before refusing it; so does rdkms,
+/// one line each (DKMS 3.2.2's test/dkms_conf_test_invalid).
+#[test]
+fn every_problem_is_reported_in_dkms_order() {
+    let text = "PACKAGE_NAME=\"m\"\nPACKAGE_VERSION=\"1.0\"\nDEST_MODULE_NAME[0]=\"bar.ko\"\n\
+        DEST_MODULE_LOCATION=\"/wrong/path\"\nBUILT_MODULE_NAME[1]=\"bar.o\"\n\
+        DEST_MODULE_NAME[1]=\"foo\"\nAUTOINSTALL=\"maybe\"\n";
+    assert_eq!(
+        reported(text),
+        [
+            "BUILT_MODULE_NAME[0]",
+            "DEST_MODULE_NAME[0]",
+            "DEST_MODULE_LOCATION[0]",
+            "BUILT_MODULE_NAME[1]",
+            "DEST_MODULE_LOCATION[1]",
+            "AUTOINSTALL",
+        ]
+    );
+    assert_eq!(reported(""), ["PACKAGE_NAME", "PACKAGE_VERSION"]);
 }
 
 #[test]

@@ -21,13 +21,11 @@ pub enum Error {
     #[error("Could not locate dkms.conf file.\nFile: {path} does not exist.", path = .path.display())]
     ConfNotFound { path: PathBuf },
 
-    /// A dkms.conf (or override file) is invalid.
+    /// A dkms.conf (or override file) is invalid: every problem found, in DKMS's order.
     #[error("Bad conf file.\nFile: {file} does not represent a valid dkms.conf file.", file = .file.display())]
     BadConf {
         file: PathBuf,
-        directive: String,
-        problem: String,
-        fix: String,
+        problems: Vec<ConfProblem>,
     },
 
     /// Running as root, a source path a non-root user could have changed (see `trust`).
@@ -331,12 +329,11 @@ impl Error {
             Error::ConfNotFound { .. } => {
                 "Point at a source directory holding dkms.conf (or use -c FILE).".to_string()
             }
-            Error::BadConf {
-                file,
-                directive,
-                problem,
-                fix,
-            } => format!("{}: {directive}: {problem}. Fix: {fix}", file.display()),
+            Error::BadConf { file, problems } => problems
+                .iter()
+                .map(|p| p.hint(file))
+                .collect::<Vec<_>>()
+                .join("\n"),
             Error::ConfEval { file, problem, fix } => {
                 format!(
                     "{}: cannot be evaluated: {problem}. Fix: {fix}",
@@ -382,6 +379,18 @@ impl Error {
         })
     }
 
+    /// The lines DKMS prints while it finds the problems, before its `Error!` (as `dkms`).
+    pub fn findings(&self) -> Vec<String> {
+        match self {
+            Error::BadConf { problems, .. } => problems
+                .iter()
+                .filter_map(|p| p.finding.as_ref())
+                .map(|f| format!("dkms.conf: Error! {f}"))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// A failed directory walk below `root`, naming the entry it failed on when known.
     pub fn walk(root: &Path, e: walkdir::Error) -> Self {
         let path = e.path().unwrap_or(root).to_path_buf();
@@ -396,6 +405,68 @@ impl Error {
             source,
         }
     }
+}
+
+/// One problem of a dkms.conf: what DKMS says about it (`None` for what only rdkms checks)
+/// and rdkms's hint (the directive, what is wrong, the fix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfProblem {
+    pub finding: Option<ConfFinding>,
+    pub directive: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl ConfProblem {
+    /// rdkms's one line for this problem of `file`.
+    pub fn hint(&self, file: &Path) -> String {
+        format!(
+            "{}: {}: {}. Fix: {}",
+            file.display(),
+            self.directive,
+            self.problem,
+            self.fix
+        )
+    }
+}
+
+/// DKMS 3.2.2's words for each problem its `read_conf` and `read_conf_strict` report, printed
+/// after `dkms.conf: Error! ` (one of them spans two lines, as DKMS's does).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfFinding {
+    #[error("No '{0}' directive specified.")]
+    Missing(&'static str),
+    #[error("No 'BUILT_MODULE_NAME' directive specified for record #{0}.")]
+    NoBuiltName(usize),
+    #[error("'{array}' directive ends in '.o' or '.ko' in record #{index}.")]
+    Suffix { array: &'static str, index: usize },
+    #[error("No 'DEST_MODULE_LOCATION' directive specified for record #{0}.")]
+    NoDestLocation(usize),
+    #[error("Directive 'DEST_MODULE_LOCATION' does not begin with\n'/kernel', '/updates', or '/extra' in record #{0}.")]
+    DestLocationPrefix(usize),
+    #[error("Unsupported {name} value '{value}'")]
+    Unsupported { name: &'static str, value: String },
+    #[error("Duplicate module '{name}' in '{array}[{index}]'.")]
+    Duplicate {
+        name: String,
+        array: &'static str,
+        index: usize,
+    },
+}
+
+/// What DKMS 3.2.2 warns about in a dkms.conf it accepts (add, build and install), on stderr.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfWarning {
+    /// No module records: the package builds nothing, which DKMS allows.
+    #[error("dkms.conf: Warning! Zero modules specified.")]
+    ZeroModules,
+    /// A directive DKMS 3.2.2 ignores (`CLEAN` other than `true`, `REMAKE_INITRD`,
+    /// `MODULES_CONF*`), named with the file that set it.
+    #[error("Deprecated feature: {directive} ({file})", file = .file.display())]
+    Deprecated {
+        directive: &'static str,
+        file: PathBuf,
+    },
 }
 
 /// How DKMS words the one-kernel rule: the kernel hooks need exactly one, other actions

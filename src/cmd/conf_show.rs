@@ -89,6 +89,10 @@ pub fn run(inv: &Invocation) -> Result<i32> {
         evaluation = conf::read(&req)?;
         conf = conf::model(&req, &evaluation)?;
     }
+    // What add, build and install would warn about or refuse, a check of the conf says too.
+    conf::strict::check(&conf, &req.target.kernel, &req.target.arch, |l| {
+        eprintln!("{l}")
+    })?;
     // A build would refuse it (exit 5, as DKMS 3.2.2); a check of the conf says so up front.
     if let Some(p) = conf.patches.iter().find(|p| conf::model::patch_escapes(p)) {
         return Err(Error::PathEscape {

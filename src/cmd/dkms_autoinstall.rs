@@ -135,7 +135,7 @@ fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts) -> Result<i32> {
                     progress = true;
                 }
                 Err(e) => {
-                    ctx.console.error(e.to_string());
+                    ctx.console.fail(&e);
                     failed.push(format!("{m}({})", e.exit_code()));
                 }
             }
@@ -233,7 +233,7 @@ fn kernel_prerm(ctx: &Ctx, facts: &KernelFacts) -> Result<i32> {
         let result = lifecycle::uninstall_one(&job, facts, &mut changes)
             .and_then(|()| lifecycle::unbuild_into(&job, facts, &mut changes, &mut removals));
         if let Err(e) = result {
-            ctx.console.error(e.to_string());
+            ctx.console.fail(&e);
             failed.push_str(&format!(" {m}/{v}({})", e.exit_code()));
         }
         ctx.console.say("");

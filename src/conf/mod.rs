@@ -9,6 +9,7 @@ pub mod lexer;
 pub mod listing;
 pub mod model;
 pub mod static_eval;
+pub mod strict;
 
 pub use directives::Directives;
 pub use model::{DkmsConf, ModuleEntry, Target};
@@ -104,6 +105,8 @@ pub struct Evaluation {
     pub directives: Directives,
     pub path: EvalPath,
     pub stderr: String,
+    /// DKMS 3.2.2's notices for deprecated directives (filled by [`read`]).
+    pub deprecated: Vec<crate::base::error::ConfWarning>,
 }
 
 /// Evaluates `files` in order (a dkms.conf followed by its /etc/dkms overrides), keeping only
@@ -135,6 +138,7 @@ pub fn evaluate_captured(
             directives,
             path: EvalPath::Bash,
             stderr,
+            deprecated: Vec::new(),
         })
     };
     if mode == EvalMode::BashOnly {
@@ -145,6 +149,7 @@ pub fn evaluate_captured(
             directives,
             path: EvalPath::Static,
             stderr: String::new(),
+            deprecated: Vec::new(),
         }),
         Err(_) if mode == EvalMode::Auto => by_bash(),
         Err(declined) => Err(crate::Error::ConfEval {
@@ -255,6 +260,10 @@ pub fn read(req: &LoadRequest) -> crate::Result<Evaluation> {
         ));
     }
     let mut e = evaluate_captured(&files, DKMS_CONF_NAMES, &req.context(), req.mode)?;
+    e.deprecated = strict::deprecated(&files, &e.directives, |upto| {
+        evaluate_captured(&files[..upto], DKMS_CONF_NAMES, &req.context(), req.mode)
+            .map(|prefix| prefix.directives)
+    })?;
     for d in &req.directive_overrides {
         let (name, value) = d
             .split_once('=')
@@ -281,41 +290,33 @@ fn refuse_outward_link(conf: &Path) -> crate::Result<()> {
     if real.starts_with(&real_dir) {
         return Ok(());
     }
-    Err(crate::Error::BadConf {
-        file: conf.to_path_buf(),
-        directive: "dkms.conf".to_string(),
-        problem: format!(
+    Err(model::bad(
+        conf,
+        "dkms.conf",
+        format!(
             "is a symbolic link to {}, a private file outside the module's sources",
             real.display()
         ),
-        fix: "replace the link with the file itself".to_string(),
-    })
+        "replace the link with the file itself",
+    ))
 }
 
 /// The typed model of an evaluation. On success the files' stderr is passed on (as DKMS
-/// does); on failure its first line joins the one-line error, since it often says why
+/// does); on failure its first line joins the first problem's line, since it often says why
 /// (`line 2: PACKAGE_NAME: command not found` for `PACKAGE_NAME = x`).
 pub fn model(req: &LoadRequest, e: &Evaluation) -> crate::Result<DkmsConf> {
     match DkmsConf::from_directives(&e.directives, &req.conf_file, &req.target, e.path) {
-        Ok(conf) => {
+        Ok(mut conf) => {
             pass_on(&e.stderr);
+            conf.deprecated = e.deprecated.clone();
             Ok(conf)
         }
-        Err(crate::Error::BadConf {
-            file,
-            directive,
-            mut problem,
-            fix,
-        }) => {
-            if let Some(said) = first_line(&e.stderr, &file) {
-                problem.push_str(&format!(" (bash reported: {said})"));
+        Err(crate::Error::BadConf { file, mut problems }) => {
+            if let (Some(said), Some(first)) = (first_line(&e.stderr, &file), problems.first_mut())
+            {
+                first.problem.push_str(&format!(" (bash reported: {said})"));
             }
-            Err(crate::Error::BadConf {
-                file,
-                directive,
-                problem,
-                fix,
-            })
+            Err(crate::Error::BadConf { file, problems })
         }
         Err(other) => Err(other),
     }

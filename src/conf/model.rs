@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde::Serialize;
 
-use crate::base::error::{Error, Result};
+use crate::base::error::{ConfFinding, ConfProblem, ConfWarning, Error, Result};
 use crate::base::version::ver_key;
 use crate::conf::{Directives, EvalPath};
 
@@ -84,14 +84,69 @@ pub struct DkmsConf {
     pub excluded: Option<String>,
     /// Which evaluator read the file.
     pub eval_path: EvalPath,
+    /// DKMS 3.2.2's notices for the deprecated directives set, per file that set them (see
+    /// [`crate::conf::strict`]).
+    #[serde(skip)]
+    pub deprecated: Vec<ConfWarning>,
 }
 
-fn bad(file: &Path, directive: &str, problem: impl Into<String>, fix: impl Into<String>) -> Error {
+/// A problem only rdkms checks (DKMS has no words for it): the conf is refused at once.
+pub fn bad(
+    file: &Path,
+    directive: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> Error {
     Error::BadConf {
         file: file.to_path_buf(),
-        directive: directive.to_string(),
-        problem: problem.into(),
-        fix: fix.into(),
+        problems: vec![ConfProblem {
+            finding: None,
+            directive: directive.to_string(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }],
+    }
+}
+
+/// The problems DKMS reports one by one before refusing a conf, collected in its order.
+struct Findings {
+    file: PathBuf,
+    list: Vec<ConfProblem>,
+}
+
+impl Findings {
+    fn new(file: &Path) -> Findings {
+        Findings {
+            file: file.to_path_buf(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Records DKMS's `finding` with rdkms's directive, problem and fix.
+    fn add(
+        &mut self,
+        finding: ConfFinding,
+        directive: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.list.push(ConfProblem {
+            finding: Some(finding),
+            directive: directive.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    /// `BadConf` with every problem found, if there is one.
+    fn verdict(self) -> Result<()> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        Err(Error::BadConf {
+            file: self.file,
+            problems: self.list,
+        })
     }
 }
 
@@ -123,18 +178,28 @@ impl DkmsConf {
         target: &Target,
         eval_path: EvalPath,
     ) -> Result<DkmsConf> {
-        let package_name = opt(d, "PACKAGE_NAME")
-            .ok_or_else(|| bad(file, "PACKAGE_NAME", "missing", "add PACKAGE_NAME=\"name\""))?;
-        let package_version = opt(d, "PACKAGE_VERSION").ok_or_else(|| {
-            bad(
-                file,
-                "PACKAGE_VERSION",
-                "missing",
-                "add PACKAGE_VERSION=\"1.0\"",
-            )
-        })?;
-        let modules = modules(d, file, &package_name, target)?;
-        check_duplicates(file, &modules)?;
+        // Like DKMS, every problem below is reported before the conf is refused.
+        let mut found = Findings::new(file);
+        let package_name = opt(d, "PACKAGE_NAME").unwrap_or_default();
+        let package_version = opt(d, "PACKAGE_VERSION").unwrap_or_default();
+        for (name, value, example) in [
+            ("PACKAGE_NAME", &package_name, "name"),
+            ("PACKAGE_VERSION", &package_version, "1.0"),
+        ] {
+            if value.is_empty() {
+                found.add(
+                    ConfFinding::Missing(name),
+                    name,
+                    "missing",
+                    format!("add {name}=\"{example}\""),
+                );
+            }
+        }
+        let modules = modules(d, file, &package_name, target, &mut found)?;
+        let autoinstall = yes_no(d, "AUTOINSTALL", &mut found);
+        let build_depends_rebuild = yes_no(d, "BUILD_DEPENDS_REBUILD", &mut found);
+        let no_weak_modules = yes_no(d, "NO_WEAK_MODULES", &mut found);
+        found.verdict()?;
 
         let make = select_make(d, file, &target.kernel)?.unwrap_or_else(|| {
             format!(
@@ -151,7 +216,6 @@ impl DkmsConf {
             )
         });
         let patches = select_patches(d, file, &target.kernel)?;
-        let autoinstall = yes_no(d, file, "AUTOINSTALL")?;
         let build_exclusive = Exclusive {
             kernel: opt(d, "BUILD_EXCLUSIVE_KERNEL"),
             arch: opt(d, "BUILD_EXCLUSIVE_ARCH"),
@@ -183,39 +247,48 @@ impl DkmsConf {
                 .filter_map(|i| d.get("BUILD_DEPENDS", i))
                 .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                 .collect(),
-            build_depends_rebuild: yes_no(d, file, "BUILD_DEPENDS_REBUILD")?,
+            build_depends_rebuild,
             build_exclusive,
             obsolete_by,
-            no_weak_modules: yes_no(d, file, "NO_WEAK_MODULES")?,
+            no_weak_modules,
             excluded,
             eval_path,
+            deprecated: Vec::new(),
         })
     }
 }
 
 /// `yes`/`no`/empty, case-insensitive, as upstream DKMS validates AUTOINSTALL,
 /// BUILD_DEPENDS_REBUILD and NO_WEAK_MODULES.
-fn yes_no(d: &Directives, file: &Path, name: &str) -> Result<bool> {
+fn yes_no(d: &Directives, name: &'static str, found: &mut Findings) -> bool {
     let v = d.scalar(name);
     match v.to_ascii_lowercase().as_str() {
-        "" | "no" => Ok(false),
-        "yes" => Ok(true),
-        _ => Err(bad(
-            file,
-            name,
-            format!("unsupported value '{v}'"),
-            format!("set {name}=\"yes\" or {name}=\"no\""),
-        )),
+        "" | "no" => false,
+        "yes" => true,
+        _ => {
+            found.add(
+                ConfFinding::Unsupported {
+                    name,
+                    value: v.to_string(),
+                },
+                name,
+                format!("unsupported value '{v}'"),
+                format!("set {name}=\"yes\" or {name}=\"no\""),
+            );
+            false
+        }
     }
 }
 
 /// The module records: one per index up to the highest index used in the name/location
-/// arrays; gaps (sparse arrays) are refused as upstream DKMS does.
+/// arrays. Each record's problems are found in DKMS's order (a gap in sparse arrays is a record
+/// without BUILT_MODULE_NAME); rdkms's own path checks follow on a record DKMS accepts.
 fn modules(
     d: &Directives,
     file: &Path,
     package_name: &str,
     target: &Target,
+    found: &mut Findings,
 ) -> Result<Vec<ModuleEntry>> {
     const FAMILY: [&str; 4] = [
         "BUILT_MODULE_NAME",
@@ -233,67 +306,78 @@ fn modules(
     let mut strip_default = true;
     for i in 0..count {
         let get = |n: &str| d.get(n, i).unwrap_or("").to_string();
+        let before = found.list.len();
         let mut built_name = get("BUILT_MODULE_NAME");
         if built_name.is_empty() && single {
             built_name = package_name.to_string();
         }
         if built_name.is_empty() {
             let directive = format!("BUILT_MODULE_NAME[{i}]");
-            return Err(if d.count("BUILT_MODULE_NAME") == 0 {
-                bad(
-                    file,
-                    &directive,
+            let (problem, fix) = if d.count("BUILT_MODULE_NAME") == 0 && count > 1 {
+                (
                     format!(
                         "missing for {count} modules (it defaults to PACKAGE_NAME only when there is one)"
                     ),
-                    format!("set BUILT_MODULE_NAME[0] to BUILT_MODULE_NAME[{}]", count - 1),
+                    format!("set {directive}"),
                 )
-            } else {
-                bad(
-                    file,
-                    &directive,
-                    "missing: the module arrays have a gap at this index",
+            } else if count > 1 {
+                (
+                    "missing: the module arrays have a gap at this index".to_string(),
                     format!("set {directive} or renumber the module arrays without gaps"),
                 )
-            });
-        }
-        let dest_location = get("DEST_MODULE_LOCATION");
-        if dest_location.is_empty() {
-            return Err(bad(
-                file,
-                &format!("DEST_MODULE_LOCATION[{i}]"),
-                "missing",
-                format!("set DEST_MODULE_LOCATION[{i}]=\"/updates/dkms\""),
-            ));
-        }
-        if !["/kernel", "/updates", "/extra"]
-            .iter()
-            .any(|p| dest_location.starts_with(p))
-        {
-            return Err(bad(
-                file,
-                &format!("DEST_MODULE_LOCATION[{i}]"),
-                format!("'{dest_location}' does not begin with /kernel, /updates or /extra"),
-                "use a location such as /updates/dkms or /kernel/drivers/misc",
-            ));
+            } else {
+                (
+                    "missing (it defaults to PACKAGE_NAME, which is missing too)".to_string(),
+                    "set PACKAGE_NAME".to_string(),
+                )
+            };
+            found.add(ConfFinding::NoBuiltName(i), directive, problem, fix);
         }
         let mut dest_name = get("DEST_MODULE_NAME");
         if dest_name.is_empty() {
             dest_name = built_name.clone();
         }
-        for (what, name) in [
+        for (array, name) in [
             ("BUILT_MODULE_NAME", &built_name),
             ("DEST_MODULE_NAME", &dest_name),
         ] {
             if name.ends_with(".ko") || name.ends_with(".o") {
-                return Err(bad(
-                    file,
-                    &format!("{what}[{i}]"),
+                found.add(
+                    ConfFinding::Suffix { array, index: i },
+                    format!("{array}[{i}]"),
                     format!("'{name}' ends in .o or .ko"),
                     "give the module name without a suffix",
-                ));
+                );
             }
-            check_component(file, &format!("{what}[{i}]"), name)?;
+        }
+        let dest_location = get("DEST_MODULE_LOCATION");
+        let directive = format!("DEST_MODULE_LOCATION[{i}]");
+        if dest_location.is_empty() {
+            found.add(
+                ConfFinding::NoDestLocation(i),
+                &directive,
+                "missing",
+                format!("set {directive}=\"/updates/dkms\""),
+            );
+        } else if !["/kernel", "/updates", "/extra"]
+            .iter()
+            .any(|p| dest_location.starts_with(p))
+        {
+            found.add(
+                ConfFinding::DestLocationPrefix(i),
+                &directive,
+                format!("'{dest_location}' does not begin with /kernel, /updates or /extra"),
+                "use a location such as /updates/dkms or /kernel/drivers/misc",
+            );
+        }
+        if found.list.len() > before {
+            continue;
+        }
+        for (array, name) in [
+            ("BUILT_MODULE_NAME", &built_name),
+            ("DEST_MODULE_NAME", &dest_name),
+        ] {
+            check_component(file, &format!("{array}[{i}]"), name)?;
         }
         let mut built_location = check_relative(
             file,
@@ -303,11 +387,7 @@ fn modules(
         if !built_location.is_empty() && !built_location.ends_with('/') {
             built_location.push('/');
         }
-        let inside = check_relative(
-            file,
-            &format!("DEST_MODULE_LOCATION[{i}]"),
-            dest_location.trim_start_matches('/'),
-        )?;
+        let inside = check_relative(file, &directive, dest_location.trim_start_matches('/'))?;
         // Empty inherits STRIP[0]; any other value but n* leaves DKMS's "strip" unset = yes.
         let strip = match d.get("STRIP", i).unwrap_or("").chars().next() {
             Some('n' | 'N') => false,
@@ -384,31 +464,43 @@ fn normalise_relative(value: &str) -> Option<String> {
     Some(out)
 }
 
-fn check_duplicates(file: &Path, modules: &[ModuleEntry]) -> Result<()> {
-    for (i, a) in modules.iter().enumerate() {
-        for b in &modules[..i] {
-            if a.dest_name == b.dest_name {
-                return Err(bad(
-                    file,
-                    &format!("DEST_MODULE_NAME[{i}]"),
-                    format!("duplicate module name '{}'", a.dest_name),
-                    "give every module a distinct DEST_MODULE_NAME",
-                ));
-            }
-            if a.built_name == b.built_name && a.built_location == b.built_location {
-                return Err(bad(
-                    file,
-                    &format!("BUILT_MODULE_NAME[{i}]"),
-                    format!(
-                        "duplicate built module '{}{}'",
-                        a.built_location, a.built_name
-                    ),
-                    "list each built module once",
-                ));
+impl DkmsConf {
+    /// DKMS's `read_conf_strict` checks: a module built or installed twice under one name
+    /// (same BUILT_MODULE_LOCATION and BUILT_MODULE_NAME, or same DEST_MODULE_NAME) is refused
+    /// for add, build and install, in DKMS's words and order (all BUILT_ duplicates first).
+    pub fn duplicates(&self) -> Result<()> {
+        let mut found = Findings::new(&self.file);
+        let built: Vec<String> = self
+            .modules
+            .iter()
+            .map(|m| format!("{}{}", m.built_location, m.built_name))
+            .collect();
+        let dest: Vec<String> = self.modules.iter().map(|m| m.dest_name.clone()).collect();
+        for (array, names, fix) in [
+            ("BUILT_MODULE_NAME", built, "list each built module once"),
+            (
+                "DEST_MODULE_NAME",
+                dest,
+                "give every module a distinct DEST_MODULE_NAME",
+            ),
+        ] {
+            for (index, name) in names.iter().enumerate() {
+                if names[..index].contains(name) {
+                    found.add(
+                        ConfFinding::Duplicate {
+                            name: name.clone(),
+                            array,
+                            index,
+                        },
+                        format!("{array}[{index}]"),
+                        format!("duplicate module '{name}'"),
+                        fix,
+                    );
+                }
             }
         }
+        found.verdict()
     }
-    Ok(())
 }
 
 /// MAKE[0] unless MAKE_MATCH[0] is set; then the last index whose MAKE_MATCH matches wins.

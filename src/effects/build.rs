@@ -210,6 +210,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<()> {
         root,
     };
     let conf = (input.load_conf)(private.root.path(), &private.build_dir)?;
+    crate::conf::strict::check(&conf, &f.kernel, &f.arch, |l| input.console.say(l))?;
     if conf.excluded.is_some() {
         return Err(Error::BuildExclusive {
             module: format!("{}/{}", input.module, input.version),

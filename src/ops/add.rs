@@ -101,11 +101,13 @@ pub fn ensure_added(
     trust.check_file(&conf_file)?;
     trust.check_tree(&source_dir)?;
     let conf = load_conf(paths, &conf_file, module, version, opts)?;
+    let console = Console::plain(opts.quiet);
+    conf::strict::check(&conf, &opts.kernel, &opts.arch, |l| console.say(l))?;
 
     let version_dir = tree.version_dir(module, version);
     fs::create_dir_all(version_dir.join("build")).ctx("create", &version_dir)?;
     let link = tree.source_link(module, version);
-    Console::plain(opts.quiet).say(format!(
+    console.say(format!(
         "Creating symlink {} -> {}",
         link.display(),
         source_dir.display()

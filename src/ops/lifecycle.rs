@@ -362,7 +362,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
         }
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
-                ctx.console.error(prev.to_string());
+                ctx.console.fail(&prev);
             }
         }
     }
@@ -373,7 +373,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
     for result in [removed, finish_depmod(&job, &changes, &owed)] {
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
-                ctx.console.error(prev.to_string());
+                ctx.console.fail(&prev);
             }
         }
     }
@@ -587,6 +587,9 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         job.ctx.console.say("");
         changes.replaced.push(facts.kernel.clone());
     }
+    conf::strict::check(&conf, &facts.kernel, &facts.arch, |l| {
+        job.ctx.console.say(l)
+    })?;
     let result = place.install(InstallOptions {
         force: job.ctx.force,
         version_override: job.ctx.version_override,

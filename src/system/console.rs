@@ -60,6 +60,15 @@ impl Console {
         self.say(format!("\nError! {}", line.as_ref()));
     }
 
+    /// [`Console::error`] for `e`, after what DKMS lists before such an error as `dkms` (each
+    /// problem of a bad dkms.conf).
+    pub fn fail(&self, e: &crate::base::error::Error) {
+        if crate::base::persona::as_dkms() {
+            e.findings().iter().for_each(|l| self.say(l));
+        }
+        self.error(e.to_string());
+    }
+
     /// Starts a step printed as `Description...` and finished by [`Console::done`].
     /// While progress lines are drawn the step is printed whole when it ends, as one line.
     pub fn begin(&self, description: impl AsRef<str>) {
