@@ -532,7 +532,7 @@ fn post_build_sees_the_dkms_tree_layout() {
 #[test]
 fn modules_are_compressed_like_the_kernels_own() {
     let sb = sandbox();
-    if common::skip_unless(which("xz"), "xz is not installed") {
+    if !common::need_tool("xz") {
         return;
     }
     fs::write(
@@ -719,14 +719,6 @@ fn started(private: &Path) -> bool {
         .into_iter()
         .flatten()
         .any(|e| e.file_name() == "started")
-}
-
-fn which(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]

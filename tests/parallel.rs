@@ -39,12 +39,12 @@ j1 j2 j3: start
 fn sandbox() -> Sandbox {
     let mut sb = Sandbox::new();
     sb.record_depmod();
-    for d in ["boot", "etc/dkms"] {
-        fs::create_dir_all(sb.root().join(d)).unwrap();
-    }
-    fs::write(sb.root().join(format!("boot/vmlinuz-{K}")), "").unwrap();
-    fs::create_dir_all(sb.modules_dir(K).join("kernel")).unwrap();
-    let build = sb.fake_kernel(K).modules_dir(K).join("build");
+    fs::create_dir_all(sb.root().join("etc/dkms")).unwrap();
+    let build = sb
+        .kernel_image(K)
+        .fake_kernel(K)
+        .modules_dir(K)
+        .join("build");
     let state = sb.root().join("state");
     fs::create_dir_all(&state).unwrap();
     fs::write(state.join("running"), "0\n").unwrap();
