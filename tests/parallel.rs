@@ -264,10 +264,7 @@ fn repo(path: &str) -> PathBuf {
 /// A root with the real kernel's headers and modules dir and the real packages added.
 fn real_root(kernel: &str) -> Sandbox {
     let sb = Sandbox::new();
-    let kdir = common::real_kernel_dir(sb.root(), kernel);
-    fs::create_dir_all(kdir.join("kernel")).unwrap();
-    fs::create_dir_all(sb.root().join("boot")).unwrap();
-    fs::write(sb.root().join(format!("boot/vmlinuz-{kernel}")), "").unwrap();
+    sb.real_headers(kernel).kernel_image(kernel);
     for (dir, name, version) in REAL {
         let dest = sb.root().join(format!("usr/src/{name}-{version}"));
         let copied = Command::new("cp")

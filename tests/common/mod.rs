@@ -188,6 +188,13 @@ impl Sandbox {
         self
     }
 
+    /// The installed headers of `kernel` as its `lib/modules/K/build`, with the files depmod
+    /// reads (`real_kernel_dir`), for the real tier.
+    pub fn real_headers(&self, kernel: &str) -> &Self {
+        real_kernel_dir(self.root(), kernel);
+        self
+    }
+
     /// A kernel installed as Debian's packages leave it: image, its own modules directory,
     /// an initramfs and (fake) headers. The hooks' planner builds for such a kernel.
     pub fn installed_kernel(&self, kernel: &str) -> &Self {
