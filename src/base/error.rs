@@ -180,7 +180,7 @@ pub enum Error {
     /// depmod failed for a kernel whose modules changed. DKMS's first sentence and exit code
     /// (6); unlike DKMS the modules stay installed and the kernel stays recorded as owing
     /// depmod, so the next command retries it (README, "depmod").
-    #[error("Problems with depmod detected: depmod failed for kernel {kernel} (exit {code}): {detail}\nThe modules stay installed; the next command that takes the dkms tree's lock runs depmod for {kernel} again.")]
+    #[error("Problems with depmod detected: depmod failed for kernel {kernel} (exit {code}): {detail}; the modules stay installed and the next command that takes the dkms tree's lock runs depmod for {kernel} again.")]
     Depmod {
         kernel: String,
         code: i32,
