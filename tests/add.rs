@@ -2,13 +2,13 @@
 //! symlink DKMS expects, DKMS's exit codes, copying a source directory safely, POST_ADD, and
 //! two processes contending for the lock.
 
-#[path = "common/fake_tree.rs"]
-mod fake_tree;
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fake_tree::{conf_text, stderr, stdout, Sandbox};
+use common::fake_tree::{conf_text, stderr, stdout};
+use common::Sandbox;
 
 fn code(o: &std::process::Output) -> Option<i32> {
     o.status.code()
@@ -16,9 +16,9 @@ fn code(o: &std::process::Output) -> Option<i32> {
 
 #[test]
 fn adds_from_the_source_tree_with_an_absolute_symlink() {
-    let s = Sandbox::new();
-    s.source("foo", "1.0", &["foo"], "/updates/dkms");
-    let out = s.rdkms(&["add", "foo/1.0"]);
+    let s = Sandbox::with_trees();
+    s.kbuild_source("foo", "1.0", &["foo"], "/updates/dkms");
+    let out = s.rdkms_out(&["add", "foo/1.0"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let link = s.tree().join("foo/1.0/source");
     let target = s.src().join("foo-1.0");
@@ -39,39 +39,42 @@ fn adds_from_the_source_tree_with_an_absolute_symlink() {
         names.iter().all(|n| n == "source" || n == "build"),
         "{names:?}"
     );
-    assert_eq!(stdout(&s.rdkms(&["status"])), "foo/1.0: added\n");
+    assert_eq!(stdout(&s.rdkms_out(&["status"])), "foo/1.0: added\n");
     // -m/-v form is the same
-    s.source("bar", "2", &["bar"], "/updates/dkms");
-    assert_eq!(code(&s.rdkms(&["add", "-m", "bar", "-v", "2"])), Some(0));
+    s.kbuild_source("bar", "2", &["bar"], "/updates/dkms");
+    assert_eq!(
+        code(&s.rdkms_out(&["add", "-m", "bar", "-v", "2"])),
+        Some(0)
+    );
     assert!(s.tree().join("bar/2/source").is_symlink());
 }
 
 #[test]
 fn dkms_exit_codes() {
-    let s = Sandbox::new();
-    s.source("foo", "1.0", &["foo"], "/updates/dkms");
-    assert_eq!(code(&s.rdkms(&["add", "foo/1.0"])), Some(0));
-    let again = s.rdkms(&["add", "foo/1.0"]);
+    let s = Sandbox::with_trees();
+    s.kbuild_source("foo", "1.0", &["foo"], "/updates/dkms");
+    assert_eq!(code(&s.rdkms_out(&["add", "foo/1.0"])), Some(0));
+    let again = s.rdkms_out(&["add", "foo/1.0"]);
     assert_eq!(code(&again), Some(3));
     assert!(
         stderr(&again).contains("already contains: foo/1.0"),
         "{}",
         stderr(&again)
     );
-    assert_eq!(code(&s.rdkms(&["add", "foo/1.0", "--force"])), Some(0));
+    assert_eq!(code(&s.rdkms_out(&["add", "foo/1.0", "--force"])), Some(0));
 
-    let missing = s.rdkms(&["add", "nosuch/1"]);
+    let missing = s.rdkms_out(&["add", "nosuch/1"]);
     assert_eq!(code(&missing), Some(2), "{}", stderr(&missing));
     assert!(!s.tree().join("nosuch").exists());
 
     std::fs::create_dir_all(s.src().join("noconf-1")).unwrap();
-    let noconf = s.rdkms(&["add", "noconf/1"]);
+    let noconf = s.rdkms_out(&["add", "noconf/1"]);
     assert_eq!(code(&noconf), Some(4), "{}", stderr(&noconf));
 
-    assert_eq!(code(&s.rdkms(&["add", "-m", "foo"])), Some(1));
+    assert_eq!(code(&s.rdkms_out(&["add", "-m", "foo"])), Some(1));
     let plain_dir = tempfile::tempdir().unwrap();
     // A directory without dkms.conf: DKMS 3.2.2 ends up without a module name (exit 1).
-    let nodir = s.rdkms(&["add", plain_dir.path().to_str().unwrap()]);
+    let nodir = s.rdkms_out(&["add", plain_dir.path().to_str().unwrap()]);
     assert_eq!(code(&nodir), Some(1), "{}", stderr(&nodir));
     assert!(
         stderr(&nodir).contains("holds no dkms.conf"),
@@ -80,20 +83,20 @@ fn dkms_exit_codes() {
     );
 
     std::fs::write(s.src().join("noconf-1/dkms.conf"), "PACKAGE_NAME=noconf\n").unwrap();
-    let bad = s.rdkms(&["add", "noconf/1"]);
+    let bad = s.rdkms_out(&["add", "noconf/1"]);
     assert_eq!(code(&bad), Some(8), "{}", stderr(&bad));
     assert!(!s.tree().join("noconf/1/source").exists());
 }
 
 #[test]
 fn force_relinks_an_added_version() {
-    let s = Sandbox::new();
-    s.source("foo", "1.0", &["foo"], "/updates/dkms");
+    let s = Sandbox::with_trees();
+    s.kbuild_source("foo", "1.0", &["foo"], "/updates/dkms");
     s.link_source("foo", "1.0");
     let link = s.tree().join("foo/1.0/source");
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink("/nonexistent", &link).unwrap();
-    assert_eq!(code(&s.rdkms(&["add", "foo/1.0", "--force"])), Some(0));
+    assert_eq!(code(&s.rdkms_out(&["add", "foo/1.0", "--force"])), Some(0));
     assert_eq!(std::fs::read_link(&link).unwrap(), s.src().join("foo-1.0"));
 }
 
@@ -127,9 +130,9 @@ fn outside_source(name: &str, version: &str) -> tempfile::TempDir {
 
 #[test]
 fn adds_from_a_directory_or_its_dkms_conf_by_copying() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     let d = outside_source("copied", "3.1");
-    let out = s.rdkms(&["add", d.path().to_str().unwrap()]);
+    let out = s.rdkms_out(&["add", d.path().to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let dest = s.src().join("copied-3.1");
     assert_eq!(
@@ -156,7 +159,7 @@ fn adds_from_a_directory_or_its_dkms_conf_by_copying() {
     // by its dkms.conf path, with --force: the copy is replaced, not merged
     std::fs::remove_file(d.path().join("src/main.c")).unwrap();
     let conf = d.path().join("dkms.conf");
-    let out = s.rdkms(&["add", conf.to_str().unwrap(), "--force"]);
+    let out = s.rdkms_out(&["add", conf.to_str().unwrap(), "--force"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert!(!dest.join("src/main.c").exists());
     let leftovers: Vec<_> = std::fs::read_dir(s.src())
@@ -169,10 +172,10 @@ fn adds_from_a_directory_or_its_dkms_conf_by_copying() {
 
 #[test]
 fn copies_symlinks_out_of_the_source_as_links_and_refuses_bad_names() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     let d = outside_source("evil", "1");
     std::os::unix::fs::symlink("../../etc/passwd", d.path().join("src/passwd")).unwrap();
-    let out = s.rdkms(&["add", d.path().to_str().unwrap()]);
+    let out = s.rdkms_out(&["add", d.path().to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let copied = s.src().join("evil-1/src/passwd");
     assert!(copied.is_symlink(), "copied as a link, not followed");
@@ -187,7 +190,7 @@ fn copies_symlinks_out_of_the_source_as_links_and_refuses_bad_names() {
         conf_text("../escape", "1", &["x"], "/updates/dkms"),
     )
     .unwrap();
-    let out = s.rdkms(&["add", d.path().to_str().unwrap()]);
+    let out = s.rdkms_out(&["add", d.path().to_str().unwrap()]);
     assert_eq!(code(&out), Some(8), "{}", stderr(&out));
     assert_eq!(
         std::fs::read_dir(s.src()).unwrap().count(),
@@ -195,7 +198,7 @@ fn copies_symlinks_out_of_the_source_as_links_and_refuses_bad_names() {
         "only evil-1"
     );
 
-    let out = s.rdkms(&["add", "foo/1/../../x"]);
+    let out = s.rdkms_out(&["add", "foo/1/../../x"]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
 }
 
@@ -215,13 +218,13 @@ fn source_with_post_add(s: &Sandbox, name: &str, script: &str) {
 
 #[test]
 fn post_add_runs_in_the_source_dir_and_gives_the_exit_status() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     source_with_post_add(
         &s,
         "hooked",
         "#!/bin/sh\necho \"ran in $(pwd) with $1\"\nexit 7\n",
     );
-    let out = s.rdkms(&["add", "hooked/1"]);
+    let out = s.rdkms_out(&["add", "hooked/1"]);
     // DKMS 3.0.10 exits with POST_ADD's status; the module is added anyway
     assert_eq!(code(&out), Some(7), "{}", stderr(&out));
     let src = s.tree().join("hooked/1/source");
@@ -230,14 +233,14 @@ fn post_add_runs_in_the_source_dir_and_gives_the_exit_status() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(stdout(&s.rdkms(&["status"])), "hooked/1: added\n");
+    assert_eq!(stdout(&s.rdkms_out(&["status"])), "hooked/1: added\n");
 
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     source_with_post_add(&s, "plain", "#!/bin/sh\nexit 0\n");
     use std::os::unix::fs::PermissionsExt;
     let script = s.src().join("plain-1/post-add.sh");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = s.rdkms(&["add", "plain/1"]);
+    let out = s.rdkms_out(&["add", "plain/1"]);
     assert_eq!(code(&out), Some(0));
     assert!(stderr(&out).contains("not executable"), "{}", stderr(&out));
 }
@@ -268,12 +271,12 @@ fn root_option_puts_every_path_under_the_root() {
 
 #[test]
 fn two_processes_contend_for_the_tree_lock() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     source_with_post_add(&s, "slow", "#!/bin/sh\nsleep 3\n");
-    s.source("quick", "1", &["quick"], "/updates/dkms");
-    s.source("patient", "1", &["patient"], "/updates/dkms");
+    s.kbuild_source("quick", "1", &["quick"], "/updates/dkms");
+    s.kbuild_source("patient", "1", &["patient"], "/updates/dkms");
     let mut holder = s
-        .rdkms_cmd(&["add", "slow/1"])
+        .rdkms_trees_cmd(&["add", "slow/1"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -288,17 +291,17 @@ fn two_processes_contend_for_the_tree_lock() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let waiter = s.rdkms(&["add", "quick/1", "--lock-timeout", "1"]);
+    let waiter = s.rdkms_out(&["add", "quick/1", "--lock-timeout", "1"]);
     assert_eq!(code(&waiter), Some(75), "{}", stderr(&waiter));
     let err = stderr(&waiter);
     let pid = format!("pid {}", holder.id());
     assert!(err.contains(&pid) && err.contains("waiting"), "{err}");
     assert!(!s.tree().join("quick").exists());
     // status is not blocked meanwhile, and sees the link made before POST_ADD runs
-    assert_eq!(stdout(&s.rdkms(&["status"])), "slow/1: added\n");
+    assert_eq!(stdout(&s.rdkms_out(&["status"])), "slow/1: added\n");
 
     let t = Instant::now();
-    let patient = s.rdkms(&["add", "patient/1"]);
+    let patient = s.rdkms_out(&["add", "patient/1"]);
     assert_eq!(code(&patient), Some(0), "{}", stderr(&patient));
     assert!(
         t.elapsed() > Duration::from_millis(500),
@@ -306,7 +309,7 @@ fn two_processes_contend_for_the_tree_lock() {
     );
     assert!(holder.wait().unwrap().success());
     assert_eq!(
-        stdout(&s.rdkms(&["status"])),
+        stdout(&s.rdkms_out(&["status"])),
         "patient/1: added\nslow/1: added\n"
     );
     assert_eq!(

@@ -33,10 +33,11 @@ fn sandbox() -> Sandbox {
     let state = sb.root().join("state");
     fs::create_dir_all(&state).unwrap();
     for k in [K1, K2] {
-        fs::create_dir_all(sb.root().join("boot")).unwrap();
-        fs::write(sb.root().join(format!("boot/vmlinuz-{k}")), "").unwrap();
-        fs::create_dir_all(sb.modules_dir(k).join("kernel")).unwrap();
-        let build = sb.fake_kernel(k).modules_dir(k).join("build");
+        let build = sb
+            .kernel_image(k)
+            .fake_kernel(k)
+            .modules_dir(k)
+            .join("build");
         fs::write(
             build.join("Makefile"),
             MAKEFILE.replace("@STATE@", &state.display().to_string()),

@@ -3,12 +3,12 @@
 //! must read identically with `rdkms status`, byte for byte, for every query form; and a tree
 //! written by rdkms must read identically with `dkms status`. Also times both, side by side.
 
-#[path = "common/fake_tree.rs"]
-mod fake_tree;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use fake_tree::{dkms_missing, require, stderr, stdout, Sandbox};
+use common::fake_tree::{need_debian_dkms, stderr, stdout};
+use common::Sandbox;
 
 const K1: &str = "9.8.0-fake";
 const K2: &str = "9.10.1-fake";
@@ -96,9 +96,9 @@ const SPECS: &[Spec] = &[
 /// Builds the tree with Debian's dkms (two workers: dkms keeps modules apart, so different
 /// modules may be processed at once), then damages it as status must report.
 fn dkms_tree() -> Sandbox {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     for k in [K1, K2] {
-        s.kernel(k);
+        s.inst_kernel(k);
     }
     for sp in SPECS {
         if sp.name == "nu" {
@@ -106,7 +106,7 @@ fn dkms_tree() -> Sandbox {
             let conf = "PACKAGE_NAME=nu\nPACKAGE_VERSION=1\nn=$(echo nu)\nBUILT_MODULE_NAME[0]=$n\nDEST_MODULE_LOCATION[0]=/updates/dkms\nSTRIP[0]=no\n";
             s.source_with_conf(sp.name, sp.version, conf, sp.modules);
         } else {
-            s.source(sp.name, sp.version, sp.modules, sp.location);
+            s.kbuild_source(sp.name, sp.version, sp.modules, sp.location);
         }
     }
     let t = Instant::now();
@@ -253,7 +253,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[test]
 fn tree_written_by_dkms_reads_identically_and_faster() {
-    if !require(dkms_missing()) {
+    if !need_debian_dkms() {
         return;
     }
     let s = dkms_tree();
@@ -304,16 +304,16 @@ fn tree_written_by_dkms_reads_identically_and_faster() {
 
 #[test]
 fn tree_written_by_rdkms_add_reads_identically_in_dkms() {
-    if !require(dkms_missing()) {
+    if !need_debian_dkms() {
         return;
     }
-    let s = Sandbox::new();
-    s.kernel(K1);
+    let s = Sandbox::with_trees();
+    s.inst_kernel(K1);
     let names: Vec<String> = (0..22)
         .map(|i| format!("mod{}{i}", ["A", "a", "_"][i % 3]))
         .collect();
     for n in &names {
-        s.source(n, "1.0", &[n.as_str()], "/updates/dkms");
+        s.kbuild_source(n, "1.0", &[n.as_str()], "/updates/dkms");
         let out = s.rdkms_as_dkms(&["add", &format!("{n}/1.0")]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
@@ -321,7 +321,7 @@ fn tree_written_by_rdkms_add_reads_identically_in_dkms() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(
         outside.path().join("dkms.conf"),
-        fake_tree::conf_text("copied", "2.0", &["copied"], "/updates/dkms"),
+        common::fake_tree::conf_text("copied", "2.0", &["copied"], "/updates/dkms"),
     )
     .unwrap();
     std::fs::write(outside.path().join("fake-modules"), "copied\n").unwrap();
@@ -347,16 +347,16 @@ fn tree_written_by_rdkms_add_reads_identically_in_dkms() {
 
 #[test]
 fn tree_built_and_installed_by_rdkms_reads_identically_in_dkms() {
-    if !require(dkms_missing()) {
+    if !need_debian_dkms() {
         return;
     }
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     for k in [K1, K2] {
-        s.kernel(k);
+        s.inst_kernel(k);
     }
     let ksrc = format!("--kernelsourcedir={}", s.ksrc().display());
     for sp in SPECS.iter().filter(|sp| sp.name != "nu") {
-        s.source(sp.name, sp.version, sp.modules, sp.location);
+        s.kbuild_source(sp.name, sp.version, sp.modules, sp.location);
         let mv = format!("{}/{}", sp.name, sp.version);
         for op in sp.ops {
             let args: Vec<String> = match *op {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conf_support::{context, real_confs, real_kernel, repo, skip};
+use conf_support::{context, real_confs, real_kernel, repo, skip_unless};
 use rdkms::conf::{self, bash, static_eval, Directives, EvalContext, EvalMode, DKMS_CONF_NAMES};
 
 /// Debian's dkms, whose own `safe_source` the last test runs.
@@ -27,12 +27,13 @@ struct Case {
 
 fn real_cases() -> Vec<Case> {
     let confs = real_confs();
-    if confs.len() < MIN_REAL {
-        skip(&format!(
+    skip_unless(
+        confs.len() >= MIN_REAL,
+        &format!(
             "only {} real dkms.conf files under tests/corpus/work/src (run tests/fetch-corpus.sh)",
             confs.len()
-        ));
-    }
+        ),
+    );
     confs
         .into_iter()
         .map(|f| Case {
@@ -202,10 +203,10 @@ fn real_dkms_safe_source_agrees() {
     let has_safe_source = std::fs::read_to_string(DKMS)
         .map(|t| t.contains("\nsafe_source() {"))
         .unwrap_or(false);
-    if !has_safe_source {
-        skip(&format!(
-            "{DKMS} with a safe_source function is not installed"
-        ));
+    if skip_unless(
+        has_safe_source,
+        &format!("{DKMS} with a safe_source function is not installed"),
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{real_kernel_dir, real_tier, repo, Sandbox};
+use common::{real_tier, repo, Sandbox};
 
 fn modinfo(field: &str, file: &Path) -> String {
     let out = Command::new("modinfo")
@@ -24,7 +24,7 @@ fn modinfo(field: &str, file: &Path) -> String {
 
 fn real_root(kernel: &str) -> Sandbox {
     let sb = Sandbox::new();
-    real_kernel_dir(sb.root(), kernel);
+    sb.real_headers(kernel);
     sb
 }
 

@@ -1,13 +1,14 @@
 //! `rdkms mkbmdeb`: the package's fields and contents as dpkg-deb reports them, lintian, byte
 //! reproducibility, and real installs/removals with dpkg into a sandbox root.
 
-mod deb_common;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deb_common::*;
+use common::deb::*;
+use common::{copy_dir, need_tool, repo, Sandbox};
 use predicates::prelude::*;
 use rdkms::state::dpkg;
 use rdkms::system::config::Paths;
@@ -16,7 +17,7 @@ const FAKE_K: &str = "6.1.0-99-amd64";
 
 /// `rdkms mkbmdeb ARGS`; returns the package paths printed on stdout.
 fn mkbmdeb(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Vec<PathBuf> {
-    let mut c = sb.rdkms();
+    let mut c = sb.rdkms_cmd();
     c.arg("mkbmdeb").args(args);
     for (k, v) in env {
         c.env(k, v);
@@ -27,14 +28,14 @@ fn mkbmdeb(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Vec<PathBuf> {
 #[test]
 fn real_module_package_fields_contents_and_lintian() {
     let Some(k) = real_kernel() else { return };
-    if !have("dpkg-deb") || !have("lintian") {
+    if !need_tool("dpkg-deb") || !need_tool("lintian") {
         return;
     }
     // Only added: mkbmdeb builds it first, as `rdkms build` does.
-    let sb = Sandbox::new();
-    sb.rdkms()
+    let sb = Sandbox::empty();
+    sb.rdkms_cmd()
         .arg("add")
-        .arg(repo().join("examples/hello-dkms"))
+        .arg(repo("examples/hello-dkms"))
         .assert()
         .success();
     let headers = format!("/lib/modules/{k}/build");
@@ -142,10 +143,10 @@ fn real_module_package_fields_contents_and_lintian() {
 
 #[test]
 fn same_input_gives_the_same_bytes() {
-    if !have("dpkg-deb") {
+    if !need_tool("dpkg-deb") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     sb.fake_built("repro", "2.1", "", FAKE_K, 5000);
     let a = mkbmdeb(&sb, &["repro/2.1", "-k", FAKE_K], &[]);
     let out2 = sb.root().join("second");
@@ -165,7 +166,7 @@ fn same_input_gives_the_same_bytes() {
     eprintln!("{sums}");
 
     // The same tree in another place gives the same bytes too.
-    let other = Sandbox::new();
+    let other = Sandbox::empty();
     copy_dir(&sb.root().join("usr"), &other.root().join("usr"));
     copy_dir(&sb.root().join("var"), &other.root().join("var"));
     fs::remove_dir_all(other.version_dir("repro", "2.1").join("bmdeb")).unwrap();
@@ -203,10 +204,10 @@ fn same_input_gives_the_same_bytes() {
 
 #[test]
 fn installs_and_removes_with_dpkg_in_a_sandbox_root() {
-    if !have("dpkg") || !have("depmod") {
+    if !need_tool("dpkg") || !need_tool("depmod") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     sb.fake_built("sbx", "1.0", "", FAKE_K, 2000);
     let deb = mkbmdeb(&sb, &["sbx/1.0", "-k", FAKE_K], &[]).remove(0);
 
@@ -260,10 +261,10 @@ fn installs_and_removes_with_dpkg_in_a_sandbox_root() {
 
 #[test]
 fn package_wins_over_a_dkms_built_copy() {
-    if !have("dpkg") || !have("depmod") {
+    if !need_tool("dpkg") || !need_tool("depmod") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     sb.fake_built("both", "1.0", "", FAKE_K, 3000);
     let deb = mkbmdeb(&sb, &["both/1.0", "-k", FAKE_K], &[]).remove(0);
 
@@ -295,11 +296,11 @@ fn package_wins_over_a_dkms_built_copy() {
 
 #[test]
 fn install_and_uninstall_leave_package_owned_files_alone() {
-    if !have("dpkg") || !have("depmod") {
+    if !need_tool("dpkg") || !need_tool("depmod") {
         return;
     }
     // One root is both the build host (dkms tree) and the dpkg root the package goes into.
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     let r = sb.root();
     sb.fake_built("own", "1.0", "", FAKE_K, 3000);
     let deb = mkbmdeb(&sb, &["own/1.0", "-k", FAKE_K], &[]).remove(0);
@@ -312,12 +313,12 @@ fn install_and_uninstall_leave_package_owned_files_alone() {
     // The DKMS build changes afterwards (a newer build of the same version).
     let kos = r.join("newer");
     fs::create_dir_all(&kos).unwrap();
-    sb.built("own", "1.0", FAKE_K, ARCH, &[fake_ko(&kos, "own", 5000)]);
+    sb.built_by_hand("own", "1.0", FAKE_K, ARCH, &[fake_ko(&kos, "own", 5000)]);
     let package = format!("own-modules-{FAKE_K}");
 
     // install skips the owned file (exit 0, like a module DKMS's version check keeps) and
     // says which package owns it and how to override.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod"])
         .assert()
         .success()
@@ -335,7 +336,7 @@ fn install_and_uninstall_leave_package_owned_files_alone() {
     );
 
     // uninstall never deletes it.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["uninstall", "own/1.0", "-k", FAKE_K, "--no-depmod"])
         .assert()
         .success()
@@ -346,12 +347,12 @@ fn install_and_uninstall_leave_package_owned_files_alone() {
     assert_eq!(size(), 3000);
 
     // --force overwrites it; uninstall still leaves the path to dpkg, which removes it.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod", "--force"])
         .assert()
         .success();
     assert_eq!(size(), 5000);
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["uninstall", "own/1.0", "-k", FAKE_K, "--no-depmod"])
         .assert()
         .success();
@@ -360,7 +361,7 @@ fn install_and_uninstall_leave_package_owned_files_alone() {
     assert!(!file.exists());
 
     // Without the package the DKMS build installs as usual.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["install", "own/1.0", "-k", FAKE_K, "--no-depmod"])
         .assert()
         .success()
@@ -374,10 +375,10 @@ fn install_and_uninstall_leave_package_owned_files_alone() {
 
 #[test]
 fn remake_initrd_adds_the_initramfs_update() {
-    if !have("dpkg-deb") {
+    if !need_tool("dpkg-deb") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     for (name, extra, want) in [("ird", "REMAKE_INITRD=yes\n", true), ("noird", "", false)] {
         sb.fake_built(name, "1", extra, FAKE_K, 10);
         let deb = mkbmdeb(&sb, &[&format!("{name}/1"), "-k", FAKE_K], &[]).remove(0);
@@ -397,22 +398,22 @@ fn remake_initrd_adds_the_initramfs_update() {
 
 #[test]
 fn all_kernels_and_other_architectures() {
-    if !have("dpkg-deb") {
+    if !need_tool("dpkg-deb") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     let src = fake_source(sb.root(), "multi", "3.0", "");
-    sb.add("multi", "3.0", &src);
+    sb.added_by_hand("multi", "3.0", &src);
     let ko = fake_ko(sb.root(), "multi", 10);
-    sb.built(
+    sb.built_by_hand(
         "multi",
         "3.0",
         "6.1.0-98-amd64",
         ARCH,
         std::slice::from_ref(&ko),
     );
-    sb.built("multi", "3.0", FAKE_K, ARCH, std::slice::from_ref(&ko));
-    sb.built("multi", "3.0", "6.1.0-99-arm64", "aarch64", &[ko]);
+    sb.built_by_hand("multi", "3.0", FAKE_K, ARCH, std::slice::from_ref(&ko));
+    sb.built_by_hand("multi", "3.0", "6.1.0-99-arm64", "aarch64", &[ko]);
     let debs = mkbmdeb(&sb, &["multi/3.0", "--all"], &[]);
     let names: Vec<String> = debs
         .iter()
@@ -451,22 +452,22 @@ fn all_kernels_and_other_architectures() {
 
 #[test]
 fn errors_name_the_fix() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     // Not added and no sources to add: build's error.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkbmdeb", "nope/1", "-k", FAKE_K])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("usr/src/nope-1 does not exist"));
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkbmdeb", "-k", FAKE_K])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("mkbmdeb NAME/VERSION"));
     let src = fake_source(sb.root(), "unbuilt", "1.0", "");
-    sb.add("unbuilt", "1.0", &src);
+    sb.added_by_hand("unbuilt", "1.0", &src);
     // Not built and no headers to build it: build's error, naming the package to install.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkbmdeb", "unbuilt/1.0", "-k", FAKE_K])
         .assert()
         .code(21)
@@ -474,18 +475,18 @@ fn errors_name_the_fix() {
             "Install linux-headers-{FAKE_K}"
         )));
     // --all with nothing built.
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkbmdeb", "unbuilt/1.0", "--all"])
         .assert()
         .code(6)
         .stderr(predicate::str::contains("run rdkms build unbuilt/1.0"));
     sb.fake_built("badver", "v1", "", FAKE_K, 1);
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkbmdeb", "badver/v1", "-k", FAKE_K])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("must start with a digit"));
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkbmdeb", "badver/v1", "-k", FAKE_K])
         .env("SOURCE_DATE_EPOCH", "yesterday")
         .assert()

@@ -1,17 +1,18 @@
 //! `rdkms mkdeb`: a DKMS source package shaped like dh_dkms's, compared with the real
 //! acpi-call-dkms package from Debian (tests/fetch-corpus.sh), checked by lintian.
 
-mod deb_common;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deb_common::*;
+use common::deb::*;
+use common::{need_tool, repo, skip_unless, Sandbox};
 use predicates::prelude::*;
 
 fn corpus(prefix: &str) -> Option<(PathBuf, PathBuf)> {
-    let base = repo().join("tests/corpus/work");
+    let base = repo("tests/corpus/work");
     let find = |dir: &str| {
         fs::read_dir(base.join(dir))
             .ok()?
@@ -22,14 +23,17 @@ fn corpus(prefix: &str) -> Option<(PathBuf, PathBuf)> {
     match (find("src"), find("debs")) {
         (Some(s), Some(d)) => Some((s, d)),
         _ => {
-            skip("the corpus is not fetched (run tests/fetch-corpus.sh)");
+            skip_unless(
+                false,
+                "the corpus is not fetched (run tests/fetch-corpus.sh)",
+            );
             None
         }
     }
 }
 
 fn mkdeb(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let mut c = sb.rdkms();
+    let mut c = sb.rdkms_cmd();
     c.arg("mkdeb").args(args);
     printed_paths(c).remove(0)
 }
@@ -45,14 +49,14 @@ fn usr_src(deb: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn source_package_matches_the_real_dh_dkms_layout() {
-    if !have("dpkg-deb") || !have("lintian") {
+    if !need_tool("dpkg-deb") || !need_tool("lintian") {
         return;
     }
     let Some((src, real_deb)) = corpus("acpi-call-") else {
         return;
     };
-    let sb = Sandbox::new();
-    sb.add("acpi-call", "1.2.2", &src);
+    let sb = Sandbox::empty();
+    sb.added_by_hand("acpi-call", "1.2.2", &src);
     let deb = mkdeb(&sb, &["acpi-call/1.2.2"]);
     assert_eq!(
         deb,
@@ -112,10 +116,10 @@ fn source_package_matches_the_real_dh_dkms_layout() {
 
 #[test]
 fn source_package_from_a_vendor_directory() {
-    if !have("dpkg-deb") {
+    if !need_tool("dpkg-deb") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     let src = fake_source(sb.root(), "vendor_drv", "4.2-1", "");
     fs::create_dir(src.join("tools")).unwrap();
     fs::write(src.join("tools/gen.sh"), "#!/bin/sh\necho hi\n").unwrap();
@@ -144,15 +148,15 @@ fn source_package_from_a_vendor_directory() {
         .iter()
         .any(|l| l.path == "./usr/share/doc/vendor-drv-dkms/changelog.Debian.gz"));
     // Nothing was written into the dkms tree for an unregistered directory.
-    assert!(!sb.dkms_tree().join("vendor_drv").exists());
+    assert!(!sb.tree().join("vendor_drv").exists());
 }
 
 #[test]
 fn sources_with_links_leading_out_are_refused() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     let src = fake_source(sb.root(), "evil", "1", "");
     std::os::unix::fs::symlink("/etc/shadow", src.join("shadow")).unwrap();
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mkdeb", src.to_str().unwrap()])
         .current_dir(sb.root())
         .assert()

@@ -1,14 +1,15 @@
 //! `rdkms mktarball` / `ldtarball`: DKMS's layout and names, round trips (also with Debian's
 //! dkms in both directions), reproducibility, and refusal of archives that would write outside.
 
-mod deb_common;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deb_common::*;
+use common::deb::*;
+use common::{need_tool, skip_unless, Sandbox};
 use predicates::prelude::*;
 
 const K: &str = "6.1.0-99-amd64";
@@ -21,12 +22,12 @@ fn module(sb: &Sandbox) {
     fs::write(src.join("gen.sh"), "#!/bin/sh\n").unwrap();
     fs::set_permissions(src.join("gen.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(src.join(".hidden"), "not archived, as with DKMS's cp dir/*").unwrap();
-    sb.add("rt", "1.0", &src);
-    sb.built("rt", "1.0", K, ARCH, &[fake_ko(sb.root(), "rt", 4000)]);
+    sb.added_by_hand("rt", "1.0", &src);
+    sb.built_by_hand("rt", "1.0", K, ARCH, &[fake_ko(sb.root(), "rt", 4000)]);
 }
 
 fn mktarball(sb: &Sandbox, args: &[&str]) -> PathBuf {
-    let mut c = sb.rdkms();
+    let mut c = sb.rdkms_cmd();
     c.arg("mktarball").args(args);
     printed_paths(c).remove(0)
 }
@@ -67,7 +68,7 @@ fn snapshot(dir: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn round_trip_keeps_sources_and_builds() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     module(&sb);
     let t = mktarball(&sb, &["rt/1.0", "-k", K]);
     assert_eq!(
@@ -101,9 +102,9 @@ fn round_trip_keeps_sources_and_builds() {
     assert_eq!(t2, again);
     assert_eq!(fs::read(&t).unwrap(), fs::read(&t2).unwrap());
 
-    let other = Sandbox::new();
+    let other = Sandbox::empty();
     other
-        .rdkms()
+        .rdkms_cmd()
         .args(["ldtarball", t.to_str().unwrap()])
         .assert()
         .success();
@@ -121,7 +122,7 @@ fn round_trip_keeps_sources_and_builds() {
 
     // Loading twice needs --force, which replaces the build.
     other
-        .rdkms()
+        .rdkms_cmd()
         .args(["ldtarball", "--archive", t.to_str().unwrap()])
         .assert()
         .code(8)
@@ -132,7 +133,7 @@ fn round_trip_keeps_sources_and_builds() {
         .join("x86_64/module/rt.ko");
     fs::write(&ko, "stale").unwrap();
     other
-        .rdkms()
+        .rdkms_cmd()
         .args(["ldtarball", t.to_str().unwrap(), "--force"])
         .assert()
         .success();
@@ -141,7 +142,7 @@ fn round_trip_keeps_sources_and_builds() {
 
 #[test]
 fn source_only_binaries_only_and_their_conflict() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     module(&sb);
     let s = mktarball(&sb, &["rt/1.0", "--source-only"]);
     assert!(s.ends_with("rt-1.0-source-only.dkms.tar.gz"));
@@ -162,9 +163,9 @@ fn source_only_binaries_only_and_their_conflict() {
     assert!(!m.iter().any(|x| x.starts_with("dkms_source_tree")));
 
     // Binaries only, on a host without the sources: DKMS's stub `source` directory.
-    let other = Sandbox::new();
+    let other = Sandbox::empty();
     other
-        .rdkms()
+        .rdkms_cmd()
         .args(["ldtarball", b.to_str().unwrap()])
         .assert()
         .success();
@@ -177,19 +178,19 @@ fn source_only_binaries_only_and_their_conflict() {
         .join("x86_64/module/rt.ko")
         .is_file());
     // ...which is enough to package the module as a binary package.
-    if have("dpkg-deb") {
+    if need_tool("dpkg-deb") {
         other
-            .rdkms()
+            .rdkms_cmd()
             .args(["mkbmdeb", "rt/1.0", "-k", K])
             .assert()
             .success();
     }
 
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mktarball", "rt/1.0", "--source-only", "--binaries-only"])
         .assert()
         .code(8);
-    sb.rdkms()
+    sb.rdkms_cmd()
         .args(["mktarball", "rt/1.0", "-k", "6.1.0-1-other"])
         .assert()
         .code(6)
@@ -201,7 +202,7 @@ fn source_only_binaries_only_and_their_conflict() {
 
 #[test]
 fn plain_source_archive_is_added() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     let work = sb.root().join("w");
     fs::create_dir_all(&work).unwrap();
     let src = fake_source(&work, "vend", "2.0", "");
@@ -213,8 +214,8 @@ fn plain_source_archive_is_added() {
         .arg("-cjf")
         .arg(&archive)
         .arg("vend-2.0"));
-    let root = Sandbox::new();
-    root.rdkms()
+    let root = Sandbox::empty();
+    root.rdkms_cmd()
         .args(["ldtarball", archive.to_str().unwrap()])
         .assert()
         .success();
@@ -224,7 +225,7 @@ fn plain_source_archive_is_added() {
         .join("source")
         .symlink_metadata()
         .is_ok());
-    root.rdkms()
+    root.rdkms_cmd()
         .args(["ldtarball", work.join("nothing.tgz").to_str().unwrap()])
         .assert()
         .code(2);
@@ -356,9 +357,9 @@ fn archives_writing_outside_are_refused_before_anything_is_extracted() {
     for (name, members, code, needle) in cases {
         let archive = work.path().join(format!("{name}.tar"));
         evil_tar(&archive, &members);
-        let sb = Sandbox::new();
+        let sb = Sandbox::empty();
         let out = sb
-            .rdkms()
+            .rdkms_cmd()
             .args(["ldtarball", archive.to_str().unwrap()])
             .env("TMPDIR", work.path())
             .assert()
@@ -393,8 +394,8 @@ fn archives_writing_outside_are_refused_before_anything_is_extracted() {
             Evil::Symlink("dkms_source_tree/sub/conf", "../dkms.conf"),
         ],
     );
-    let sb = Sandbox::new();
-    sb.rdkms()
+    let sb = Sandbox::empty();
+    sb.rdkms_cmd()
         .args(["ldtarball", ok.to_str().unwrap()])
         .assert()
         .success();
@@ -406,11 +407,13 @@ fn archives_writing_outside_are_refused_before_anything_is_extracted() {
 
 #[test]
 fn debian_dkms_reads_ours_and_we_read_its() {
-    if !Path::new("/usr/sbin/dkms").is_file() {
-        skip("Debian's dkms is not installed");
+    if skip_unless(
+        Path::new("/usr/sbin/dkms").is_file(),
+        "Debian's dkms is not installed",
+    ) {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = Sandbox::empty();
     module(&sb);
     let ours = mktarball(&sb, &["rt/1.0", "-k", K]);
     let d = tempfile::tempdir().unwrap();
@@ -448,9 +451,9 @@ fn debian_dkms_reads_ours_and_we_read_its() {
         "--archive",
         theirs.to_str().unwrap(),
     ]));
-    let other = Sandbox::new();
+    let other = Sandbox::empty();
     other
-        .rdkms()
+        .rdkms_cmd()
         .args(["ldtarball", theirs.to_str().unwrap()])
         .assert()
         .success();

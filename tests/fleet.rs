@@ -3,13 +3,14 @@
 //! in a flat apt repository (apt-ftparchive) served from a `file:` URI; a target host (a sandbox
 //! root driven by the real apt-get and dpkg, no rdkms, no compiler) installs and removes them.
 
-mod deb_common;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deb_common::*;
+use common::deb::*;
+use common::{need_tool, repo, skip_unless, Sandbox};
 use rdkms::state::dpkg;
 use rdkms::system::config::Paths;
 
@@ -83,7 +84,7 @@ impl Target {
 
 /// The acpi-call sources fetched by tests/fetch-corpus.sh.
 fn acpi_call_source() -> Option<(PathBuf, String)> {
-    let src = repo().join("tests/corpus/work/src");
+    let src = repo("tests/corpus/work/src");
     let dir = fs::read_dir(&src)
         .ok()?
         .filter_map(|e| e.ok())
@@ -105,7 +106,10 @@ fn acpi_call_source() -> Option<(PathBuf, String)> {
             Some((d, version))
         }
         None => {
-            skip("the corpus is not fetched (run tests/fetch-corpus.sh)");
+            skip_unless(
+                false,
+                "the corpus is not fetched (run tests/fetch-corpus.sh)",
+            );
             None
         }
     }
@@ -115,7 +119,7 @@ fn acpi_call_source() -> Option<(PathBuf, String)> {
 fn build_once_publish_install_everywhere() {
     let Some(k) = real_kernel() else { return };
     for tool in ["dpkg-deb", "apt-get", "apt-ftparchive", "depmod", "modinfo"] {
-        if !have(tool) {
+        if !need_tool(tool) {
             return;
         }
     }
@@ -125,18 +129,23 @@ fn build_once_publish_install_everywhere() {
 
     // Build host: rdkms builds hello explicitly; mkbmdeb builds acpi-call itself. Both are
     // packaged into the repository's pool.
-    let build = Sandbox::new();
+    let build = Sandbox::empty();
     let work = build.root().join("work");
     fs::create_dir_all(&work).unwrap();
     let headers = format!("/lib/modules/{k}/build");
-    let hello_kos = build.add_and_build("hello", "1.0", &repo().join("examples/hello-dkms"), &k);
-    build.rdkms().arg("add").arg(&acpi_src).assert().success();
+    let hello_kos = build.add_and_build("hello", "1.0", &repo("examples/hello-dkms"), &k);
+    build
+        .rdkms_cmd()
+        .arg("add")
+        .arg(&acpi_src)
+        .assert()
+        .success();
 
     let repo_dir = tempfile::tempdir().unwrap();
     let pool = repo_dir.path().join("pool");
     for mv in ["hello/1.0".to_string(), format!("acpi-call/{acpi_ver}")] {
         build
-            .rdkms()
+            .rdkms_cmd()
             .args(["mkbmdeb", &mv, "-k", &k, "--kernelsourcedir", &headers])
             .args(["--output", pool.to_str().unwrap()])
             .assert()

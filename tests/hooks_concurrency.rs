@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,22 +18,13 @@ const K2: &str = "6.1.0-2-amd64";
 fn sandbox() -> Sandbox {
     let mut sb = Sandbox::new();
     sb.record_initramfs();
-    fs::create_dir_all(sb.root().join("boot")).unwrap();
     for k in [K1, K2] {
-        fs::write(sb.root().join(format!("boot/vmlinuz-{k}")), "").unwrap();
-        fs::write(sb.root().join(format!("boot/initrd.img-{k}")), "").unwrap();
-        fs::create_dir_all(sb.modules_dir(k).join("kernel")).unwrap();
-        sb.fake_kernel(k);
+        sb.installed_kernel(k);
     }
-    sb.source("base", "1").create();
-    sb.source("top", "1")
-        .conf("BUILD_DEPENDS=\"base\"")
-        .create();
-    sb.source("zfs", "2").conf("REMAKE_INITRD=\"yes\"").create();
-    sb.source("multi", "3").modules(&["m1", "m2"]).create();
-    for m in ["base/1", "top/1", "zfs/2", "multi/3"] {
-        sb.rdkms(["add", m, "-q"]).assert().success();
-    }
+    sb.added_module("base", "1")
+        .added(sb.source("top", "1").conf("BUILD_DEPENDS=\"base\""))
+        .added(sb.source("zfs", "2").conf("REMAKE_INITRD=\"yes\""))
+        .added(sb.source("multi", "3").modules(&["m1", "m2"]));
     sb
 }
 

@@ -23,36 +23,13 @@ fn sandbox() -> Sandbox {
     sb
 }
 
-/// An installed kernel: image, its own modules dir and an initramfs; headers if asked.
-fn kernel(sb: &Sandbox, k: &str, headers: bool) {
-    let boot = sb.root().join("boot");
-    fs::write(boot.join(format!("vmlinuz-{k}")), "").unwrap();
-    fs::write(boot.join(format!("initrd.img-{k}")), "").unwrap();
-    fs::create_dir_all(sb.modules_dir(k).join("kernel")).unwrap();
-    if headers {
-        sb.fake_kernel(k);
-    }
-}
-
-/// Removes a kernel the way its package does: image and own modules go, our files stay.
-fn remove_kernel_package(sb: &Sandbox, k: &str) {
-    let boot = sb.root().join("boot");
-    fs::remove_file(boot.join(format!("vmlinuz-{k}"))).unwrap();
-    let _ = fs::remove_file(boot.join(format!("initrd.img-{k}")));
-    fs::remove_dir_all(sb.modules_dir(k).join("kernel")).unwrap();
-    let _ = fs::remove_dir_all(sb.modules_dir(k).join("build"));
-}
-
 /// A module source with AUTOINSTALL=yes plus `extra` dkms.conf lines, registered.
 fn module(sb: &Sandbox, name: &str, version: &str, extra: &[&str]) {
     let mut src = sb.source(name, version);
     for l in extra {
         src = src.conf(l);
     }
-    src.create();
-    sb.rdkms(["add", &format!("{name}/{version}"), "-q"])
-        .assert()
-        .success();
+    sb.added(src);
 }
 
 fn stderr_of(out: &std::process::Output) -> String {
@@ -62,14 +39,14 @@ fn stderr_of(out: &std::process::Output) -> String {
 #[test]
 fn new_kernel_gets_every_module_with_one_depmod_and_no_stdout() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "alpha", "1.0", &[]);
     module(&sb, "beta", "2.0", &[]);
     sb.rdkms(["kernel_postinst", "--hook", "-k", K1])
         .assert()
         .success()
         .stdout("");
-    kernel(&sb, K2, true);
+    sb.installed_kernel(K2);
     let out = sb
         .rdkms(["kernel_postinst", "--hook", "-k", K2])
         .assert()
@@ -108,12 +85,12 @@ fn new_kernel_gets_every_module_with_one_depmod_and_no_stdout() {
 #[test]
 fn removed_kernel_is_purged_and_the_module_stays_for_the_others() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
-    kernel(&sb, K2, true);
+    sb.installed_kernel(K1);
+    sb.installed_kernel(K2);
     module(&sb, "alpha", "1.0", &[]);
     sb.rdkms(["reconcile"]).assert().success();
     assert!(sb.installed_ko(K1, "alpha").is_file());
-    remove_kernel_package(&sb, K1);
+    sb.remove_kernel_package(K1);
     let depmods_before = sb.depmod_calls().len();
     sb.rdkms(["reconcile", "--hook"])
         .assert()
@@ -142,8 +119,8 @@ fn removed_kernel_is_purged_and_the_module_stays_for_the_others() {
 #[test]
 fn prerm_unbuilds_that_kernel_only_keeps_the_module_and_runs_no_depmod() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
-    kernel(&sb, K2, true);
+    sb.installed_kernel(K1);
+    sb.installed_kernel(K2);
     module(&sb, "alpha", "1.0", &[]);
     sb.rdkms(["reconcile"]).assert().success();
     let depmods = sb.depmod_calls().len();
@@ -177,7 +154,7 @@ fn prerm_unbuilds_that_kernel_only_keeps_the_module_and_runs_no_depmod() {
 #[test]
 fn headers_arriving_after_the_image_build_then_and_update_that_initramfs_once() {
     let sb = sandbox();
-    kernel(&sb, K1, false);
+    sb.kernel_image(K1).initramfs(K1);
     module(&sb, "zfs", "2.1", &["REMAKE_INITRD=\"yes\""]);
     module(&sb, "spl", "2.1", &["REMAKE_INITRD=\"yes\""]);
     let out = sb
@@ -209,7 +186,7 @@ fn headers_arriving_after_the_image_build_then_and_update_that_initramfs_once() 
 fn remake_initrd_updates_each_changed_kernel_once_and_leaves_postinst_to_the_kernel_hook() {
     let sb = sandbox();
     for k in [K1, K2, K3] {
-        kernel(&sb, k, true);
+        sb.installed_kernel(k);
     }
     module(&sb, "zfs", "2.1", &["REMAKE_INITRD=\"yes\""]);
     module(&sb, "spl", "2.1", &["REMAKE_INITRD=\"yes\""]);
@@ -228,7 +205,7 @@ fn remake_initrd_updates_each_changed_kernel_once_and_leaves_postinst_to_the_ker
     fs::create_dir_all(&hook_dir).unwrap();
     fs::write(hook_dir.join("initramfs-tools"), "").unwrap();
     let k4 = "6.1.0-4-amd64";
-    kernel(&sb, k4, true);
+    sb.installed_kernel(k4);
     sb.rdkms(["kernel_postinst", "--hook", "-k", k4])
         .assert()
         .success();
@@ -239,7 +216,7 @@ fn remake_initrd_updates_each_changed_kernel_once_and_leaves_postinst_to_the_ker
 #[test]
 fn interrupted_initramfs_update_is_finished_by_the_next_run() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "zfs", "2.1", &["REMAKE_INITRD=\"yes\""]);
     sb.rdkms(["reconcile"]).assert().success();
     assert_eq!(sb.initramfs_calls().len(), 1);
@@ -254,7 +231,7 @@ fn interrupted_initramfs_update_is_finished_by_the_next_run() {
 #[test]
 fn failing_initramfs_is_critical_and_retried() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "zfs", "2.1", &["REMAKE_INITRD=\"yes\""]);
     fs::write(sb.root().join("initramfs.log.exit"), "1").unwrap();
     sb.rdkms(["reconcile", "--hook"])
@@ -269,8 +246,8 @@ fn failing_initramfs_is_critical_and_retried() {
 #[test]
 fn package_upgrade_replaces_the_old_version_on_every_kernel() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
-    kernel(&sb, K2, true);
+    sb.installed_kernel(K1);
+    sb.installed_kernel(K2);
     module(&sb, "alpha", "1.9", &[]);
     sb.rdkms(["reconcile"]).assert().success();
     module(&sb, "alpha", "1.10", &[]);
@@ -295,9 +272,9 @@ fn package_upgrade_replaces_the_old_version_on_every_kernel() {
 #[test]
 fn common_postinst_adds_and_builds_for_every_kernel_with_headers() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
-    kernel(&sb, K2, true);
-    kernel(&sb, K3, false);
+    sb.installed_kernel(K1);
+    sb.installed_kernel(K2);
+    sb.kernel_image(K3).initramfs(K3);
     sb.source("pkg", "3.0").create();
     sb.rdkms([
         "common_postinst",
@@ -325,7 +302,7 @@ fn common_postinst_adds_and_builds_for_every_kernel_with_headers() {
 #[test]
 fn common_postinst_loads_the_package_tarball_when_there_is_one() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     // A package shipping its module as a source tarball instead of /usr/src.
     let src = sb.source("tarred", "1.0").create();
     let share = sb.root().join("usr/share/tarred-dkms");
@@ -361,7 +338,7 @@ fn common_postinst_loads_the_package_tarball_when_there_is_one() {
 #[test]
 fn one_failing_module_never_stops_the_others_and_the_policy_decides_the_exit() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "good", "1", &[]);
     sb.source("bad", "1").file("fail", "error: boom").create();
     sb.rdkms(["add", "bad/1", "-q"]).assert().success();
@@ -413,7 +390,7 @@ fn one_failing_module_never_stops_the_others_and_the_policy_decides_the_exit() {
 #[test]
 fn no_autoinstall_is_honoured_and_disabled_modules_are_skipped() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "manual", "1", &["AUTOINSTALL=\"\""]);
     module(&sb, "alpha", "1", &[]);
     fs::write(sb.root().join("etc/dkms/no-autoinstall"), "").unwrap();
@@ -434,7 +411,7 @@ fn no_autoinstall_is_honoured_and_disabled_modules_are_skipped() {
 #[test]
 fn build_exclusive_skip_satisfies_dependents_and_build_depends_orders_builds() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "zz-base", "1", &[]);
     module(&sb, "aa-top", "1", &["BUILD_DEPENDS=\"zz-base\""]);
     module(
@@ -463,7 +440,7 @@ fn build_exclusive_skip_satisfies_dependents_and_build_depends_orders_builds() {
 #[test]
 fn apt_hook_is_a_no_op_until_something_changes() {
     let sb = sandbox();
-    kernel(&sb, K1, true);
+    sb.installed_kernel(K1);
     module(&sb, "alpha", "1", &[]);
     sb.rdkms(["reconcile", "--from-apt"])
         .assert()
@@ -482,7 +459,7 @@ fn apt_hook_is_a_no_op_until_something_changes() {
         .stderr("");
     assert_eq!(sb.depmod_calls().len(), depmods);
     // A new kernel arrives without its hook having run: the apt hook builds for it.
-    kernel(&sb, K2, true);
+    sb.installed_kernel(K2);
     sb.rdkms(["reconcile", "--from-apt"]).assert().success();
     assert!(sb.installed_ko(K2, "alpha").is_file());
 }

@@ -24,19 +24,9 @@ fn sandbox(kernels: &[&str]) -> Sandbox {
         fs::create_dir_all(sb.root().join(d)).unwrap();
     }
     for k in kernels {
-        fs::write(sb.root().join("boot").join(format!("vmlinuz-{k}")), "").unwrap();
-        fs::create_dir_all(sb.modules_dir(k).join("kernel")).unwrap();
-        sb.fake_kernel(k);
+        sb.kernel_image(k).fake_kernel(k);
     }
     sb
-}
-
-/// Registers an AUTOINSTALL module.
-fn module(sb: &Sandbox, name: &str, version: &str) {
-    sb.source(name, version).create();
-    sb.rdkms(["add", &format!("{name}/{version}"), "-q"])
-        .assert()
-        .success();
 }
 
 fn lock_file(sb: &Sandbox) -> PathBuf {
@@ -50,7 +40,7 @@ fn modified(path: &PathBuf) -> SystemTime {
 #[test]
 fn noop_autoinstall_takes_no_lock_and_writes_nothing() {
     let sb = sandbox(&[K1]);
-    module(&sb, "alpha", "1.0");
+    sb.added_module("alpha", "1.0");
     sb.rdkms(["autoinstall", "-k", K1]).assert().success();
     assert!(sb.installed_ko(K1, "alpha").is_file());
     // A stored fingerprint: a run that takes the lock marks it invalid first.
@@ -77,14 +67,14 @@ fn noop_autoinstall_takes_no_lock_and_writes_nothing() {
 #[test]
 fn module_added_after_a_noop_run_is_built_by_the_next_one() {
     let sb = sandbox(&[K1]);
-    module(&sb, "alpha", "1.0");
+    sb.added_module("alpha", "1.0");
     sb.rdkms(["kernel_postinst", "--hook", "-k", K1])
         .assert()
         .success();
     sb.rdkms(["kernel_postinst", "--hook", "-k", K1])
         .assert()
         .success();
-    module(&sb, "beta", "2.0");
+    sb.added_module("beta", "2.0");
     let fingerprint = sb.tree().join(".rdkms-fingerprint");
     let _ = fs::remove_file(&fingerprint);
     sb.rdkms(["autoinstall", "--hook", "-k", K1])
@@ -103,7 +93,7 @@ fn module_added_after_a_noop_run_is_built_by_the_next_one() {
 #[test]
 fn noop_check_waits_for_a_writer_holding_the_lock() {
     let sb = sandbox(&[K1]);
-    module(&sb, "alpha", "1.0");
+    sb.added_module("alpha", "1.0");
     sb.rdkms(["autoinstall", "-k", K1]).assert().success();
     // Another command is half-way through a change: what the tree shows cannot be trusted,
     // so even a run that looks like a no-op waits for the lock (and here gives up at once).
@@ -122,11 +112,11 @@ fn noop_check_waits_for_a_writer_holding_the_lock() {
 fn prerm_removes_every_build_of_the_kernel_and_status_agrees() {
     let sb = sandbox(&[K1, K2]);
     for m in ["alpha", "beta", "gamma"] {
-        module(&sb, m, "1.0");
+        sb.added_module(m, "1.0");
     }
     sb.rdkms(["reconcile"]).assert().success();
     // Built for K1 only, not installed.
-    module(&sb, "solo", "3");
+    sb.added_module("solo", "3");
     sb.rdkms(["build", "solo/3", "-k", K1, "-q"])
         .assert()
         .success();
@@ -168,7 +158,7 @@ fn prerm_removes_every_build_of_the_kernel_and_status_agrees() {
 #[test]
 fn preinst_unbuilds_only_autoinstall_modules_of_that_kernel() {
     let sb = sandbox(&[K1, K2]);
-    module(&sb, "alpha", "1.0");
+    sb.added_module("alpha", "1.0");
     sb.source("manual", "2").conf("AUTOINSTALL=").create();
     sb.rdkms(["add", "manual/2", "-q"]).assert().success();
     sb.rdkms(["reconcile"]).assert().success();

@@ -11,12 +11,8 @@ const K: &str = "6.12.117+deb13-amd64";
 
 fn sandbox() -> Sandbox {
     let sb = Sandbox::new();
-    for d in ["boot", "etc/dkms"] {
-        fs::create_dir_all(sb.root().join(d)).unwrap();
-    }
-    fs::write(sb.root().join("boot").join(format!("vmlinuz-{K}")), "").unwrap();
-    fs::create_dir_all(sb.modules_dir(K).join("kernel")).unwrap();
-    sb.fake_kernel(K);
+    fs::create_dir_all(sb.root().join("etc/dkms")).unwrap();
+    sb.kernel_image(K).fake_kernel(K);
     sb.source("hello", "1.0").create();
     sb
 }

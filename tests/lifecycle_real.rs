@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{arch, copy_dir, real_kernel_dir, real_tier, skip_unless, Sandbox};
+use common::{arch, copy_dir, real_tier, skip_unless, Sandbox};
 
 /// The real packages built here: (name, version, source directory, modules it installs).
 fn packages() -> Vec<(&'static str, &'static str, PathBuf, Vec<&'static str>)> {
@@ -59,7 +59,7 @@ fn prerequisites(need_dkms: bool) -> Option<String> {
 /// A root whose `lib/modules/K/build` is the real headers, with the files depmod reads.
 fn real_root(kernel: &str) -> Sandbox {
     let sb = Sandbox::new();
-    real_kernel_dir(sb.root(), kernel);
+    sb.real_headers(kernel);
     for (name, version, src, _) in packages() {
         copy_dir(
             &src,

@@ -16,9 +16,7 @@ const K: &str = "6.12.117+deb13-amd64";
 #[test]
 fn the_kernels_module_is_set_aside_and_restored() {
     let sb = Sandbox::new();
-    sb.fake_kernel(K);
-    fs::create_dir_all(sb.root().join("boot")).unwrap();
-    fs::write(sb.root().join(format!("boot/vmlinuz-{K}")), "").unwrap();
+    sb.fake_kernel(K).kernel_image(K);
     let a = arch();
     let kernel_copy = sb
         .modules_dir(K)

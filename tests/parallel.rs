@@ -39,12 +39,12 @@ j1 j2 j3: start
 fn sandbox() -> Sandbox {
     let mut sb = Sandbox::new();
     sb.record_depmod();
-    for d in ["boot", "etc/dkms"] {
-        fs::create_dir_all(sb.root().join(d)).unwrap();
-    }
-    fs::write(sb.root().join(format!("boot/vmlinuz-{K}")), "").unwrap();
-    fs::create_dir_all(sb.modules_dir(K).join("kernel")).unwrap();
-    let build = sb.fake_kernel(K).modules_dir(K).join("build");
+    fs::create_dir_all(sb.root().join("etc/dkms")).unwrap();
+    let build = sb
+        .kernel_image(K)
+        .fake_kernel(K)
+        .modules_dir(K)
+        .join("build");
     let state = sb.root().join("state");
     fs::create_dir_all(&state).unwrap();
     fs::write(state.join("running"), "0\n").unwrap();
@@ -264,10 +264,7 @@ fn repo(path: &str) -> PathBuf {
 /// A root with the real kernel's headers and modules dir and the real packages added.
 fn real_root(kernel: &str) -> Sandbox {
     let sb = Sandbox::new();
-    let kdir = common::real_kernel_dir(sb.root(), kernel);
-    fs::create_dir_all(kdir.join("kernel")).unwrap();
-    fs::create_dir_all(sb.root().join("boot")).unwrap();
-    fs::write(sb.root().join(format!("boot/vmlinuz-{kernel}")), "").unwrap();
+    sb.real_headers(kernel).kernel_image(kernel);
     for (dir, name, version) in REAL {
         let dest = sb.root().join(format!("usr/src/{name}-{version}"));
         let copied = Command::new("cp")

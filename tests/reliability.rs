@@ -16,7 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::reliability::{converged, figure, violations, world, K1, K2, K3};
-use common::Sandbox;
+use common::{skip_unless, Sandbox};
 use predicates::prelude::PredicateBooleanExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -225,8 +225,7 @@ fn add_dir_copies_an_outward_link_as_a_link_and_builds_without_reading_it() {
 
 #[test]
 fn as_root_sources_others_can_change_are_refused_with_the_fix() {
-    if !is_root() {
-        eprintln!("skipped: ownership checks apply only to root");
+    if skip_unless(is_root(), "ownership checks apply only to root") {
         return;
     }
     let sb = world(false);
@@ -289,8 +288,7 @@ fn as_root_sources_others_can_change_are_refused_with_the_fix() {
 #[test]
 fn build_user_compiles_unprivileged_and_install_stays_root() {
     use std::os::unix::fs::MetadataExt;
-    if !is_root() {
-        eprintln!("skipped: build_user needs root");
+    if skip_unless(is_root(), "build_user needs root") {
         return;
     }
     let sb = world(false);
@@ -358,7 +356,7 @@ fn kernel_versions_are_validated_and_plus_stays_valid() {
             );
         }
     }
-    common::reliability::kernel(&sb, K3);
+    sb.installed_kernel(K3);
     sb.rdkms(["install", "base/1", "-k", K3]).assert().success();
     assert!(sb.status().contains(&format!("base/1, {K3}, ")));
 }

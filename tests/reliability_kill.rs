@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::reliability::{
-    clone, complete, converged, figure, installed_files, kernel, outcome, violations, world, K1,
-    K2, K3,
+    clone, complete, converged, figure, installed_files, outcome, violations, world, K1, K2, K3,
 };
 use common::Sandbox;
 
@@ -39,7 +38,7 @@ fn new_multi_version(sb: &Sandbox) {
 }
 
 fn new_kernel(sb: &Sandbox) {
-    kernel(sb, K3);
+    sb.installed_kernel(K3);
 }
 
 const OPS: [Op; 6] = [
@@ -523,8 +522,7 @@ fn real_headers_install_force_killed_keeps_a_loadable_module() {
 #[test]
 fn the_next_command_stops_a_killed_builds_processes_before_cleaning_up() {
     let sb = Sandbox::new();
-    fs::create_dir_all(sb.root().join("boot")).unwrap();
-    kernel(&sb, K1);
+    sb.installed_kernel(K1);
     let beat = sb.root().join("heartbeat");
     sb.source("slow", "1")
         .make(&format!(

@@ -2,10 +2,10 @@
 //! order, the filters, `--json` and `--format legacy`. (Equality with Debian's real dkms on
 //! trees it wrote is in compat_status.rs.)
 
-#[path = "common/fake_tree.rs"]
-mod fake_tree;
+mod common;
 
-use fake_tree::{stderr, stdout, Sandbox};
+use common::fake_tree::{stderr, stdout};
+use common::Sandbox;
 
 const K1: &str = "6.1.0-1-amd64";
 const K2: &str = "6.1.0-10-amd64";
@@ -14,14 +14,14 @@ const A: &str = "x86_64";
 fn status(s: &Sandbox, args: &[&str]) -> String {
     let mut all = vec!["status"];
     all.extend_from_slice(args);
-    let out = s.rdkms(&all);
+    let out = s.rdkms_out(&all);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     stdout(&out)
 }
 
 /// A module with one `.ko` per name, added.
 fn added(s: &Sandbox, name: &str, version: &str, modules: &[&str]) {
-    s.source(name, version, modules, "/updates/dkms");
+    s.kbuild_source(name, version, modules, "/updates/dkms");
     s.link_source(name, version);
 }
 
@@ -32,12 +32,12 @@ fn kos(modules: &[&str]) -> Vec<String> {
 fn build(s: &Sandbox, name: &str, version: &str, kernel: &str, modules: &[&str]) {
     let files = kos(modules);
     let refs: Vec<&str> = files.iter().map(String::as_str).collect();
-    s.build(name, version, kernel, A, &refs);
+    s.build_by_hand(name, version, kernel, A, &refs);
 }
 
 #[test]
 fn empty_or_missing_tree_prints_nothing_and_exits_0() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     assert_eq!(status(&s, &[]), "");
     std::fs::remove_dir_all(s.tree()).unwrap();
     assert_eq!(status(&s, &[]), "");
@@ -46,7 +46,7 @@ fn empty_or_missing_tree_prints_nothing_and_exits_0() {
 
 #[test]
 fn states_in_dkms_order() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "foo", "1.0", &["foo"]);
     added(&s, "foo", "1.10", &["foo"]);
     added(&s, "foo", "1.9", &["foo"]);
@@ -54,9 +54,9 @@ fn states_in_dkms_order() {
     added(&s, "Zed", "1", &["zed"]);
     build(&s, "foo", "1.9", K1, &["foo"]);
     build(&s, "foo", "1.9", K2, &["foo"]);
-    s.install("foo", "1.9", K2, A, "/updates/dkms");
+    s.install_by_hand("foo", "1.9", K2, A, "/updates/dkms");
     build(&s, "foo", "1.10", K1, &["foo"]);
-    s.install("foo", "1.10", K1, A, "/updates/dkms");
+    s.install_by_hand("foo", "1.10", K1, A, "/updates/dkms");
     build(&s, "foo-bar", "2", "custom-kernel", &["fb"]);
     // a kernel dir without module/ (a failed build) is not built
     std::fs::create_dir_all(s.tree().join("Zed/1").join(K1).join(A).join("log")).unwrap();
@@ -82,7 +82,7 @@ fn states_in_dkms_order() {
 
 #[test]
 fn kernel_dirs_sort_as_whole_strings() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "m", "1", &["m"]);
     for k in ["6.1.0-10-amd64", "6.1.0-1", "6.1.0-1-amd64", "10.0.0"] {
         build(&s, "m", "1", k, &["m"]);
@@ -99,13 +99,13 @@ fn kernel_dirs_sort_as_whole_strings() {
 
 #[test]
 fn filters_by_module_version_kernel_and_arch() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "foo", "1", &["foo"]);
     added(&s, "foo", "2", &["foo"]);
     added(&s, "bar", "1", &["bar"]);
     build(&s, "foo", "1", K1, &["foo"]);
     build(&s, "foo", "2", K2, &["foo"]);
-    s.build("bar", "1", K1, "aarch64", &["bar.ko"]);
+    s.build_by_hand("bar", "1", K1, "aarch64", &["bar.ko"]);
     build(&s, "bar", "1", K1, &["bar"]);
 
     assert_eq!(
@@ -151,10 +151,10 @@ fn filters_by_module_version_kernel_and_arch() {
 
 #[test]
 fn diff_suffix_when_installed_copy_differs_or_is_missing() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "two", "1", &["one", "two"]);
     build(&s, "two", "1", K1, &["one", "two"]);
-    s.install("two", "1", K1, A, "/updates/dkms");
+    s.install_by_hand("two", "1", K1, A, "/updates/dkms");
     assert_eq!(status(&s, &[]), "two/1, 6.1.0-1-amd64, x86_64: installed\n");
 
     let installed = s.inst().join(K1).join("updates/dkms");
@@ -186,19 +186,19 @@ fn diff_suffix_when_installed_copy_differs_or_is_missing() {
 
 #[test]
 fn installed_copy_found_in_the_raw_dest_location() {
-    let s = Sandbox::new();
-    s.source("raw", "1", &["raw"], "/kernel/extra");
+    let s = Sandbox::with_trees();
+    s.kbuild_source("raw", "1", &["raw"], "/kernel/extra");
     s.link_source("raw", "1");
     build(&s, "raw", "1", K1, &["raw"]);
     // installed where DEST_MODULE_LOCATION says, not in Debian's /updates/dkms
-    s.install("raw", "1", K1, A, "/kernel/extra");
+    s.install_by_hand("raw", "1", K1, A, "/kernel/extra");
     assert_eq!(status(&s, &[]), "raw/1, 6.1.0-1-amd64, x86_64: installed\n");
 }
 
 /// DKMS 3.2.2: `module/` makes it built; a missing module is a suffix (3.0.10: not built).
 #[test]
 fn incomplete_module_dir_is_built_with_a_suffix() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "multi", "1", &["a", "b", "c"]);
     build(&s, "multi", "1", K1, &["a", "c"]);
     build(&s, "multi", "1", K2, &["a", "b", "c"]);
@@ -211,9 +211,9 @@ fn incomplete_module_dir_is_built_with_a_suffix() {
 
 #[test]
 fn compressed_modules_follow_the_kernels_modules_dep() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "z", "1", &["z"]);
-    s.build("z", "1", K1, A, &["z.ko.xz"]);
+    s.build_by_hand("z", "1", K1, A, &["z.ko.xz"]);
     assert_eq!(
         status(&s, &[]),
         "z/1, 6.1.0-1-amd64, x86_64: built (Built modules are missing in the kernel modules folder)\n",
@@ -226,7 +226,7 @@ fn compressed_modules_follow_the_kernels_modules_dep() {
     )
     .unwrap();
     assert_eq!(status(&s, &[]), "z/1, 6.1.0-1-amd64, x86_64: built\n");
-    s.install("z", "1", K1, A, "/updates/dkms");
+    s.install_by_hand("z", "1", K1, A, "/updates/dkms");
     assert_eq!(status(&s, &[]), "z/1, 6.1.0-1-amd64, x86_64: installed\n");
 }
 
@@ -234,7 +234,7 @@ fn compressed_modules_follow_the_kernels_modules_dep() {
 /// line and error for error, what the modules give one at a time.
 #[test]
 fn a_large_tree_lists_as_its_modules_do_one_by_one() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     let kxz = "9.9.1-xz";
     std::fs::create_dir_all(s.inst().join(kxz)).unwrap();
     std::fs::write(s.inst().join(kxz).join("modules.dep"), "kernel/x.ko.xz:\n").unwrap();
@@ -246,26 +246,26 @@ fn a_large_tree_lists_as_its_modules_do_one_by_one() {
         let xz = format!("{m}.ko.xz");
         match i % 7 {
             0 => {}
-            1 => s.build(m, "1", K1, A, &[&ko]),
+            1 => s.build_by_hand(m, "1", K1, A, &[&ko]),
             2 | 3 => {
-                s.build(m, "1", K1, A, &[&ko]);
-                s.install(m, "1", K1, A, "/updates/dkms");
+                s.build_by_hand(m, "1", K1, A, &[&ko]);
+                s.install_by_hand(m, "1", K1, A, "/updates/dkms");
                 if i % 7 == 3 {
-                    s.build(m, "1", K2, A, &[&ko]);
+                    s.build_by_hand(m, "1", K2, A, &[&ko]);
                     let copy = s.inst().join(K1).join("updates/dkms").join(&ko);
                     std::fs::write(copy, "changed after install\n").unwrap();
                 }
             }
-            4 => s.build(m, "1", kxz, A, &[&xz]),
+            4 => s.build_by_hand(m, "1", kxz, A, &[&xz]),
             5 => {
-                s.build(m, "1", K1, A, &[&ko]);
+                s.build_by_hand(m, "1", K1, A, &[&ko]);
                 std::fs::remove_dir_all(s.src().join(format!("{m}-1"))).unwrap();
                 dangling.push(m.clone());
             }
-            _ => s.build(m, "1", K2, A, &[&xz]),
+            _ => s.build_by_hand(m, "1", K2, A, &[&xz]),
         }
     }
-    let out = s.rdkms(&["status"]);
+    let out = s.rdkms_out(&["status"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let mut want = String::new();
     for (i, m) in names.iter().enumerate() {
@@ -289,10 +289,10 @@ fn a_large_tree_lists_as_its_modules_do_one_by_one() {
 
 #[test]
 fn original_module_suffix() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "o", "1", &["o"]);
     build(&s, "o", "1", K1, &["o"]);
-    s.install("o", "1", K1, A, "/updates/dkms");
+    s.install_by_hand("o", "1", K1, A, "/updates/dkms");
     std::fs::create_dir_all(s.tree().join("o/original_module").join(K1).join(A)).unwrap();
     assert_eq!(
         status(&s, &[]),
@@ -302,7 +302,7 @@ fn original_module_suffix() {
 
 #[test]
 fn dangling_source() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "gone", "1", &["gone"]);
     added(&s, "later", "1", &["later"]);
     std::fs::remove_dir_all(s.src().join("gone-1")).unwrap();
@@ -315,7 +315,7 @@ fn dangling_source() {
 
     // built: its builds are not listed, as DKMS 3.2.2
     build(&s, "gone", "1", K1, &["gone"]);
-    let out = s.rdkms(&["status"]);
+    let out = s.rdkms_out(&["status"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "gone/1: broken\nlater/1: added\n");
     assert_eq!(
@@ -330,7 +330,7 @@ fn dangling_source() {
 
 #[test]
 fn staging_entries_are_invisible() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "foo", "1", &["foo"]);
     build(&s, "foo", "1", K1, &["foo"]);
     // half-written state as writers stage it: hidden names only
@@ -349,11 +349,11 @@ fn staging_entries_are_invisible() {
 
 #[test]
 fn json_and_legacy_formats() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "foo", "1.0", &["foo", "foo_helper"]);
     added(&s, "bar", "2", &["bar"]);
     build(&s, "foo", "1.0", K1, &["foo", "foo_helper"]);
-    s.install("foo", "1.0", K1, A, "/updates/dkms");
+    s.install_by_hand("foo", "1.0", K1, A, "/updates/dkms");
     std::fs::write(
         s.inst().join(K1).join("updates/dkms/foo_helper.ko"),
         "other",
@@ -402,7 +402,7 @@ fn json_and_legacy_formats() {
     assert_eq!(foo["warnings"][0]["code"], "diff_built_installed");
     assert_eq!(foo["warnings"][0]["module"], "foo_helper");
 
-    let bad = s.rdkms(&["status", "--format", "yaml"]);
+    let bad = s.rdkms_out(&["status", "--format", "yaml"]);
     assert_eq!(bad.status.code(), Some(2));
     // no match: an empty array, still exit 0
     assert_eq!(status(&s, &["--json", "nosuch"]).trim(), "[]");
@@ -410,16 +410,16 @@ fn json_and_legacy_formats() {
 
 #[test]
 fn quiet_prints_nothing() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "foo", "1", &["foo"]);
-    let out = s.rdkms(&["status", "-q"]);
+    let out = s.rdkms_out(&["status", "-q"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());
 }
 
 #[test]
 fn status_works_while_the_tree_lock_is_held() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "foo", "1", &["foo"]);
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -435,8 +435,8 @@ fn status_works_while_the_tree_lock_is_held() {
 
 #[test]
 fn status_never_runs_a_shell() {
-    let s = Sandbox::new();
-    let marker = s.path().join("sourced");
+    let s = Sandbox::with_trees();
+    let marker = s.root().join("sourced");
     let conf = format!(
         "PACKAGE_NAME=sh\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME[0]=$(touch {m}; echo sh)\nDEST_MODULE_LOCATION[0]=/updates/dkms\n",
         m = marker.display()
@@ -481,7 +481,7 @@ fn module_package(admin: &std::path::Path, name: &str, kernel: &str, state: &str
 
 #[test]
 fn binary_module_packages_follow_the_dkms_lines() {
-    let s = Sandbox::new();
+    let s = Sandbox::with_trees();
     added(&s, "acpi_call", "1.2", &["acpi_call"]);
     build(&s, "acpi_call", "1.2", K1, &["acpi_call"]);
     added(&s, "zz", "1", &["zz"]);
@@ -492,7 +492,7 @@ fn binary_module_packages_follow_the_dkms_lines() {
     );
 
     // A realistic dpkg database without binary module packages changes nothing.
-    let admin = s.path().join("root/var/lib/dpkg");
+    let admin = s.root().join("root/var/lib/dpkg");
     std::fs::create_dir_all(admin.join("info")).unwrap();
     let mut paragraphs: Vec<String> = (0..1000).map(filler_package).collect();
     std::fs::write(admin.join("status"), paragraphs.join("\n")).unwrap();
@@ -537,7 +537,7 @@ fn binary_module_packages_follow_the_dkms_lines() {
     assert_eq!(p["dpkg_state"], "installed");
     assert_eq!(
         p["installed_files"][0],
-        s.path()
+        s.root()
             .join(format!("root/lib/modules/{K2}/updates/dkms/acpi_call.ko"))
             .to_str()
             .unwrap()

@@ -175,6 +175,16 @@ pub enum Error {
         problem: String,
     },
 
+    /// depmod failed for a kernel whose modules changed. DKMS's first sentence and exit code
+    /// (6); unlike DKMS the modules stay installed and the kernel stays recorded as owing
+    /// depmod, so the next command retries it (README, "depmod").
+    #[error("Problems with depmod detected: depmod failed for kernel {kernel} (exit {code}): {detail}; the modules stay installed and the next command that takes the dkms tree's lock runs depmod for {kernel} again.")]
+    Depmod {
+        kernel: String,
+        code: i32,
+        detail: String,
+    },
+
     /// `--all` given to an action that needs explicit kernels.
     #[error("The action {action} does not support the --all parameter.")]
     AllNotSupported { action: String },
@@ -282,6 +292,7 @@ impl Error {
             Error::PreInstallFailed { .. } => 101,
             Error::PathEscape { .. } => 8,
             Error::Initramfs { .. } => 7,
+            Error::Depmod { .. } => 6,
             Error::OneKernel { .. } => 4,
             Error::AllNotSupported { .. } => 5,
             Error::UnknownArch => 12,
@@ -365,6 +376,9 @@ impl Error {
             Error::PreInstallFailed { script, code } => {
                 format!("The pre_install script {script} exited with status {code}.")
             }
+            Error::Depmod { kernel, .. } => format!(
+                "Run depmod -a {kernel} to see its whole error and fix it; then rdkms reconcile finishes the owed depmod."
+            ),
             Error::OneKernel { .. } => "Name one kernel: -k KVER.".to_string(),
             Error::AllNotSupported { .. } => "Name the kernels with -k KVER.".to_string(),
             Error::UnknownArch => "Pass -a ARCH.".to_string(),

@@ -3,7 +3,7 @@
 //! suite compare line by line. Modules go one after the other, each installed as `dkms install`
 //! installs it (depmod included); hooks use the planner instead (`reconcile`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::base::error::{Error, Result};
 use crate::base::version::ver_cmp;
@@ -29,10 +29,22 @@ pub fn run(action: Action, opts: &Options, kernel: &str, arch: &str) -> Result<i
     let _lock = TreeLock::acquire(&ctx.paths, lock::timeout(opts.lock_timeout))?;
     lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
     let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
+    let owed = depmod::pending(&ctx.paths);
     if action == Action::KernelPrerm {
-        kernel_prerm(&ctx, &facts)
-    } else {
-        autoinstall(&mut ctx, &facts)
+        return kernel_prerm(&ctx, &facts, &owed);
+    }
+    let mut changes = Changes {
+        per_step: true,
+        ..Changes::default()
+    };
+    let result = autoinstall(&mut ctx, &facts, &mut changes);
+    let depmod = lifecycle::finish_depmod(&ctx, &changes, &owed);
+    match (result, depmod) {
+        (Err(e), Err(d)) => {
+            ctx.console.error(d.to_string());
+            Err(e)
+        }
+        (result, depmod) => depmod.and(result),
     }
 }
 
@@ -71,7 +83,7 @@ fn is_built(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts) -> bool {
 /// DKMS 3.2.2's autoinstall: the newest version of every module not yet installed whose
 /// dkms.conf says AUTOINSTALL, in rounds so that a module comes after its BUILD_DEPENDS; a
 /// module skipped by BUILD_EXCLUSIVE counts as present for its dependents.
-fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts) -> Result<i32> {
+fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts, changes: &mut Changes) -> Result<i32> {
     let kernel = facts.kernel.as_str();
     let mut latest: Vec<(String, String)> = Vec::new();
     for (m, v, state) in module_versions(ctx) {
@@ -104,6 +116,7 @@ fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts) -> Result<i32> {
     if to_install.is_empty() {
         return Ok(0);
     }
+    record_depmod(ctx, facts)?;
     let mut skipped: Vec<String> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     loop {
@@ -124,7 +137,7 @@ fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts) -> Result<i32> {
                 "Autoinstall of module {m}/{v} for kernel {kernel} ({})",
                 facts.arch
             ));
-            match install(ctx, &m, &v, facts) {
+            match install(ctx, &m, &v, facts, changes) {
                 Ok(()) => {
                     installed.push(m);
                     progress = true;
@@ -195,30 +208,26 @@ fn prepare_signing(ctx: &mut Ctx, facts: &KernelFacts) -> Result<()> {
     Ok(())
 }
 
-/// `dkms install -m M -v V -k K`: builds when needed, installs, runs depmod.
-fn install(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts) -> Result<()> {
-    if !ctx.no_depmod && facts.modules_dir.is_dir() {
-        depmod::record(&ctx.paths, &facts.kernel)?;
+/// Records durably, before the kernel's modules change, that it owes depmod.
+fn record_depmod(ctx: &Ctx, facts: &KernelFacts) -> Result<()> {
+    if ctx.no_depmod || !facts.modules_dir.is_dir() {
+        return Ok(());
     }
-    let mut changes = Changes {
-        per_step: true,
-        ..Changes::default()
-    };
-    let result = lifecycle::install_one(&job(ctx, m, v), facts, &mut changes)
-        .and_then(|()| lifecycle::rebuild_dependents(ctx, facts));
-    if changes.kernels.is_empty() {
-        depmod::forget(&ctx.paths, &facts.kernel)?;
-    }
-    result
+    depmod::record(&ctx.paths, &facts.kernel)
+}
+
+/// `dkms install -m M -v V -k K`: builds when needed, installs, runs depmod (the kernel was
+/// recorded as owing it by `run`).
+fn install(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
+    lifecycle::install_one(&job(ctx, m, v), facts, changes)
+        .and_then(|()| lifecycle::rebuild_dependents(ctx, facts))
 }
 
 /// DKMS 3.2.2's kernel_prerm: every version built for the kernel is uninstalled and unbuilt
 /// (AUTOINSTALL or not), with one depmod at the end.
-fn kernel_prerm(ctx: &Ctx, facts: &KernelFacts) -> Result<i32> {
+fn kernel_prerm(ctx: &Ctx, facts: &KernelFacts, owed: &BTreeSet<String>) -> Result<i32> {
     let (kernel, arch) = (&facts.kernel, &facts.arch);
-    if !ctx.no_depmod && facts.modules_dir.is_dir() {
-        depmod::record(&ctx.paths, kernel)?;
-    }
+    record_depmod(ctx, facts)?;
     let mut changes = Changes::default();
     let mut removals = Removals::default();
     let mut failed = String::new();
@@ -239,11 +248,7 @@ fn kernel_prerm(ctx: &Ctx, facts: &KernelFacts) -> Result<i32> {
         ctx.console.say("");
     }
     removals.finish()?;
-    if changes.kernels.is_empty() || ctx.no_depmod || !facts.modules_dir.is_dir() {
-        depmod::forget(&ctx.paths, kernel)?;
-    } else {
-        depmod::run_recorded(&ctx.paths, facts, &ctx.console)?;
-    }
+    lifecycle::finish_depmod(ctx, &changes, owed)?;
     if failed.is_empty() {
         Ok(0)
     } else {

@@ -920,8 +920,10 @@ impl<'a> Executor<'a> {
         );
     }
 
-    /// Runs depmod for a kernel whose modules changed (or whose depmod is owed). A failure is
-    /// reported and the record kept, so the next run retries; the modules stay installed.
+    /// Runs depmod for a kernel whose modules changed (or whose depmod is owed), through the
+    /// one policy of `depmod::settle`: a failure is reported (critical when the kernel's
+    /// initramfs modules changed) and the record kept, so the next run retries; the modules
+    /// stay installed.
     fn step_depmod(&mut self, kernel: &str, snap: &plan::Snapshot) {
         let facts = self
             .changes
@@ -939,10 +941,10 @@ impl<'a> Executor<'a> {
             let _ = depmod::forget(&self.ctx.paths, kernel);
             return;
         };
-        if self.ctx.no_depmod || !facts.modules_dir.is_dir() {
+        if self.ctx.no_depmod {
             return;
         }
-        let result = depmod::run_recorded(&self.ctx.paths, &facts, &self.ctx.console);
+        let result = depmod::settle(&self.ctx.paths, &facts, &self.ctx.console);
         if let Err(e) = result {
             let critical = self.remake_changed.contains(kernel);
             self.reporter

@@ -6,6 +6,7 @@ use std::fs;
 
 use crate::base::error::{Error, Result};
 use crate::cmd::cli::Invocation;
+use crate::effects::depmod;
 use crate::ops::lifecycle::{self, Changes, Ctx, Job};
 use crate::state::lock::{self, TreeLock};
 use crate::system::host;
@@ -57,6 +58,10 @@ pub fn run(inv: &Invocation, opts: &Options) -> Result<i32> {
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
     lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
     let facts = KernelFacts::probe(&ctx.paths, &kernel, &arch, &ctx.kernel_overrides);
+    let owed = depmod::pending(&ctx.paths);
+    if !ctx.no_depmod && facts.modules_dir.is_dir() {
+        depmod::record(&ctx.paths, &kernel)?;
+    }
     let mut changes = Changes {
         per_step: true,
         ..Changes::default()
@@ -72,6 +77,7 @@ pub fn run(inv: &Invocation, opts: &Options) -> Result<i32> {
         lifecycle::build_one(&job, &facts)?;
         lifecycle::install_one(&job, &facts, &mut changes)?;
     }
+    lifecycle::finish_depmod(&ctx, &changes, &owed)?;
     drop(lock);
     Ok(0)
 }

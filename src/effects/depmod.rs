@@ -74,10 +74,18 @@ pub fn record(paths: &Paths, kernel: &str) -> Result<()> {
     Marks::new(&paths.dkms_tree, PENDING_DIR).record(kernel)
 }
 
-/// Runs depmod and forgets the record when it succeeds; a failure keeps it for the next run.
-pub fn run_recorded(paths: &Paths, facts: &KernelFacts, console: &Console) -> Result<()> {
+/// The one depmod policy of every command and hook, for a kernel recorded (`record`) before
+/// its modules changed: a kernel without a module directory has nothing to index and its
+/// record goes; otherwise depmod runs and a success forgets the record. A failure removes
+/// nothing (rolling an install back, as DKMS does, would leave fewer working modules than
+/// before): the record stays, so the next command that takes the lock runs depmod again, and
+/// the failure comes back as `Error::Depmod` (DKMS's exit 6) for the caller to report.
+pub fn settle(paths: &Paths, facts: &KernelFacts, console: &Console) -> Result<()> {
+    if !facts.modules_dir.is_dir() {
+        return forget(paths, &facts.kernel);
+    }
     run(&paths.install_tree, facts, console)?;
-    Marks::new(&paths.dkms_tree, PENDING_DIR).clear(&facts.kernel)
+    forget(paths, &facts.kernel)
 }
 
 /// Forgets a record without running depmod (the kernel is gone, or `--no-depmod`).
@@ -85,7 +93,8 @@ pub fn forget(paths: &Paths, kernel: &str) -> Result<()> {
     Marks::new(&paths.dkms_tree, PENDING_DIR).clear(kernel)
 }
 
-/// Runs depmod for one kernel; a failure is an error (exit 6) carrying depmod's last line.
+/// Runs depmod for one kernel; a failure is `Error::Depmod` (exit 6) carrying depmod's last
+/// line.
 pub fn run(install_tree: &Path, facts: &KernelFacts, console: &Console) -> Result<()> {
     let mut call = call_for(install_tree, facts)?;
     console.command(format!("{:?}", call.command));
@@ -101,11 +110,11 @@ pub fn run(install_tree: &Path, facts: &KernelFacts, console: &Console) -> Resul
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(Error::InstallFailed(format!(
-        "depmod failed for kernel {} (exit {code}): {}",
-        facts.kernel,
-        stderr.lines().last().unwrap_or("no message")
-    )))
+    Err(Error::Depmod {
+        kernel: facts.kernel.clone(),
+        code,
+        detail: stderr.lines().last().unwrap_or("no message").to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -230,16 +230,11 @@ impl Job<'_> {
 /// What a command changed, for the depmod pass at its end.
 #[derive(Default)]
 pub struct Changes {
-    /// Kernels whose module directory changed, in first-touched order.
+    /// Kernels whose module directory changed and still need depmod, in first-touched order.
     pub kernels: Vec<KernelFacts>,
-    /// Kernels this command installed into (rolled back if depmod fails there).
-    pub installed: Vec<String>,
     /// Run depmod right after each install or uninstall, as DKMS does for one module (the
     /// lifecycle commands); otherwise once per kernel at the end (hooks handling many).
     pub per_step: bool,
-    /// Kernels where this command replaced an installation: never rolled back, since that
-    /// would leave the kernel with fewer working modules than before.
-    pub replaced: Vec<String>,
 }
 
 impl Changes {
@@ -370,7 +365,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
         Operation::Remove => remove_if_unused(&job),
         _ => Ok(()),
     };
-    for result in [removed, finish_depmod(&job, &changes, &owed)] {
+    for result in [removed, finish_depmod(&ctx, &changes, &owed)] {
         if let Err(e) = result {
             if let Some(prev) = last_error.replace(e) {
                 ctx.console.fail(&prev);
@@ -583,9 +578,8 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
         // one, so the kernel never lacks the module (a kill in between, a full disk).
         place.announce_uninstall();
         changes.touch(facts);
-        depmod_now(job, changes)?;
+        depmod_now(job.ctx, changes)?;
         job.ctx.console.say("");
-        changes.replaced.push(facts.kernel.clone());
     }
     conf::strict::check(&conf, &facts.kernel, &facts.arch, |l| {
         job.ctx.console.say(l)
@@ -604,27 +598,29 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     if facts.modules_dir.is_dir() && !untouched {
         changes.touch(facts);
     }
-    if result.is_ok() {
-        changes.installed.push(facts.kernel.clone());
-    }
-    let depmod = depmod_now(job, changes);
+    let depmod = depmod_now(job.ctx, changes);
     result.and(depmod)
 }
 
 /// depmod for what the step just done changed, right away when `per_step`: DKMS prints
 /// "Running depmod" after each install and uninstall, and output is compared line by line.
-fn depmod_now(job: &Job<'_>, changes: &mut Changes) -> Result<()> {
-    if !changes.per_step {
+/// A kernel whose depmod failed stays listed (and recorded), so the command's last pass
+/// tries it again and keeps its record if that fails too.
+fn depmod_now(ctx: &Ctx, changes: &mut Changes) -> Result<()> {
+    if !changes.per_step || ctx.no_depmod {
         return Ok(());
     }
-    let result = finish_depmod(job, changes, &BTreeSet::new());
-    // A kernel whose depmod failed stays listed, so the command's last depmod keeps its
-    // pending mark instead of forgetting it.
-    if result.is_ok() {
-        changes.kernels.clear();
-        changes.installed.clear();
-    }
-    result
+    let mut failure = None;
+    changes.kernels.retain(
+        |facts| match depmod::settle(&ctx.paths, facts, &ctx.console) {
+            Ok(()) => false,
+            Err(e) => {
+                failure = Some(e);
+                true
+            }
+        },
+    );
+    failure.map_or(Ok(()), Err)
 }
 
 /// Installs `new` over the installed `old` (an upgrade): the new files are renamed over the
@@ -641,7 +637,6 @@ pub fn replace_installed(
     let old_source = old.source_dir();
     let old_place = old.placement(facts, &old_conf, &old_source)?;
     let old_files = old_place.installed_files();
-    changes.replaced.push(facts.kernel.clone());
     if let Err(e) = install_one(new, facts, changes) {
         if old.is_built(facts) {
             old_place.install(InstallOptions {
@@ -670,7 +665,7 @@ pub fn uninstall_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) 
     let source = job.source_dir();
     job.placement(facts, &conf, &source)?.uninstall()?;
     changes.touch(facts);
-    depmod_now(job, changes)
+    depmod_now(job.ctx, changes)
 }
 
 /// Uninstalls, then deletes `<tree>/M/V/K/A` (and `K` when empty); the module stays added.
@@ -740,21 +735,19 @@ fn remove_if_unused(job: &Job<'_>) -> Result<()> {
     Ok(())
 }
 
-/// depmod once per changed kernel, and for every kernel an earlier command left owing one.
-/// If it fails on a kernel this command freshly installed into, the install is rolled back
-/// (as DKMS does) and the command fails with exit 6; a replaced installation stays (rolling it
-/// back would leave fewer working modules than before). Either way the record stays, so the
-/// next command retries depmod.
-fn finish_depmod(job: &Job<'_>, changes: &Changes, owed: &BTreeSet<String>) -> Result<()> {
-    let paths = &job.ctx.paths;
-    if job.ctx.no_depmod {
+/// A command's last depmod pass: once per kernel it changed and for every kernel an earlier
+/// command left owing one (`owed`, read before this command recorded its own), each through
+/// `depmod::settle` (the one policy: a failure keeps the modules and the record, exit 6).
+/// Records this command made for kernels it did not change after all are forgotten.
+pub fn finish_depmod(ctx: &Ctx, changes: &Changes, owed: &BTreeSet<String>) -> Result<()> {
+    let paths = &ctx.paths;
+    if ctx.no_depmod {
         return Ok(());
     }
     let mut kernels = changes.kernels.clone();
     for k in owed {
         if !kernels.iter().any(|f| &f.kernel == k) {
-            let facts =
-                KernelFacts::probe(paths, k, &host::machine_arch(), &job.ctx.kernel_overrides);
+            let facts = KernelFacts::probe(paths, k, &host::machine_arch(), &ctx.kernel_overrides);
             kernels.push(facts);
         }
     }
@@ -765,33 +758,10 @@ fn finish_depmod(job: &Job<'_>, changes: &Changes, owed: &BTreeSet<String>) -> R
     }
     let mut failure = None;
     for facts in &kernels {
-        if !facts.modules_dir.is_dir() {
-            depmod::forget(paths, &facts.kernel)?;
-            continue;
-        }
-        let Err(e) = depmod::run_recorded(paths, facts, &job.ctx.console) else {
-            continue;
-        };
-        let fresh =
-            changes.installed.contains(&facts.kernel) && !changes.replaced.contains(&facts.kernel);
-        if fresh {
-            job.ctx.console.error(e.to_string());
-            let conf = job.conf(facts)?;
-            let source = job.source_dir();
-            job.placement(facts, &conf, &source)?.uninstall()?;
-            let _ = depmod::run_recorded(paths, facts, &job.ctx.console);
-            failure = Some(Error::InstallFailed(format!(
-                "Problems with depmod detected for kernel {}; module {}/{} was uninstalled again and stays built. Check the kernel's module directory {}.",
-                facts.kernel,
-                job.module,
-                job.version,
-                facts.modules_dir.display()
-            )));
-        } else {
-            failure = Some(Error::InstallFailed(format!(
-                "{e}; the modules stay installed and the next rdkms command runs depmod for {} again",
-                facts.kernel
-            )));
+        if let Err(e) = depmod::settle(paths, facts, &ctx.console) {
+            if let Some(prev) = failure.replace(e) {
+                ctx.console.error(prev.to_string());
+            }
         }
     }
     failure.map_or(Ok(()), Err)

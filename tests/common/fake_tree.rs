@@ -1,65 +1,51 @@
-//! Sandboxes for status/add tests: dkms trees built by hand (any state, instantly), and a fake
-//! kernel build tree that lets Debian's real `dkms` add/build/install without compiling, so
-//! rdkms can be compared with it byte for byte. Everything lives in one temp dir.
-#![allow(dead_code)]
+//! The status/add tests' part of the harness: dkms trees built by hand (any state, instantly),
+//! and a fake kernel build tree (`ksrc/`) that lets Debian's real `dkms` add/build/install
+//! without compiling, so rdkms can be compared with it byte for byte. Both tools are given the
+//! sandbox's trees explicitly (`--dkmstree`, `--sourcetree`, `--installtree`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-#[path = "skip.rs"]
-mod skip;
+use super::{skip_unless, Sandbox};
 
 /// The Debian dkms the compatibility tests compare with.
 pub const DKMS: &str = "/usr/sbin/dkms";
 
-/// `Some(reason)` when Debian's dkms is not installed; tests then skip (or fail under CI).
-pub fn dkms_missing() -> Option<String> {
-    if !Path::new(DKMS).exists() {
-        return Some(format!("{DKMS} is not installed (apt-get install dkms)"));
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return Some("Debian's dkms install needs root".into());
-    }
-    None
-}
-
-/// Skips a test (or panics when `CI` is set) if a prerequisite is missing.
-pub fn require(missing: Option<String>) -> bool {
-    missing.is_none_or(|why| !skip::skip(&why))
-}
-
-/// One temp dir with `tree/` (dkms tree), `src/` (source tree), `inst/` (install tree) and
-/// `ksrc/` (a fake kernel build tree).
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+/// Whether Debian's dkms can run here (installed, and root); otherwise the skip line and false.
+pub fn need_debian_dkms() -> bool {
+    !skip_unless(
+        Path::new(DKMS).exists(),
+        &format!("{DKMS} is not installed (apt-get install dkms)"),
+    ) && !skip_unless(
+        nix::unistd::geteuid().is_root(),
+        "Debian's dkms install needs root",
+    )
 }
 
 impl Sandbox {
-    pub fn new() -> Sandbox {
-        let s = Sandbox {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        for d in ["tree", "src", "inst", "ksrc/include"] {
-            std::fs::create_dir_all(s.path().join(d)).unwrap();
+    /// A sandbox whose source tree, install tree and `ksrc/` (the fake kbuild) exist.
+    pub fn with_trees() -> Sandbox {
+        let s = Sandbox::new();
+        for d in [s.tree(), s.src(), s.inst(), s.ksrc().join("include")] {
+            std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(s.ksrc().join("Makefile"), FAKE_KBUILD).unwrap();
         s
     }
 
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    pub fn tree(&self) -> PathBuf {
-        self.path().join("tree")
-    }
+    /// The source tree, `<root>/usr/src`.
     pub fn src(&self) -> PathBuf {
-        self.path().join("src")
+        self.root().join("usr/src")
     }
+
+    /// The install tree, `<root>/lib/modules`.
     pub fn inst(&self) -> PathBuf {
-        self.path().join("inst")
+        self.root().join("lib/modules")
     }
+
+    /// The fake kernel build tree Debian's dkms builds against.
     pub fn ksrc(&self) -> PathBuf {
-        self.path().join("ksrc")
+        self.root().join("ksrc")
     }
 
     /// The tree options both tools take.
@@ -73,7 +59,13 @@ impl Sandbox {
 
     /// Writes `<src>/NAME-VERSION` with a dkms.conf for `modules` (each DEST location
     /// `location`) and the `fake-modules` list the fake kbuild reads.
-    pub fn source(&self, name: &str, version: &str, modules: &[&str], location: &str) -> PathBuf {
+    pub fn kbuild_source(
+        &self,
+        name: &str,
+        version: &str,
+        modules: &[&str],
+        location: &str,
+    ) -> PathBuf {
         let dir = self.src().join(format!("{name}-{version}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -122,7 +114,14 @@ impl Sandbox {
     }
 
     /// By hand: `module/` of K/A holding `files` (content names the kernel, as the fake kbuild).
-    pub fn build(&self, name: &str, version: &str, kernel: &str, arch: &str, files: &[&str]) {
+    pub fn build_by_hand(
+        &self,
+        name: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+        files: &[&str],
+    ) {
         let m = self.module_dir(name, version, kernel, arch);
         std::fs::create_dir_all(&m).unwrap();
         for f in files {
@@ -131,7 +130,14 @@ impl Sandbox {
     }
 
     /// By hand: marks K/A installed and copies the built files to `<inst>/K<location>/`.
-    pub fn install(&self, name: &str, version: &str, kernel: &str, arch: &str, location: &str) {
+    pub fn install_by_hand(
+        &self,
+        name: &str,
+        version: &str,
+        kernel: &str,
+        arch: &str,
+        location: &str,
+    ) {
         let m = self.module_dir(name, version, kernel, arch);
         let dest = self
             .inst()
@@ -151,18 +157,19 @@ impl Sandbox {
         .unwrap();
     }
 
-    /// Runs rdkms with the sandbox's trees (and `--root` inside the sandbox, so no file of
-    /// the machine, such as /etc/dkms or /etc/os-release, is read).
-    pub fn rdkms(&self, args: &[&str]) -> Output {
-        self.rdkms_cmd(args).output().expect("run rdkms")
+    /// Runs rdkms with the sandbox's trees, and `--root` at an empty `<root>/root`, so no file
+    /// of the machine (/etc/dkms, /etc/os-release) is read and the trees stay outside the
+    /// root, as the machine's trees are for the Debian dkms run beside it.
+    pub fn rdkms_out(&self, args: &[&str]) -> Output {
+        self.rdkms_trees_cmd(args).output().expect("run rdkms")
     }
 
-    /// The rdkms command `rdkms()` runs, for tests that spawn it.
-    pub fn rdkms_cmd(&self, args: &[&str]) -> Command {
+    /// The rdkms command `rdkms_out()` runs, for tests that spawn it.
+    pub fn rdkms_trees_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_rdkms"));
         c.args(args)
             .args(self.tree_args())
-            .arg(format!("--root={}", self.path().join("root").display()));
+            .arg(format!("--root={}", self.root().join("root").display()));
         clean_env(&mut c);
         c
     }
@@ -198,7 +205,7 @@ impl Sandbox {
     }
 
     /// A kernel directory in the install tree (dkms install requires it).
-    pub fn kernel(&self, kernel: &str) {
+    pub fn inst_kernel(&self, kernel: &str) {
         std::fs::create_dir_all(self.inst().join(kernel)).unwrap();
     }
 }

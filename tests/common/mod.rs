@@ -2,12 +2,14 @@
 //! fake or real kernels and an optional recording `depmod`, driving the real `rdkms` binary.
 #![allow(dead_code)]
 
+pub mod deb;
 pub mod fake_kernel;
+pub mod fake_tree;
 pub mod reliability;
 pub mod skip;
 
 #[allow(unused_imports)] // not every test binary that includes this module skips
-pub use skip::skip;
+pub use skip::skip_unless;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -22,11 +24,6 @@ pub fn arch() -> String {
         .into_owned()
 }
 
-/// Whether a prerequisite is missing (see `skip`).
-pub fn skip_unless(ok: bool, why: &str) -> bool {
-    !ok && skip(why)
-}
-
 /// A file of this repository.
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -39,6 +36,11 @@ pub fn have_tool(name: &str) -> bool {
         .arg(format!("command -v {name}"))
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Whether `tool` is on PATH; otherwise the skip line (see `skip_unless`) and false.
+pub fn need_tool(tool: &str) -> bool {
+    !skip_unless(have_tool(tool), &format!("{tool} is not installed"))
 }
 
 /// The newest kernel with installed headers (`/usr/src/linux-headers-K` holding a Makefile).
@@ -121,10 +123,19 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// A root holding the (empty) source tree `usr/src`.
     pub fn new() -> Sandbox {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("usr/src")).unwrap();
-        Sandbox { dir, bin: None }
+        let sb = Sandbox::empty();
+        fs::create_dir_all(sb.root().join("usr/src")).unwrap();
+        sb
+    }
+
+    /// A root with nothing in it (for tests that check nothing was written there).
+    pub fn empty() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+            bin: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -137,6 +148,11 @@ impl Sandbox {
 
     pub fn modules_dir(&self, kernel: &str) -> PathBuf {
         self.root().join("lib/modules").join(kernel)
+    }
+
+    /// `<tree>/M/V`.
+    pub fn version_dir(&self, module: &str, version: &str) -> PathBuf {
+        self.tree().join(module).join(version)
     }
 
     /// Where install puts module `name` for `kernel`: `updates/dkms/NAME.ko`.
@@ -170,6 +186,65 @@ impl Sandbox {
     pub fn fake_kernel(&self, kernel: &str) -> &Self {
         fake_kernel::install(self.root(), kernel);
         self
+    }
+
+    /// The installed headers of `kernel` as its `lib/modules/K/build`, with the files depmod
+    /// reads (`real_kernel_dir`), for the real tier.
+    pub fn real_headers(&self, kernel: &str) -> &Self {
+        real_kernel_dir(self.root(), kernel);
+        self
+    }
+
+    /// A kernel installed as Debian's packages leave it: image, its own modules directory,
+    /// an initramfs and (fake) headers. The hooks' planner builds for such a kernel.
+    pub fn installed_kernel(&self, kernel: &str) -> &Self {
+        self.kernel_image(kernel)
+            .initramfs(kernel)
+            .fake_kernel(kernel)
+    }
+
+    /// Only the kernel's image package: `/boot/vmlinuz-K` and `lib/modules/K/kernel` (no
+    /// headers, no initramfs).
+    pub fn kernel_image(&self, kernel: &str) -> &Self {
+        let boot = self.root().join("boot");
+        fs::create_dir_all(&boot).unwrap();
+        fs::write(boot.join(format!("vmlinuz-{kernel}")), "").unwrap();
+        fs::create_dir_all(self.modules_dir(kernel).join("kernel")).unwrap();
+        self
+    }
+
+    /// The kernel's initramfs, `/boot/initrd.img-K`.
+    pub fn initramfs(&self, kernel: &str) -> &Self {
+        let boot = self.root().join("boot");
+        fs::create_dir_all(&boot).unwrap();
+        fs::write(boot.join(format!("initrd.img-{kernel}")), "").unwrap();
+        self
+    }
+
+    /// Removes a kernel the way its packages do: image, initramfs, its own modules and
+    /// headers go; what rdkms installed stays.
+    pub fn remove_kernel_package(&self, kernel: &str) -> &Self {
+        let boot = self.root().join("boot");
+        fs::remove_file(boot.join(format!("vmlinuz-{kernel}"))).unwrap();
+        let _ = fs::remove_file(boot.join(format!("initrd.img-{kernel}")));
+        fs::remove_dir_all(self.modules_dir(kernel).join("kernel")).unwrap();
+        let _ = fs::remove_dir_all(self.modules_dir(kernel).join("build"));
+        self
+    }
+
+    /// Writes `source` and registers it with `rdkms add NAME/VERSION -q`.
+    pub fn added(&self, source: Source) -> &Self {
+        let module = format!("{}/{}", source.name, source.version);
+        source.create();
+        self.rdkms(["add", module.as_str(), "-q"])
+            .assert()
+            .success();
+        self
+    }
+
+    /// An AUTOINSTALL module `<root>/usr/src/NAME-VERSION` building NAME.ko, registered.
+    pub fn added_module(&self, name: &str, version: &str) -> &Self {
+        self.added(self.source(name, version))
     }
 
     /// Puts a `depmod` first in PATH that records each call's arguments (one line per call) in

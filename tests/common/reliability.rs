@@ -20,26 +20,15 @@ pub fn world(installed: bool) -> Sandbox {
     sb.record_initramfs();
     fs::create_dir_all(sb.root().join("boot")).unwrap();
     for k in [K1, K2] {
-        kernel(&sb, k);
+        sb.installed_kernel(k);
     }
-    sb.source("base", "1").create();
-    sb.source("multi", "3").modules(&["m1", "m2"]).create();
-    sb.source("zfs", "2").conf("REMAKE_INITRD=\"yes\"").create();
-    for m in ["base/1", "multi/3", "zfs/2"] {
-        sb.rdkms(["add", m, "-q"]).assert().success();
-    }
+    sb.added_module("base", "1")
+        .added(sb.source("multi", "3").modules(&["m1", "m2"]))
+        .added(sb.source("zfs", "2").conf("REMAKE_INITRD=\"yes\""));
     if installed {
         sb.rdkms(["reconcile", "--hook"]).assert().success();
     }
     sb
-}
-
-/// An installed kernel with fake headers, an image and an initramfs.
-pub fn kernel(sb: &Sandbox, k: &str) {
-    fs::write(sb.root().join(format!("boot/vmlinuz-{k}")), "").unwrap();
-    fs::write(sb.root().join(format!("boot/initrd.img-{k}")), "").unwrap();
-    fs::create_dir_all(sb.modules_dir(k).join("kernel")).unwrap();
-    sb.fake_kernel(k);
 }
 
 /// A copy of `template` in a fresh sandbox (`cp -a`, so links and modes stay), with the stubs

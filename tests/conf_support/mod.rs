@@ -29,7 +29,7 @@ pub fn real_kernel() -> String {
 #[path = "../common/skip.rs"]
 mod skip;
 #[allow(unused_imports)] // not every test binary that includes this module skips
-pub use skip::skip;
+pub use skip::skip_unless;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

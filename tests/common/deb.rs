@@ -1,7 +1,6 @@
-//! Shared helpers of the packaging tests: sandbox roots with a dkms tree (hand-made for fast
-//! tests, or made by `rdkms add`/`build` against the installed headers), dpkg sandboxes that
-//! never touch the host's package database.
-#![allow(dead_code)]
+//! The packaging tests' part of the harness (deb, bmdeb, mkdeb, tarballs, the fleet): a dkms
+//! tree made by hand for fast tests or by `rdkms add`/`build` against the installed headers,
+//! and dpkg/apt sandboxes that never touch the host's package database.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,51 +8,15 @@ use std::process::{Command, Output};
 
 use assert_cmd::Command as BinCommand;
 
+use super::{copy_dir, real_tier, Sandbox};
+
+/// The architecture the packaging tests' hand-made builds use.
 pub const ARCH: &str = "x86_64";
 
-#[path = "../common/skip.rs"]
-mod skip;
-#[allow(unused_imports)] // not every test binary that includes this module skips
-pub use skip::skip;
-
-/// Whether `tool` runs; otherwise skip.
-pub fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok || !skip(&format!("{tool} is not installed"))
-}
-
-/// The newest kernel with headers installed (`/lib/modules/K/build/Makefile`).
-pub fn headers_kernel() -> Option<String> {
-    let mut ks: Vec<String> = fs::read_dir("/lib/modules")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|k| {
-            Path::new("/lib/modules")
-                .join(k)
-                .join("build/Makefile")
-                .is_file()
-        })
-        .collect();
-    ks.sort();
-    ks.pop()
-}
-
-/// The kernel to build real modules for, or `None` after reporting the skip.
+/// The kernel to build real modules for (root, installed headers, make and gcc), or `None`
+/// after the skip line.
 pub fn real_kernel() -> Option<String> {
-    if !have("make") || !have("gcc") {
-        return None;
-    }
-    match headers_kernel() {
-        Some(k) => Some(k),
-        None => {
-            skip("no kernel headers in /lib/modules/*/build (install linux-headers-amd64)");
-            None
-        }
-    }
+    real_tier(&["make", "gcc"])
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -72,43 +35,10 @@ pub fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }
 
-/// The repository's directory.
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Copies a directory tree (files and dirs).
-pub fn copy_dir(from: &Path, to: &Path) {
-    run(Command::new("cp").arg("-a").arg(from).arg(to));
-}
-
-/// A sandbox root holding a dkms tree, used with `--root`.
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
-}
-
 impl Sandbox {
-    pub fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn dkms_tree(&self) -> PathBuf {
-        self.root().join("var/lib/dkms")
-    }
-
-    pub fn version_dir(&self, m: &str, v: &str) -> PathBuf {
-        self.dkms_tree().join(m).join(v)
-    }
-
     /// Registers sources as `add` leaves them, quickly (no dkms.conf evaluation, no POST_ADD):
     /// `<root>/usr/src/M-V` plus the `source` symlink to it.
-    pub fn add(&self, m: &str, v: &str, src: &Path) {
+    pub fn added_by_hand(&self, m: &str, v: &str, src: &Path) {
         let dest = self.root().join("usr/src").join(format!("{m}-{v}"));
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         copy_dir(src, &dest);
@@ -120,8 +50,8 @@ impl Sandbox {
     /// `rdkms add SRC` then `rdkms build M/V -k K` against the real headers: the lifecycle's
     /// own build, as on a build host.
     pub fn add_and_build(&self, m: &str, v: &str, src: &Path, kernel: &str) -> Vec<PathBuf> {
-        self.rdkms().arg("add").arg(src).assert().success();
-        self.rdkms()
+        self.rdkms_cmd().arg("add").arg(src).assert().success();
+        self.rdkms_cmd()
             .args(["build", &format!("{m}/{v}"), "-k", kernel])
             .arg("--kernelsourcedir")
             .arg(format!("/lib/modules/{kernel}/build"))
@@ -149,12 +79,12 @@ impl Sandbox {
     /// for `kernel` with one `size`-byte `.ko`, as `rdkms build` leaves it.
     pub fn fake_built(&self, m: &str, v: &str, extra: &str, kernel: &str, size: usize) {
         let src = fake_source(self.root(), m, v, extra);
-        self.add(m, v, &src);
-        self.built(m, v, kernel, ARCH, &[fake_ko(self.root(), m, size)]);
+        self.added_by_hand(m, v, &src);
+        self.built_by_hand(m, v, kernel, ARCH, &[fake_ko(self.root(), m, size)]);
     }
 
     /// Records a build as `build` leaves it: `<tree>/M/V/K/A/module/*.ko` and a make.log.
-    pub fn built(&self, m: &str, v: &str, kernel: &str, arch: &str, kos: &[PathBuf]) {
+    pub fn built_by_hand(&self, m: &str, v: &str, kernel: &str, arch: &str, kos: &[PathBuf]) {
         let kd = self.version_dir(m, v).join(kernel).join(arch);
         fs::create_dir_all(kd.join("module")).unwrap();
         fs::create_dir_all(kd.join("log")).unwrap();
@@ -164,8 +94,9 @@ impl Sandbox {
         }
     }
 
-    /// `rdkms ARGS --root <root>`.
-    pub fn rdkms(&self) -> BinCommand {
+    /// `rdkms --root <root>` without arguments yet, and without the caller's
+    /// SOURCE_DATE_EPOCH (packaging tests add theirs).
+    pub fn rdkms_cmd(&self) -> BinCommand {
         rdkms_in(self.root())
     }
 }
