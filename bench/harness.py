@@ -388,6 +388,7 @@ class Bench:
                 pkgs.append(p)
         k = self.kernel
         pristine = sandbox.Root(self.scratch / "nk-pristine", [k], self.headers).create(self.mok)
+        pristine.add_image(k, self.template_ko)
         for p in pkgs:
             pristine.write(p, [], self.template_ko)
         calib = {"rounds": []}
@@ -455,6 +456,7 @@ class Bench:
         if root.path.exists():
             shutil.rmtree(root.path)
         root.create(self.mok)
+        root.add_image(self.kernel, self.template_ko)
         root.write(pkg, [], self.template_ko)
         return root
 

@@ -123,6 +123,19 @@ class Root:
             build.symlink_to(self.headers)
         (self.path / "boot" / f"vmlinuz-{k}").touch()
 
+    def add_image(self, k, template_ko):
+        """K's own modules as its image package leaves them after depmod: one stand-in module
+        under kernel/, stored as the kernel stores them, listed in modules.dep. DKMS 3.2.2 takes
+        the compression from the kernel's module files (rdkms from modules.dep, or the kernel
+        config without one); a tree without any builds plain .ko with dkms and .ko.xz with
+        rdkms, which no real Debian 13 kernel with its image installed would."""
+        ext = "".join(Path(template_ko).suffixes)
+        rel = Path("kernel/drivers/bench") / f"bench_standin{ext}"
+        (self.modules_dir(k) / rel.parent).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template_ko, self.modules_dir(k) / rel)
+        with open(self.modules_dir(k) / "modules.dep", "a") as dep:
+            dep.write(f"{rel}:\n")
+
     def write(self, pkg, installed_on, template_ko):
         """Registers pkg (source copied or synthesised, `source` link) and, for every kernel in
         installed_on, puts its built files in the tree, marks it installed and copies them to

@@ -14,7 +14,9 @@
 # nvidia-kernel-dkms broadcom-sta-dkms r8168-dkms, from contrib/non-free), WORK (default
 # /var/tmp/rdkms-all; its results/ and logs/ stay), CACHE (as for run.sh), PKG_TIMEOUT
 # (seconds for one apt install, default 2400). Results: WORK/results/table.md and one log per
-# package and tool in WORK/logs.
+# package and tool in WORK/logs. A run resumes the results so far: a package already in
+# WORK/results/TOOL.tsv is not run again for TOOL (the chroots are made afresh); the kernel and
+# Debian's dkms must be the ones those results had. FRESH=1 deletes them first.
 set -euo pipefail
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 
@@ -71,8 +73,10 @@ if [ -e "$WORK" ] && findmnt -rn -o TARGET | grep -qF "$WORK/"; then
     echo "all-packages.sh: something is still mounted below $WORK; unmount it first" >&2
     exit 2
 fi
-rm -rf --one-file-system "$WORK"
+[ "${FRESH:-0}" = 1 ] && rm -rf --one-file-system "$WORK"
+rm -rf --one-file-system "$WORK"/root-* "$WORK"/debs-*
 mkdir -p "$LOGS" "$OUT" "$CACHE"
+touch "$OUT/dkms.tsv" "$OUT/rdkms.tsv"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 unmount_chroots() {
@@ -103,22 +107,13 @@ fi
 # Each chroot has its own apt archive directory: hard links to the cache's .debs (not its lock
 # file, whose lock would then be shared).
 make_chroot() {
-    local tool=$1
+    local tool=$1 k
     R=$WORK/root-$tool
     DEBS=$WORK/debs-$tool
     mkdir -p "$R" "$DEBS"
     find "$CACHE/debs-$SUITE" -maxdepth 1 -name '*.deb' -exec ln -f -t "$DEBS" {} + 2>/dev/null || true
     tar -C "$R" --zstd -xpf "$tarball"
-    rm -f "$R/etc/apt/sources.list"
-    chroot_sources >"$R/etc/apt/sources.list.d/debian.sources"
-    printf 'Acquire::Languages "none";\nAPT::Keep-Downloaded-Packages "true";\n' >"$R/etc/apt/apt.conf.d/99e2e"
-    printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
-    chmod +x "$R/usr/sbin/policy-rc.d"
-    cp -L /etc/resolv.conf "$R/etc/resolv.conf"
-    echo force-unsafe-io >"$R/etc/dpkg/dpkg.cfg.d/e2e-unsafe-io"
-    mkdir -p "$R/etc/initramfs-tools/conf.d"
-    echo 'MODULES=list' >"$R/etc/initramfs-tools/conf.d/e2e-fast"
-    mount_all
+    prepare_chroot
     cin apt-get -q update >"$LOGS/base-$tool.log" 2>&1
     # Debian's dkms comes with what its Recommends would bring for signing and compression;
     # rdkms alone with a compiler, as a minimal install.
@@ -128,8 +123,12 @@ make_chroot() {
         cp "$deb" "$R/tmp/rdkms.deb"
         apt_in install /tmp/rdkms.deb gcc make zstd linux-image-amd64 linux-headers-amd64
     fi >>"$LOGS/base-$tool.log" 2>&1
-    cin dpkg-query -W -f='${Depends}\n' linux-image-amd64 |
-        sed -E 's/^linux-image-([^ ,]+).*/\1/' >"$OUT/kernel-$tool"
+    k=$(kver_of_meta)
+    if [ -s "$OUT/kernel-$tool" ] && [ "$(cat "$OUT/kernel-$tool")" != "$k" ]; then
+        echo "all-packages.sh: $OUT holds results for kernel $(cat "$OUT/kernel-$tool"), the archive now has $k; start over with FRESH=1" >&2
+        return 1
+    fi
+    echo "$k" >"$OUT/kernel-$tool"
 }
 
 # trace PKG TOOL: install PKG, describe what it installed, purge it, check nothing is left.
@@ -178,7 +177,13 @@ trace_all() {
     K=$(cat "$OUT/kernel-$tool")
     EXT=$(module_ext "$K")
     log "$tool: kernel $K, modules stored as *$EXT"
-    for p in "${PKGS[@]}"; do trace "$p" "$tool"; done
+    for p in "${PKGS[@]}"; do
+        if cut -f1 "$OUT/$tool.tsv" | grep -qxF -- "$p"; then
+            log "$tool $p: done in an earlier run"
+        else
+            trace "$p" "$tool"
+        fi
+    done
 }
 
 log "chroots: $SUITE ($COMPONENTS), one per tool"
@@ -200,10 +205,12 @@ else
 fi
 log "${#PKGS[@]} packages: ${PKGS[*]}"
 module_ext "$(cat "$OUT/kernel-dkms")" >"$OUT/ext"
-echo "dkms $(cin dpkg-query -W -f='${Version}' dkms), $(basename "$deb")" >"$OUT/versions"
-
-: >"$OUT/dkms.tsv"
-: >"$OUT/rdkms.tsv"
+dv=$(cin dpkg-query -W -f='${Version}' dkms)
+if [ -s "$OUT/versions" ] && [ "$(sed -E 's/^dkms ([^,]+),.*/\1/' "$OUT/versions")" != "$dv" ]; then
+    echo "all-packages.sh: $OUT holds results for $(cut -d, -f1 "$OUT/versions"), the archive now has dkms $dv; start over with FRESH=1" >&2
+    exit 2
+fi
+echo "dkms $dv, $(basename "$deb")" >"$OUT/versions"
 # The two tools run side by side, each in its own chroot; the dkms chroot exists already.
 (trace_all dkms) &
 dkms_pid=$!

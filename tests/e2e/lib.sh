@@ -128,6 +128,25 @@ chroot_sources() {
     done | awk -v RS= -v ORS='\n\n' '!seen[$0]++'
 }
 
+# prepare_chroot: makes the unpacked minbase system in R usable for the tests: apt sources from
+# the host's archive (chroot_sources), downloads kept for the cache, no service started, the
+# host's DNS, no fsync per file (the chroot is thrown away; a kernel is ~5000 files) and
+# MODULES=list for initramfs-tools (update-initramfs ~1.5 s instead of ~18 s, Debian's scripts
+# still run; conf.d is not a conffile, so it may exist before initramfs-tools is installed);
+# then the bind mounts.
+prepare_chroot() {
+    rm -f "$R/etc/apt/sources.list"
+    chroot_sources >"$R/etc/apt/sources.list.d/debian.sources"
+    printf 'Acquire::Languages "none";\nAPT::Keep-Downloaded-Packages "true";\n' >"$R/etc/apt/apt.conf.d/99e2e"
+    printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
+    chmod +x "$R/usr/sbin/policy-rc.d"
+    cp -L /etc/resolv.conf "$R/etc/resolv.conf"
+    echo force-unsafe-io >"$R/etc/dpkg/dpkg.cfg.d/e2e-unsafe-io"
+    mkdir -p "$R/etc/initramfs-tools/conf.d"
+    echo 'MODULES=list' >"$R/etc/initramfs-tools/conf.d/e2e-fast"
+    mount_all
+}
+
 # kconfig KVER NAME: the value of CONFIG_NAME in the chroot's kernel config (empty if unset).
 kconfig() {
     sed -n "s/^CONFIG_$2=//p" "$R/boot/config-$1" | tr -d '"'

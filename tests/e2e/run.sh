@@ -300,21 +300,8 @@ s_bootstrap() {
     fi
     require "minimal $SUITE system in the chroot" test -x "$R/usr/bin/apt-get"
 
-    rm -f "$R/etc/apt/sources.list"
-    chroot_sources >"$R/etc/apt/sources.list.d/debian.sources"
+    prepare_chroot
     cat "$R/etc/apt/sources.list.d/debian.sources"
-    printf 'Acquire::Languages "none";\nAPT::Keep-Downloaded-Packages "true";\n' \
-        >"$R/etc/apt/apt.conf.d/99e2e"
-    printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
-    chmod +x "$R/usr/sbin/policy-rc.d"
-    cp -L /etc/resolv.conf "$R/etc/resolv.conf"
-    # The chroot is thrown away: dpkg need not fsync every file (a kernel is ~5000 of them).
-    echo force-unsafe-io >"$R/etc/dpkg/dpkg.cfg.d/e2e-unsafe-io"
-    # MODULES=list: update-initramfs takes ~1.5 s instead of ~18 s and Debian's scripts still
-    # run. conf.d is not a conffile, so it may exist before initramfs-tools is installed.
-    mkdir -p "$R/etc/initramfs-tools/conf.d"
-    echo 'MODULES=list' >"$R/etc/initramfs-tools/conf.d/e2e-fast"
-    mount_all
     cin apt-get -q update
     require "apt works in the chroot" cin apt-cache show linux-image-amd64
 }
