@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{arch, Sandbox};
 
@@ -13,20 +13,7 @@ const K: &str = "6.1.0-9-amd64";
 
 /// Runs `dkms --root ROOT ARGS` (a `dkms` link to the rdkms binary, the depmod stub in PATH).
 fn dkms(sb: &Sandbox, args: &[&str]) -> Output {
-    let bin = sb.root().join("stub-bin");
-    let link = bin.join("dkms");
-    if !link.exists() {
-        std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin("rdkms"), &link).unwrap();
-    }
-    let path = std::env::var("PATH").unwrap_or_default();
-    Command::new(&link)
-        .arg("--root")
-        .arg(sb.root())
-        .args(args)
-        .env("PATH", format!("{}:{path}", bin.display()))
-        .env_remove("RDKMS_ROOT")
-        .output()
-        .unwrap()
+    sb.dkms_std(args).output().unwrap()
 }
 
 fn stderr(out: &Output) -> String {

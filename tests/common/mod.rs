@@ -336,7 +336,31 @@ impl Sandbox {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rdkms"));
+        self.command(assert_cmd::cargo::cargo_bin("rdkms"), args)
+    }
+
+    /// [`Sandbox::rdkms_std`] through a link named `dkms` (in `stub-bin/`), as maintainer
+    /// scripts call it: DKMS's text and exit codes.
+    pub fn dkms_std<I, S>(&self, args: I) -> std::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let link = self.root().join("stub-bin/dkms");
+        if !link.exists() {
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin("rdkms"), &link).unwrap();
+        }
+        self.command(link, args)
+    }
+
+    /// `PROGRAM --root ROOT ARGS` with the sandbox's stubs first in PATH.
+    fn command<I, S>(&self, program: PathBuf, args: I) -> std::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = std::process::Command::new(program);
         cmd.arg("--root").arg(self.root()).args(args);
         cmd.env_remove("RDKMS_ROOT");
         if let Some(bin) = &self.bin {
