@@ -54,7 +54,8 @@ impl Script<'_> {
         self.run_as(out, console, &|_| {})
     }
 
-    /// [`Script::run`] with the command adjusted by the build first (its user, its lock).
+    /// [`Script::run`] with the command adjusted by the build first (its user, its process
+    /// marker).
     pub fn run_as(
         &self,
         out: Output<'_>,
