@@ -108,7 +108,7 @@ fn hold_lock(sb: &Sandbox) -> Child {
     let lock = sb.tree().join(".rdkms.lock");
     let child = Command::new("flock")
         .arg(&lock)
-        .args(["sleep", "60"])
+        .args(["sleep", "120"])
         .spawn()
         .unwrap();
     // Wait until it really holds the lock.
@@ -144,6 +144,19 @@ fn hooks_postpone_their_work_when_the_lock_stays_busy_and_never_fail() {
         assert!(stderr(&out).contains("recorded"), "{}", stderr(&out));
         assert!(t.elapsed() < Duration::from_secs(15));
     }
+    // Without --lock-timeout, a removal hook waits 30 s, not the 900 s of other commands.
+    let t = Instant::now();
+    let out = sb
+        .rdkms(["kernel_prerm", "--hook", "-k", K2])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("recorded"), "{}", stderr(&out));
+    assert!(
+        (Duration::from_secs(29)..Duration::from_secs(90)).contains(&t.elapsed()),
+        "kernel_prerm waited {:?}",
+        t.elapsed()
+    );
     // Outside hooks the busy lock is still an error (DKMS's exit 75 after the timeout).
     let out = sb
         .rdkms(["install", "base/1", "-k", K1, "--lock-timeout", "1"])

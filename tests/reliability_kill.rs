@@ -556,3 +556,86 @@ fn the_next_command_stops_a_killed_builds_processes_before_cleaning_up() {
     );
     assert!(!private.exists(), "{} is left", private.display());
 }
+
+/// Invariant (c) for installs: an install killed between its first copied file and its
+/// `kernel-K-A` link is completed by the next command that takes the lock, even one that
+/// would never install this module itself (`reconcile` skips a module without AUTOINSTALL).
+/// The second module is large so the kill lands, by what is on disk, while it is copied.
+#[test]
+fn an_install_killed_halfway_is_completed_by_the_next_command() {
+    let mut sb = Sandbox::new();
+    sb.record_depmod();
+    sb.installed_kernel(K1);
+    sb.source("manual", "1")
+        .modules(&["m1", "m2"])
+        .conf("AUTOINSTALL=\"\"")
+        .create();
+    sb.rdkms(["build", "manual/1", "-k", K1, "-q"])
+        .assert()
+        .success();
+    let built = sb
+        .version_dir("manual", "1")
+        .join(K1)
+        .join(common::arch())
+        .join("module/m2.ko");
+    let big = (0..=250u8).collect::<Vec<u8>>().repeat(1 << 18);
+    fs::write(&built, &big).unwrap();
+    let dest = sb.modules_dir(K1).join("updates/dkms");
+    let mut child = sb
+        .rdkms_std(["install", "manual/1", "-k", K1])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let copying = || {
+        fs::read_dir(&dest)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(".m2.ko.") && n.ends_with("rdkms-tmp")
+            })
+    };
+    while !copying() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the install ended before it was killed"
+        );
+        assert!(t.elapsed().as_secs() < 60, "m2.ko was never copied");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(complete(&sb.installed_ko(K1, "m1")), "m1 was copied first");
+    assert!(!sb.installed_ko(K1, "m2").exists());
+    assert!(
+        !sb.status().contains("installed"),
+        "killed before its link: {}",
+        sb.status()
+    );
+    let doctor = sb.rdkms(["doctor"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&doctor.stdout)
+            .contains(&format!("installation of manual/1 on kernel {K1}")),
+        "{doctor:?}"
+    );
+    let depmods = sb.depmod_calls().len();
+
+    sb.rdkms(["reconcile", "--hook"]).assert().success();
+
+    assert_eq!(fs::read(sb.installed_ko(K1, "m2")).unwrap(), big);
+    assert!(complete(&sb.installed_ko(K1, "m1")));
+    assert!(
+        sb.status()
+            .contains(&format!("manual/1, {K1}, {}: installed", common::arch())),
+        "{}",
+        sb.status()
+    );
+    assert!(
+        sb.depmod_calls().len() > depmods,
+        "no depmod for the completed install"
+    );
+    assert!(!sb.tree().join(".rdkms-installs").exists());
+}

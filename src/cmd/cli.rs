@@ -167,7 +167,8 @@ pub struct Cli {
     #[arg(long = "from-apt", hide = true)]
     pub from_apt: bool,
 
-    /// Seconds a mutating command waits for another one holding the tree's lock (default 900).
+    /// Seconds a mutating command waits for another one holding the tree's lock (default 900; 30
+    /// for the kernel_prerm and kernel_preinst hooks).
     #[arg(
         long = "lock-timeout",
         env = "RDKMS_LOCK_TIMEOUT",

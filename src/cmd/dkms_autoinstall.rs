@@ -27,7 +27,7 @@ pub fn run(action: Action, opts: &Options, kernel: &str, arch: &str) -> Result<i
         return Ok(0);
     }
     let _lock = TreeLock::acquire(&ctx.paths, lock::timeout(opts.lock_timeout))?;
-    lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
+    lifecycle::recover(&ctx);
     let facts = KernelFacts::probe(&ctx.paths, kernel, arch, &ctx.kernel_overrides);
     let owed = depmod::pending(&ctx.paths);
     if action == Action::KernelPrerm {

@@ -181,6 +181,17 @@ pub fn diagnose(ctx: &Ctx) -> Vec<Finding> {
             fix: Some("rdkms reconcile".to_string()),
         });
     }
+    for i in crate::state::journal::pending_installs(&paths.dkms_tree) {
+        out.push(Finding {
+            check: "pending",
+            severity: Severity::Problem,
+            message: format!(
+                "the installation of {}/{} on kernel {} ({}) was interrupted",
+                i.module, i.version, i.kernel, i.arch
+            ),
+            fix: Some("rdkms reconcile (every changing command completes it first)".to_string()),
+        });
+    }
     stale_depmod(paths, &snap, &mut out);
     secure_boot(paths, &mut out);
     leftovers(paths, &mut out);

@@ -78,7 +78,7 @@ const SECTIONS: &[(&str, &[Block])] = &[
         "ENVIRONMENT",
         &[
             Item("RDKMS_ROOT", "Same as --root DIR."),
-            Item("RDKMS_LOCK_TIMEOUT", "Same as --lock-timeout SECONDS (default 900)."),
+            Item("RDKMS_LOCK_TIMEOUT", "Same as --lock-timeout SECONDS (default 900; 30 for the kernel_prerm and kernel_preinst hooks)."),
             Item("RDKMS_CONF_EVAL", "bash or static: force one dkms.conf evaluator."),
             Item("RDKMS_CONF_TIMEOUT", "Seconds a bash evaluation of dkms.conf may take (default 10)."),
             Item("parallel_jobs", "Default for -j, as in DKMS."),

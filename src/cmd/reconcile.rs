@@ -277,7 +277,13 @@ pub fn run(action: Action, inv: &Invocation, opts: &Options) -> Result<i32> {
     let (held, snap, plan, writes) = match quiet {
         Some((reading, snap, plan)) => (Held::Read { _shared: reading }, snap, plan, false),
         None => {
-            let lock = match TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout)) {
+            let wait = match (inv.cli.lock_timeout, action) {
+                (None, Action::KernelPrerm | Action::KernelPreinst) if hook => {
+                    lock::REMOVAL_HOOK_TIMEOUT
+                }
+                (seconds, _) => lock::timeout(seconds),
+            };
+            let lock = match TreeLock::acquire(&ctx.paths, wait) {
                 Ok(lock) => lock,
                 // common_postinst must add its module first: it keeps exit 75, so the
                 // package's configuration fails visibly instead of forgetting the module.
@@ -290,7 +296,7 @@ pub fn run(action: Action, inv: &Invocation, opts: &Options) -> Result<i32> {
                 return Ok(0);
             }
             fingerprint::invalidate(&ctx.paths)?;
-            lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
+            lifecycle::recover(&ctx);
             if action == Action::CommonPostinst {
                 add_for_postinst(opts, &ctx, &lock)?;
             }

@@ -56,7 +56,7 @@ pub fn run(inv: &Invocation, opts: &Options) -> Result<i32> {
         return Ok(0);
     }
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(inv.cli.lock_timeout))?;
-    lifecycle::clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
+    lifecycle::recover(&ctx);
     let facts = KernelFacts::probe(&ctx.paths, &kernel, &arch, &ctx.kernel_overrides);
     let owed = depmod::pending(&ctx.paths);
     if !ctx.no_depmod && facts.modules_dir.is_dir() {

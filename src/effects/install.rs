@@ -19,7 +19,7 @@ use crate::effects::original::Originals;
 use crate::effects::script::{Output, Script};
 use crate::state::atomic;
 use crate::state::dpkg::{self, BinaryPackage};
-use crate::state::journal::Removal;
+use crate::state::journal::{InstallIntent, Installing, Removal};
 use crate::state::module_files::{find_module_file, same_named};
 use crate::state::tree::Tree;
 use crate::system::config::Paths;
@@ -48,6 +48,8 @@ pub struct InstallOptions {
     pub force: bool,
     /// `--force-version-override`: skip the version check only.
     pub version_override: bool,
+    /// Completing an install a killed command began: its PRE_INSTALL ran already.
+    pub resume: bool,
 }
 
 impl Placement<'_> {
@@ -115,7 +117,7 @@ impl Placement<'_> {
             })
             .collect::<Result<_>>()?;
 
-        if let Some(line) = &self.conf.pre_install {
+        if let Some(line) = self.conf.pre_install.as_ref().filter(|_| !opts.resume) {
             let script = Script {
                 kind: "pre_install",
                 line,
@@ -132,6 +134,39 @@ impl Placement<'_> {
             }
         }
 
+        // From the first file set aside to the link, a kill leaves the record for the next
+        // command to finish; a failure here is reported now, so its record goes.
+        let record = Installing::begin(
+            &self.tree.root,
+            &InstallIntent {
+                module: self.module.to_string(),
+                version: self.version.to_string(),
+                kernel: f.kernel.clone(),
+                arch: f.arch.clone(),
+                force: opts.force,
+                version_override: opts.version_override,
+            },
+        )?;
+        let placed = self.place_files(opts, &sources);
+        record.finish()?;
+        placed?;
+
+        if let Some(line) = &self.conf.post_install {
+            let script = Script {
+                kind: "post_install",
+                line,
+                dir: self.source_dir,
+                conf: &self.conf.file,
+            };
+            script.run(Output::Console, self.console)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the kernel's own modules aside, copies the built ones in and writes the
+    /// `kernel-K-A` link.
+    fn place_files(&self, opts: InstallOptions, sources: &[PathBuf]) -> Result<()> {
+        let f = self.facts;
         // A kernel's own same-named modules are set aside on the first install for it only.
         let had_link = self
             .tree
@@ -139,7 +174,7 @@ impl Placement<'_> {
             .symlink_metadata()
             .is_ok();
         let mut any_installed = false;
-        for (m, src) in self.conf.modules.iter().zip(&sources) {
+        for (m, src) in self.conf.modules.iter().zip(sources) {
             let file_name = src
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -191,18 +226,7 @@ impl Placement<'_> {
         atomic::symlink(
             &Tree::installed_link_target(self.version, &f.kernel, &f.arch),
             &link,
-        )?;
-
-        if let Some(line) = &self.conf.post_install {
-            let script = Script {
-                kind: "post_install",
-                line,
-                dir: self.source_dir,
-                conf: &self.conf.file,
-            };
-            script.run(Output::Console, self.console)?;
-        }
-        Ok(())
+        )
     }
 
     /// Debian's version sanity check, simplified: with exactly one same-named module in the
@@ -212,7 +236,18 @@ impl Placement<'_> {
     /// install. Unreadable modinfo means "cannot tell": install.
     fn version_check(&self, m: &ModuleEntry, ours: &Path) -> bool {
         let f = self.facts;
-        let existing = same_named(&f.modules_dir, &m.dest_name);
+        // A copy of these very bytes in the module's own location is what an interrupted
+        // install of this version left: not a module to compare with.
+        let own_dir = f
+            .modules_dir
+            .join(m.install_location.trim_start_matches('/'));
+        let existing: Vec<PathBuf> = same_named(&f.modules_dir, &m.dest_name)
+            .into_iter()
+            .filter(|p| {
+                p.parent() != Some(own_dir.as_path())
+                    || !crate::effects::original::same_bytes(p, ours)
+            })
+            .collect();
         let [theirs] = existing.as_slice() else {
             if existing.len() > 1 {
                 self.console.warn(format!(

@@ -18,6 +18,7 @@ use crate::effects::signing::SigningConfig;
 use crate::ops::add::{self, AddOptions, SourcePath};
 use crate::state::atomic::{self, Removals};
 use crate::state::dpkg::{self, BinaryPackage};
+use crate::state::journal::{self, InstallIntent};
 use crate::state::lock::{self, TreeLock};
 use crate::state::tree::{Pattern, Tree};
 use crate::state::trust::Trust;
@@ -297,7 +298,7 @@ pub fn run(action: Operation, opts: &Options) -> Result<i32> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     fs::create_dir_all(&ctx.tree.root).ctx("create", &ctx.tree.root)?;
     let lock = TreeLock::acquire(&ctx.paths, lock::timeout(opts.lock_timeout))?;
-    clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
+    recover(&ctx);
 
     let job = Job {
         ctx: &ctx,
@@ -427,11 +428,68 @@ fn subdirs(dir: &Path) -> Vec<String> {
     names
 }
 
+/// What every command does first once it holds the tree lock: cleans up after interrupted
+/// commands (`clean_leftovers`), then completes the installs they began (reliability
+/// invariant (c)), so a killed install never leaves a module half in place until someone
+/// installs it again by hand.
+pub fn recover(ctx: &Ctx) {
+    clean_leftovers(&ctx.tree, &ctx.paths.install_tree);
+    // `-c FILE` and `--directive` belong to this command, not to the interrupted one: the
+    // next command without them completes the install.
+    if ctx.conf_override.is_some() || !ctx.directives.is_empty() {
+        return;
+    }
+    for (intent, record) in journal::interrupted_installs(&ctx.tree.root) {
+        let job = Job {
+            ctx,
+            module: intent.module.clone(),
+            version: intent.version.clone(),
+        };
+        let facts = KernelFacts::probe(
+            &ctx.paths,
+            &intent.kernel,
+            &intent.arch,
+            &ctx.kernel_overrides,
+        );
+        if let Err(e) = resume_install(&job, &facts, &intent) {
+            ctx.console.warn(format!(
+                "Cannot complete the interrupted installation of {}/{} on kernel {} ({}): {e}",
+                intent.module, intent.version, intent.kernel, intent.arch
+            ));
+        }
+        // Done, or reported: either way it is not tried again.
+        let _ = record.finish();
+    }
+}
+
+/// Installs again what a killed install began, unless it completed or its build or kernel
+/// is gone. PRE_INSTALL ran already; the options are the interrupted command's.
+fn resume_install(job: &Job<'_>, facts: &KernelFacts, intent: &InstallIntent) -> Result<()> {
+    if job.is_installed(facts) || !job.is_built(facts) || !facts.modules_dir.is_dir() {
+        return Ok(());
+    }
+    job.ctx.console.say(format!(
+        "Completing the interrupted installation of {}/{} on kernel {} ({})",
+        job.module, job.version, facts.kernel, facts.arch
+    ));
+    if !job.ctx.no_depmod {
+        depmod::record(&job.ctx.paths, &facts.kernel)?;
+    }
+    let conf = job.conf(facts)?;
+    let source = job.source_dir();
+    job.placement(facts, &conf, &source)?
+        .install(InstallOptions {
+            force: intent.force,
+            version_override: intent.version_override,
+            resume: true,
+        })
+}
+
 /// Removes what interrupted commands left: the files of unfinished uninstalls, private build
 /// directories (nobody else can be using them while we hold the lock) and rdkms's temporary
 /// entries in the tree.
-pub fn clean_leftovers(tree: &Tree, install_tree: &Path) {
-    crate::state::journal::replay(&tree.root, install_tree);
+fn clean_leftovers(tree: &Tree, install_tree: &Path) {
+    journal::replay(&tree.root, install_tree);
     let private = build::private_builds_dir(&tree.root);
     if let Ok(entries) = fs::read_dir(&private) {
         for e in entries.flatten() {
@@ -587,6 +645,7 @@ pub fn install_one(job: &Job<'_>, facts: &KernelFacts, changes: &mut Changes) ->
     let result = place.install(InstallOptions {
         force: job.ctx.force,
         version_override: job.ctx.version_override,
+        resume: false,
     });
     // Refused before any file was copied: no depmod, as DKMS.
     let untouched = matches!(
@@ -642,6 +701,7 @@ pub fn replace_installed(
             old_place.install(InstallOptions {
                 force: true,
                 version_override: true,
+                resume: false,
             })?;
         }
         return Err(e);

@@ -5,6 +5,9 @@
 //! - [`Marks`]: one empty file per kernel (a pending depmod, initramfs update or hook run).
 //! - [`Removal`]: the files an uninstall is about to delete, after its `kernel-K-A` link is
 //!   gone (so nothing calls the version installed any more); [`replay`] deletes what is left.
+//! - [`Installing`]: a module version being installed on a kernel, recorded before the first
+//!   file is set aside or copied and forgotten once its `kernel-K-A` link is written; the next
+//!   command installs it again (see `lifecycle::recover`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -157,6 +160,136 @@ pub fn replay(dkms_tree: &Path, install_tree: &Path) {
     let _ = fs::remove_dir(&dir);
 }
 
+/// Directory of the installs in progress.
+const INSTALLS_DIR: &str = ".rdkms-installs";
+
+/// What an install in progress was asked to do: enough to do it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallIntent {
+    pub module: String,
+    pub version: String,
+    pub kernel: String,
+    pub arch: String,
+    /// `--force` and `--force-version-override`, as the interrupted command had them.
+    pub force: bool,
+    pub version_override: bool,
+}
+
+impl InstallIntent {
+    fn key(&self) -> String {
+        format!(
+            "{}-{}-{}-{}",
+            self.module, self.version, self.kernel, self.arch
+        )
+        .replace('/', "_")
+    }
+
+    fn to_text(&self) -> String {
+        let flag = |on: bool, word: &str| {
+            if on {
+                word.to_string()
+            } else {
+                "-".to_string()
+            }
+        };
+        format!(
+            "{}\n{}\n{}\n{}\n{} {}\n",
+            self.module,
+            self.version,
+            self.kernel,
+            self.arch,
+            flag(self.force, "force"),
+            flag(self.version_override, "version-override")
+        )
+    }
+
+    fn from_text(text: &str) -> Option<InstallIntent> {
+        let mut lines = text.lines();
+        let mut next = || lines.next().filter(|l| !l.is_empty()).map(str::to_string);
+        let (module, version, kernel, arch, flags) = (next()?, next()?, next()?, next()?, next()?);
+        Some(InstallIntent {
+            module,
+            version,
+            kernel,
+            arch,
+            force: flags.split(' ').any(|w| w == "force"),
+            version_override: flags.split(' ').any(|w| w == "version-override"),
+        })
+    }
+}
+
+/// An install in progress (reliability invariant (c)).
+pub struct Installing {
+    record: PathBuf,
+}
+
+impl Installing {
+    /// Records `intent` durably before the install changes anything.
+    pub fn begin(dkms_tree: &Path, intent: &InstallIntent) -> Result<Installing> {
+        let dir = dkms_tree.join(INSTALLS_DIR);
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let record = dir.join(intent.key());
+        atomic::write_file(&record, intent.to_text().as_bytes())?;
+        Ok(Installing { record })
+    }
+
+    /// The install ended, done or failed with its error reported: forget it (and the
+    /// directory with the last record).
+    pub fn finish(self) -> Result<()> {
+        files::remove_file(&self.record, "remove")?;
+        if let Some(dir) = self.record.parent() {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+/// The install records in the tree, each with what it says (`None`: killed while it was
+/// written, so its install never started). Reads only.
+fn install_records(dkms_tree: &Path) -> Vec<(PathBuf, Option<InstallIntent>)> {
+    let Ok(entries) = fs::read_dir(dkms_tree.join(INSTALLS_DIR)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .flatten()
+        .map(|e| {
+            let intent = Some(e.file_name())
+                .filter(|n| !n.to_string_lossy().starts_with('.'))
+                .and_then(|_| fs::read_to_string(e.path()).ok())
+                .and_then(|t| InstallIntent::from_text(&t));
+            (e.path(), intent)
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// The installs a killed command left unfinished (for `doctor`, which changes nothing).
+pub fn pending_installs(dkms_tree: &Path) -> Vec<InstallIntent> {
+    install_records(dkms_tree)
+        .into_iter()
+        .filter_map(|(_, intent)| intent)
+        .collect()
+}
+
+/// The installs a killed command left unfinished, each with the handle that forgets it;
+/// records that never became complete are removed. Under the tree lock only.
+pub fn interrupted_installs(dkms_tree: &Path) -> Vec<(InstallIntent, Installing)> {
+    let mut found = Vec::new();
+    for (record, intent) in install_records(dkms_tree) {
+        match intent {
+            Some(intent) => found.push((intent, Installing { record })),
+            None => {
+                let _ = fs::remove_file(&record);
+            }
+        }
+    }
+    if found.is_empty() {
+        let _ = fs::remove_dir(dkms_tree.join(INSTALLS_DIR));
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +327,27 @@ mod tests {
         assert!(outside.exists());
         r.finish().unwrap();
         assert!(!tree.join(REMOVALS_DIR).exists());
+    }
+
+    #[test]
+    fn an_install_record_round_trips_and_goes_with_finish() {
+        let t = tempfile::tempdir().unwrap();
+        let intent = InstallIntent {
+            module: "hello".into(),
+            version: "1.0".into(),
+            kernel: "6.12.117+deb13-amd64".into(),
+            arch: "x86_64".into(),
+            force: true,
+            version_override: false,
+        };
+        let rec = Installing::begin(t.path(), &intent).unwrap();
+        fs::write(t.path().join(INSTALLS_DIR).join(".x.rdkms-tmp"), "half").unwrap();
+        assert_eq!(pending_installs(t.path()), std::slice::from_ref(&intent));
+        let found = interrupted_installs(t.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, intent);
+        rec.finish().unwrap();
+        assert!(interrupted_installs(t.path()).is_empty());
+        assert!(!t.path().join(INSTALLS_DIR).exists());
     }
 }

@@ -17,6 +17,11 @@ use crate::system::console::Console;
 /// How long a command waits for the lock unless told otherwise (`--lock-timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// How long `kernel_prerm` and `kernel_preinst` hooks wait unless told otherwise: their work
+/// (clearing a leaving kernel's modules) can wait for apt's next reconcile, while the kernel's
+/// package should not wait for a long build to finish.
+pub const REMOVAL_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Name of the lock file inside the dkms tree (hidden from DKMS's `*` globs).
 pub const LOCK_FILE: &str = ".rdkms.lock";
 

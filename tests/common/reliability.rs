@@ -189,6 +189,7 @@ pub fn outcome(sb: &Sandbox) -> Outcome {
             p.contains("rdkms-tmp")
                 || p.starts_with(".rdkms-build/")
                 || p.starts_with(".rdkms-removals/")
+                || p.starts_with(".rdkms-installs/")
                 || p.starts_with(".rdkms-depmod-pending/")
                 || p.starts_with(".rdkms-initramfs-pending/")
         })
