@@ -563,6 +563,17 @@ fn the_next_command_stops_a_killed_builds_processes_before_cleaning_up() {
 /// The second module is large so the kill lands, by what is on disk, while it is copied.
 #[test]
 fn an_install_killed_halfway_is_completed_by_the_next_command() {
+    install_killed_halfway_then_reconcile(&[]);
+}
+
+/// The same after `install --no-depmod`: no depmod is owed, so `reconcile` would plan
+/// nothing; the pending install alone makes it take the lock and complete it.
+#[test]
+fn an_install_without_depmod_killed_halfway_is_completed_by_reconcile() {
+    install_killed_halfway_then_reconcile(&["--no-depmod"]);
+}
+
+fn install_killed_halfway_then_reconcile(extra: &[&str]) {
     let mut sb = Sandbox::new();
     sb.record_depmod();
     sb.installed_kernel(K1);
@@ -582,7 +593,7 @@ fn an_install_killed_halfway_is_completed_by_the_next_command() {
     fs::write(&built, &big).unwrap();
     let dest = sb.modules_dir(K1).join("updates/dkms");
     let mut child = sb
-        .rdkms_std(["install", "manual/1", "-k", K1])
+        .rdkms_std(["install", "manual/1", "-k", K1].iter().chain(extra))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -26,7 +26,7 @@ use crate::planning::plan::{self, ConfFacts, FailCause, Plan, Request, Scope, St
 use crate::state::atomic::Removals;
 use crate::state::failures::{self, FailureNote};
 use crate::state::fingerprint;
-use crate::state::journal::Marks;
+use crate::state::journal::{self, Marks};
 use crate::state::lock::{self, TreeLock};
 use crate::state::presence;
 use crate::state::purge;
@@ -270,8 +270,10 @@ pub fn run(action: Action, inv: &Invocation, opts: &Options) -> Result<i32> {
     } else {
         lock::ReadLock::try_acquire(&ctx.paths).and_then(|reading| {
             let (snap, plan) = plan_now(&ctx, &arch, &req);
-            changes_nothing(&plan, &failures::failures(&ctx.paths), &snap.arch)
-                .then_some((reading, snap, plan))
+            // An interrupted install is completed under the tree lock, whatever the plan.
+            (changes_nothing(&plan, &failures::failures(&ctx.paths), &snap.arch)
+                && journal::pending_installs(&ctx.paths.dkms_tree).is_empty())
+            .then_some((reading, snap, plan))
         })
     };
     let (held, snap, plan, writes) = match quiet {
