@@ -116,7 +116,7 @@ fn autoinstall(ctx: &mut Ctx, facts: &KernelFacts, changes: &mut Changes) -> Res
     if to_install.is_empty() {
         return Ok(0);
     }
-    record_depmod(ctx, facts)?;
+    lifecycle::record_depmod(ctx, facts)?;
     let mut skipped: Vec<String> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     loop {
@@ -208,14 +208,6 @@ fn prepare_signing(ctx: &mut Ctx, facts: &KernelFacts) -> Result<()> {
     Ok(())
 }
 
-/// Records durably, before the kernel's modules change, that it owes depmod.
-fn record_depmod(ctx: &Ctx, facts: &KernelFacts) -> Result<()> {
-    if ctx.no_depmod || !facts.modules_dir.is_dir() {
-        return Ok(());
-    }
-    depmod::record(&ctx.paths, &facts.kernel)
-}
-
 /// `dkms install -m M -v V -k K`: builds when needed, installs, runs depmod (the kernel was
 /// recorded as owing it by `run`).
 fn install(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts, changes: &mut Changes) -> Result<()> {
@@ -227,7 +219,7 @@ fn install(ctx: &Ctx, m: &str, v: &str, facts: &KernelFacts, changes: &mut Chang
 /// (AUTOINSTALL or not), with one depmod at the end.
 fn kernel_prerm(ctx: &Ctx, facts: &KernelFacts, owed: &BTreeSet<String>) -> Result<i32> {
     let (kernel, arch) = (&facts.kernel, &facts.arch);
-    record_depmod(ctx, facts)?;
+    lifecycle::record_depmod(ctx, facts)?;
     let mut changes = Changes::default();
     let mut removals = Removals::default();
     let mut failed = String::new();

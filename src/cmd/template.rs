@@ -59,9 +59,7 @@ pub fn run(inv: &Invocation, opts: &Options) -> Result<i32> {
     lifecycle::recover(&ctx);
     let facts = KernelFacts::probe(&ctx.paths, &kernel, &arch, &ctx.kernel_overrides);
     let owed = depmod::pending(&ctx.paths);
-    if !ctx.no_depmod && facts.modules_dir.is_dir() {
-        depmod::record(&ctx.paths, &kernel)?;
-    }
+    lifecycle::record_depmod(&ctx, &facts)?;
     let mut changes = Changes {
         per_step: true,
         ..Changes::default()

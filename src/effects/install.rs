@@ -19,7 +19,7 @@ use crate::effects::original::Originals;
 use crate::effects::script::{Output, Script};
 use crate::state::atomic;
 use crate::state::dpkg::{self, BinaryPackage};
-use crate::state::journal::{InstallIntent, Installing, Removal};
+use crate::state::journal::{self, InstallIntent};
 use crate::state::module_files::{find_module_file, same_named};
 use crate::state::tree::Tree;
 use crate::system::config::Paths;
@@ -118,13 +118,10 @@ impl Placement<'_> {
             .collect::<Result<_>>()?;
 
         if let Some(line) = self.conf.pre_install.as_ref().filter(|_| !opts.resume) {
-            let script = Script {
-                kind: "pre_install",
-                line,
-                dir: self.source_dir,
-                conf: &self.conf.file,
-            };
-            if let Some(code) = script.run(Output::Console, self.console)? {
+            if let Some(code) = self
+                .script("pre_install", line)
+                .run(Output::Console, self.console)?
+            {
                 if code != 0 && !opts.force {
                     return Err(Error::PreInstallFailed {
                         script: line.clone(),
@@ -136,7 +133,7 @@ impl Placement<'_> {
 
         // From the first file set aside to the link, a kill leaves the record for the next
         // command to finish; a failure here is reported now, so its record goes.
-        let record = Installing::begin(
+        let record = journal::begin_install(
             &self.tree.root,
             &InstallIntent {
                 module: self.module.to_string(),
@@ -152,13 +149,8 @@ impl Placement<'_> {
         placed?;
 
         if let Some(line) = &self.conf.post_install {
-            let script = Script {
-                kind: "post_install",
-                line,
-                dir: self.source_dir,
-                conf: &self.conf.file,
-            };
-            script.run(Output::Console, self.console)?;
+            self.script("post_install", line)
+                .run(Output::Console, self.console)?;
         }
         Ok(())
     }
@@ -333,7 +325,7 @@ impl Placement<'_> {
         // The files are recorded and the link goes first: a kill from here on leaves a module
         // that is not installed, and the next locked command finishes the removal.
         let key = format!("{}-{}-{}-{}", self.module, self.version, f.kernel, f.arch);
-        let removal = Removal::begin(&self.tree.root, &key, &doomed)?;
+        let removal = journal::begin_removal(&self.tree.root, &key, &doomed)?;
         let link = self.tree.installed_link(self.module, &f.kernel, &f.arch);
         if files::remove_file(&link, "delete")? {
             atomic::sync_dir(link.parent().unwrap_or(Path::new(".")))?;
@@ -372,14 +364,9 @@ impl Placement<'_> {
         self.originals().forget()?;
         removal.finish()?;
         if let Some(line) = &self.conf.post_remove {
-            let script = Script {
-                kind: "post_remove",
-                line,
-                dir: self.source_dir,
-                conf: &self.conf.file,
-            };
             if self.source_dir.is_dir() {
-                script.run(Output::Console, self.console)?;
+                self.script("post_remove", line)
+                    .run(Output::Console, self.console)?;
             }
         }
         Ok(())
@@ -398,6 +385,16 @@ impl Placement<'_> {
         }
     }
 
+    /// One of this module's install-time scripts, run in its source directory.
+    fn script<'s>(&'s self, kind: &'s str, line: &'s str) -> Script<'s> {
+        Script {
+            kind,
+            line,
+            dir: self.source_dir,
+            conf: &self.conf.file,
+        }
+    }
+
     /// Refuses, before anything changes, a PRE_INSTALL, POST_INSTALL or POST_REMOVE path that
     /// leaves the source directory (found only when it is run, the module would already be
     /// half installed).
@@ -409,13 +406,7 @@ impl Placement<'_> {
             ("post_remove", &c.post_remove),
         ] {
             if let Some(line) = line {
-                Script {
-                    kind,
-                    line,
-                    dir: self.source_dir,
-                    conf: &c.file,
-                }
-                .argv()?;
+                self.script(kind, line).argv()?;
             }
         }
         Ok(())

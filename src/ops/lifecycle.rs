@@ -472,9 +472,7 @@ fn resume_install(job: &Job<'_>, facts: &KernelFacts, intent: &InstallIntent) ->
         "Completing the interrupted installation of {}/{} on kernel {} ({})",
         job.module, job.version, facts.kernel, facts.arch
     ));
-    if !job.ctx.no_depmod {
-        depmod::record(&job.ctx.paths, &facts.kernel)?;
-    }
+    record_depmod(job.ctx, facts)?;
     let conf = job.conf(facts)?;
     let source = job.source_dir();
     job.placement(facts, &conf, &source)?
@@ -483,6 +481,15 @@ fn resume_install(job: &Job<'_>, facts: &KernelFacts, intent: &InstallIntent) ->
             version_override: intent.version_override,
             resume: true,
         })
+}
+
+/// Records durably, before the kernel's modules change, that it owes depmod (unless
+/// `--no-depmod`, or the kernel has no module directory to index).
+pub fn record_depmod(ctx: &Ctx, facts: &KernelFacts) -> Result<()> {
+    if ctx.no_depmod || !facts.modules_dir.is_dir() {
+        return Ok(());
+    }
+    depmod::record(&ctx.paths, &facts.kernel)
 }
 
 /// Removes what interrupted commands left: the files of unfinished uninstalls, private build

@@ -3,11 +3,12 @@
 //! done, so the next command that takes the tree lock finishes it.
 //!
 //! - [`Marks`]: one empty file per kernel (a pending depmod, initramfs update or hook run).
-//! - [`Removal`]: the files an uninstall is about to delete, after its `kernel-K-A` link is
-//!   gone (so nothing calls the version installed any more); [`replay`] deletes what is left.
-//! - [`Installing`]: a module version being installed on a kernel, recorded before the first
-//!   file is set aside or copied and forgotten once its `kernel-K-A` link is written; the next
-//!   command installs it again (see `lifecycle::recover`).
+//! - [`begin_removal`]: the files an uninstall is about to delete, after its `kernel-K-A`
+//!   link is gone (so nothing calls the version installed any more); [`replay`] deletes what
+//!   is left.
+//! - [`begin_install`]: a module version being installed on a kernel, recorded before the
+//!   first file is set aside or copied and forgotten once its `kernel-K-A` link is written;
+//!   the next command installs it again (see `lifecycle::recover`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -93,39 +94,44 @@ impl Marks {
 /// Directory of the pending removals.
 const REMOVALS_DIR: &str = ".rdkms-removals";
 
-/// An uninstall in progress: the installed files it deletes, recorded before the
-/// `kernel-K-A` link goes.
-pub struct Removal {
-    record: PathBuf,
+/// A piece of work in progress, recorded durably as one file in a directory of the dkms tree
+/// and forgotten when it ends; the directory goes with its last record.
+pub struct Record {
+    path: PathBuf,
 }
 
-impl Removal {
-    /// Records `files` (one absolute path per line) durably under a name unique to this
-    /// uninstall.
-    pub fn begin(dkms_tree: &Path, key: &str, files: &[PathBuf]) -> Result<Removal> {
-        let dir = dkms_tree.join(REMOVALS_DIR);
+impl Record {
+    /// Writes (and syncs) `text` as `<dkms_tree>/<dir>/<name>`.
+    fn write(dkms_tree: &Path, dir: &str, name: &str, text: &str) -> Result<Record> {
+        let dir = dkms_tree.join(dir);
         fs::create_dir_all(&dir).ctx("create", &dir)?;
-        let mut text = String::new();
-        for f in files {
-            let line = f.to_string_lossy();
-            if !line.contains('\n') {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
-        let record = dir.join(key.replace('/', "_"));
-        atomic::write_file(&record, text.as_bytes())?;
-        Ok(Removal { record })
+        let path = dir.join(name.replace('/', "_"));
+        atomic::write_file(&path, text.as_bytes())?;
+        Ok(Record { path })
     }
 
-    /// The files are gone: forget the record (and its directory when it was the last).
+    /// The work ended: forget it (and the directory with the last record).
     pub fn finish(self) -> Result<()> {
-        files::remove_file(&self.record, "remove")?;
-        if let Some(dir) = self.record.parent() {
+        files::remove_file(&self.path, "remove")?;
+        if let Some(dir) = self.path.parent() {
             let _ = fs::remove_dir(dir);
         }
         Ok(())
     }
+}
+
+/// Records an uninstall in progress: `files` (one absolute path per line), the installed
+/// files it deletes, under a name unique to this uninstall, before its `kernel-K-A` link goes.
+pub fn begin_removal(dkms_tree: &Path, key: &str, files: &[PathBuf]) -> Result<Record> {
+    let mut text = String::new();
+    for f in files {
+        let line = f.to_string_lossy();
+        if !line.contains('\n') {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    Record::write(dkms_tree, REMOVALS_DIR, key, &text)
 }
 
 /// Finishes the removals an interrupted uninstall recorded: deletes each listed file that is
@@ -181,7 +187,6 @@ impl InstallIntent {
             "{}-{}-{}-{}",
             self.module, self.version, self.kernel, self.arch
         )
-        .replace('/', "_")
     }
 
     fn to_text(&self) -> String {
@@ -218,30 +223,10 @@ impl InstallIntent {
     }
 }
 
-/// An install in progress (reliability invariant (c)).
-pub struct Installing {
-    record: PathBuf,
-}
-
-impl Installing {
-    /// Records `intent` durably before the install changes anything.
-    pub fn begin(dkms_tree: &Path, intent: &InstallIntent) -> Result<Installing> {
-        let dir = dkms_tree.join(INSTALLS_DIR);
-        fs::create_dir_all(&dir).ctx("create", &dir)?;
-        let record = dir.join(intent.key());
-        atomic::write_file(&record, intent.to_text().as_bytes())?;
-        Ok(Installing { record })
-    }
-
-    /// The install ended, done or failed with its error reported: forget it (and the
-    /// directory with the last record).
-    pub fn finish(self) -> Result<()> {
-        files::remove_file(&self.record, "remove")?;
-        if let Some(dir) = self.record.parent() {
-            let _ = fs::remove_dir(dir);
-        }
-        Ok(())
-    }
+/// Records an install in progress (reliability invariant (c)) before it changes anything;
+/// it is finished when it ended, done or failed with its error reported.
+pub fn begin_install(dkms_tree: &Path, intent: &InstallIntent) -> Result<Record> {
+    Record::write(dkms_tree, INSTALLS_DIR, &intent.key(), &intent.to_text())
 }
 
 /// The install records in the tree, each with what it says (`None`: killed while it was
@@ -274,11 +259,11 @@ pub fn pending_installs(dkms_tree: &Path) -> Vec<InstallIntent> {
 
 /// The installs a killed command left unfinished, each with the handle that forgets it;
 /// records that never became complete are removed. Under the tree lock only.
-pub fn interrupted_installs(dkms_tree: &Path) -> Vec<(InstallIntent, Installing)> {
+pub fn interrupted_installs(dkms_tree: &Path) -> Vec<(InstallIntent, Record)> {
     let mut found = Vec::new();
     for (record, intent) in install_records(dkms_tree) {
         match intent {
-            Some(intent) => found.push((intent, Installing { record })),
+            Some(intent) => found.push((intent, Record { path: record })),
             None => {
                 let _ = fs::remove_file(&record);
             }
@@ -321,7 +306,7 @@ mod tests {
         let outside = t.path().join("keep.ko");
         fs::write(&inside, "x").unwrap();
         fs::write(&outside, "x").unwrap();
-        let r = Removal::begin(&tree, "a/K/x", &[inside.clone(), outside.clone()]).unwrap();
+        let r = begin_removal(&tree, "a/K/x", &[inside.clone(), outside.clone()]).unwrap();
         replay(&tree, &inst);
         assert!(!inside.exists());
         assert!(outside.exists());
@@ -340,7 +325,7 @@ mod tests {
             force: true,
             version_override: false,
         };
-        let rec = Installing::begin(t.path(), &intent).unwrap();
+        let rec = begin_install(t.path(), &intent).unwrap();
         fs::write(t.path().join(INSTALLS_DIR).join(".x.rdkms-tmp"), "half").unwrap();
         assert_eq!(pending_installs(t.path()), std::slice::from_ref(&intent));
         let found = interrupted_installs(t.path());
